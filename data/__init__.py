@@ -1,0 +1,1 @@
+"""Commonsense data: task vocabularies, the prompt template, loading and tokenisation."""

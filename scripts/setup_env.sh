@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create ./.venv with everything the project needs. On a machine without an NVIDIA GPU the
+# CPU build of torch (torch==2.13.0) is installed first so pip does not pull a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  .venv/bin/pip install -q "torch==2.13.0"
+fi
+.venv/bin/pip install -q -r requirements-dev.txt

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install everything into ./.venv and run the test suite (CPU, ~minutes on 2 cores).
+# Real data / tokenizer folders: KNOWHIRA_DATA_DIR and KNOWHIRA_TOKENIZER_DIR
+# (default: the project's sibling ../shared folder when present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export KNOWHIRA_DATA_DIR=${KNOWHIRA_DATA_DIR:-$(realpath -m ../shared/data/commonsense)}
+export KNOWHIRA_TOKENIZER_DIR=${KNOWHIRA_TOKENIZER_DIR:-$(realpath -m ../shared/tokenizers/gpt2)}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m pytest -q tests "$@"

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real GPT-2 tokenizer and the real commonsense data folder (from env vars),
+and tiny RANDOMLY INITIALISED GPT-Neo / GPT-2 / Llama models for fast tests."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _env_dir(var):
+    path = os.environ.get(var)
+    if not path or not Path(path).is_dir():
+        pytest.skip(f"{var} is not set to an existing folder (scripts/test.sh sets it)")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """Real LLM-Adapters files (../shared/data/commonsense in CI)."""
+    return _env_dir("KNOWHIRA_DATA_DIR")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """The real GPT-2 / GPT-Neo BPE tokenizer, with pad = eos as the project sets it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(_env_dir("KNOWHIRA_TOKENIZER_DIR")))
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_config(arch: str, vocab_size: int = 50257):
+    """Tiny random configs; hidden sizes are deliberately non-square-friendly (e.g. 48 -> 96)."""
+    from transformers import GPT2Config, GPTNeoConfig, LlamaConfig
+
+    if arch == "gpt_neo":
+        return GPTNeoConfig(vocab_size=vocab_size, hidden_size=48, num_layers=2, num_heads=4,
+                            attention_types=[[["global", "local"], 1]], max_position_embeddings=512,
+                            intermediate_size=96, window_size=16)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=48, n_layer=2, n_head=4, n_positions=512)
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=48, intermediate_size=80,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=512)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str, seed: int = 0, vocab_size: int = 50257):
+    """A tiny RANDOMLY INITIALISED causal LM (not pretrained) in fp32, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size))
+    return model.eval()
