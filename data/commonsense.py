@@ -1,0 +1,161 @@
+"""Loading the LLM-Adapters commonsense files and holding out a validation set.
+
+Layout of a data folder (as in the LLM-Adapters repository, see data/download.py):
+
+    <data_dir>/commonsense_170k.json          the full training mix (170,420 records)
+    <data_dir>/<task>/train.json              per-task training split (where published)
+    <data_dir>/<task>/test.json               per-task test split (evaluation only)
+
+Each file is a JSON list of records {"instruction", "input", "output", "answer"}, where
+"output" reads e.g. "the correct answer is answer2" and "answer" is the bare answer word.
+
+Every bad input raises DataError with a message naming the file (and the record index and
+field where relevant), so a broken download is found before any training starts.
+"""
+import json
+import random
+from pathlib import Path
+
+from data.tasks import TASKS, resolve_task
+
+SPLITS = ("train", "test")
+COMMON_170K = "common_170k"
+COMMON_170K_FILE = "commonsense_170k.json"
+DATASET_FORMS = (
+    f"'{COMMON_170K}' (<data_dir>/{COMMON_170K_FILE}), "
+    "'mix:TASK,TASK,...' (those tasks' train.json, concatenated in order), "
+    f"or a single task name (its train.json); known tasks: {', '.join(TASKS)}"
+)
+
+
+class DataError(ValueError):
+    """A data file or data argument is missing or malformed."""
+
+
+def load_records(path) -> list[dict]:
+    """Read and validate one LLM-Adapters JSON file; returns a list of records.
+
+    Each returned record is a new dict with string "instruction" (non-empty), "input" (a missing
+    or null input becomes "") and "output"; other keys ("answer", ...) are kept as they are.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from e
+    if not isinstance(data, list):
+        raise DataError(f"{path}: top level is a JSON {type(data).__name__}, expected a list of records")
+    if not data:
+        raise DataError(f"{path}: contains no records (empty list)")
+
+    records = []
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: record {i} is a {type(rec).__name__}, expected an object")
+        instruction = rec.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise DataError(f"{path}: record {i} has no non-empty string field 'instruction'")
+        if not isinstance(rec.get("output"), str):
+            raise DataError(f"{path}: record {i} has no string field 'output'")
+        inp = rec.get("input")
+        if inp is None:
+            inp = ""
+        if not isinstance(inp, str):
+            raise DataError(f"{path}: record {i} field 'input' is a {type(inp).__name__}, expected a string")
+        records.append({**rec, "input": inp})
+    return records
+
+
+def _check_data_dir(data_dir) -> Path:
+    """`data_dir` as a Path; DataError if it is not an existing folder."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist (download it with `python -m data.download`)")
+    return data_dir
+
+
+def task_file(data_dir, task: str, split: str) -> Path:
+    """Path of `<data_dir>/<canonical task>/<split>.json` (the file need not exist).
+
+    DataError (a ValueError) for an unknown task, listing the known tasks, or an unknown split.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    try:
+        canonical = resolve_task(task)
+    except ValueError as e:
+        raise DataError(str(e)) from e
+    return Path(data_dir) / canonical / f"{split}.json"
+
+
+def load_task_split(data_dir, task: str, split: str) -> list[dict]:
+    """Records of one task's split, each tagged with "task" = the canonical task name."""
+    path = task_file(_check_data_dir(data_dir), task, split)
+    if not path.is_file():
+        raise DataError(f"{path}: {split} split of task {path.parent.name!r} not found")
+    canonical = path.parent.name
+    return [{**rec, "task": canonical} for rec in load_records(path)]
+
+
+def _parse_mix(spec: str) -> list[str]:
+    """Canonical task names of 'mix:a,b,c'; DataError for an empty list or a repeated task."""
+    names = [name.strip() for name in spec[len("mix:"):].split(",")]
+    if not all(names):
+        raise DataError(f"dataset {spec!r}: empty task name in the mix; expected 'mix:TASK,TASK,...'")
+    tasks = []
+    for name in names:
+        try:
+            canonical = resolve_task(name)
+        except ValueError as e:
+            raise DataError(f"dataset {spec!r}: {e}") from e
+        if canonical in tasks:
+            raise DataError(f"dataset {spec!r}: task {canonical!r} appears more than once in the mix")
+        tasks.append(canonical)
+    return tasks
+
+
+def load_train_data(data_dir, dataset: str) -> list[dict]:
+    """Training records for `dataset`: 'common_170k', 'mix:TASK,TASK,...' or one task name.
+
+    'common_170k' reads <data_dir>/commonsense_170k.json (records are not tagged with a task);
+    mix and single-task forms read the tasks' train.json and tag each record with "task".
+    """
+    data_dir = _check_data_dir(data_dir)
+    spec = dataset.strip()
+    if spec == COMMON_170K:
+        return load_records(data_dir / COMMON_170K_FILE)
+    if spec.startswith("mix:"):
+        records = []
+        for task in _parse_mix(spec):
+            records += load_task_split(data_dir, task, "train")
+        return records
+    try:
+        task = resolve_task(spec)
+    except ValueError:
+        raise DataError(f"unknown dataset {dataset!r}; accepted forms: {DATASET_FORMS}") from None
+    return load_task_split(data_dir, task, "train")
+
+
+def split_validation(records: list, n_val: int = 120, seed: int = 42) -> tuple[list, list]:
+    """Deterministically hold out `n_val` records for validation; returns (train, val).
+
+    The validation set is carved out of the TRAINING records passed in (never from a test
+    split): random.Random(seed) shuffles the indices, the first `n_val` shuffled indices are
+    validation and the rest training. Both lists keep the records' original order.
+    n_val=0 gives an empty validation set; n_val >= len(records) is an error.
+    """
+    if n_val < 0:
+        raise DataError(f"n_val must be >= 0, got {n_val}")
+    if n_val >= len(records):
+        raise DataError(f"n_val={n_val} leaves no training records (only {len(records)} records)")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    train = [rec for i, rec in enumerate(records) if i not in val_idx]
+    val = [rec for i, rec in enumerate(records) if i in val_idx]
+    return train, val

@@ -1,0 +1,74 @@
+"""Load a causal LM (hub name, local folder, or GGUF file) and add KnowHiRA adapters to it."""
+from pathlib import Path
+
+import torch
+
+from models.adapter import AdapterConfig, add_adapters
+
+# Llama / SmolLM2 / Qwen2 module names; GPT-Neo uses q_proj,k_proj,v_proj,out_proj,c_fc,c_proj
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_dtype(load_bit: int, device: str | None = None) -> torch.dtype:
+    """32 -> fp32; 16 -> bf16 where the device supports it, else fp16."""
+    if load_bit == 32:
+        return torch.float32
+    if load_bit == 16:
+        if device == "cuda" or (device is None and torch.cuda.is_available()):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16  # CPUs run bf16 matmuls
+    raise ValueError(f"load_bit must be 32 or 16, got {load_bit}")
+
+
+def split_gguf(model_name: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Accept `--model_name dir --gguf_file x.gguf` or `--model_name dir/x.gguf`."""
+    if gguf_file is None and model_name.endswith(".gguf"):
+        path = Path(model_name)
+        return str(path.parent), path.name
+    return model_name, gguf_file
+
+
+def load_base_model(model_name: str, gguf_file: str | None = None, load_bit: int = 32,
+                    enable_grad_ckpt: bool = False):
+    """(model, tokenizer) from a hub name (online users), a local folder, or a GGUF file.
+
+    GGUF weights are dequantised by transformers to the requested dtype. The tokenizer gets
+    pad = eos when it has no pad token (GPT-2, GPT-Neo, Llama).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_name, gguf_file = split_gguf(model_name, gguf_file)
+    if gguf_file is not None and not (Path(model_name) / gguf_file).is_file():
+        raise FileNotFoundError(f"GGUF file {Path(model_name) / gguf_file} does not exist "
+                                f"(scripts/fetch_smollm2.sh fetches SmolLM2-135M-Instruct)")
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(load_bit), **kwargs)
+    if enable_grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def get_knowhira_models(model_name: str, r_ab: int = 32, target_modules=None,
+                        knowledge_alpha: float = 0.5, ortho_lambda: float = 1e-3,
+                        svd_rank_ratio: float = 0.5, spectrum_init_scale: float = 1.0,
+                        adaptive_gating: bool = True, init_ab: str = "spectrum",
+                        g_init: float = -1.0, scale: float = 1.0, dropout: float = 0.0,
+                        peft_type: str = "knowhira", gguf_file: str | None = None,
+                        load_bit: int = 32, enable_grad_ckpt: bool = False):
+    """Load the PRETRAINED model, then inject adapters (so σ_norm sees the real weights).
+
+    Returns (model, tokenizer, AdapterConfig). Only the adapter parameters are trainable.
+    """
+    cfg = AdapterConfig(peft_type=peft_type, r=r_ab,
+                        target_modules=target_modules or LLAMA_TARGETS,
+                        knowledge_alpha=knowledge_alpha, adaptive_gating=adaptive_gating,
+                        g_init=g_init, svd_rank_ratio=svd_rank_ratio, init_ab=init_ab,
+                        spectrum_init_scale=spectrum_init_scale, scale=scale, dropout=dropout,
+                        ortho_lambda=ortho_lambda).validate()
+    model, tokenizer = load_base_model(model_name, gguf_file, load_bit, enable_grad_ckpt)
+    add_adapters(model, cfg)
+    return model, tokenizer, cfg

@@ -1,0 +1,173 @@
+"""The Hadamard adapter family: HiRA, KnowHiRA and HiRA-SB differ only in the r x r core M.
+
+    W = W0 + s * W0 ⊙ (B M A)        B: out x r, A: r x in, M: r x r, ⊙ elementwise
+
+- hira:     M = I
+- knowhira: M = (1 - α) I + α G_Σ,  G_Σ = diag(σ_norm ⊙ sigmoid(g))   (diag(σ_norm) without gating)
+- hira_sb:  M = R (trainable r x r), with B and A fixed (set by the HiRA-SB initialiser)
+
+Orientation: PEFT's (B out x r, A r x in). The KnowHiRA slides write ΔW = W0 ⊙ (A G_Σ B) with
+A (d x r), B (r x k): the same update with the names of the factors swapped.
+
+Compute path (`HadamardLinearFn`): one GEMM with the effective weight in forward, and in backward
+one GEMM for the input gradient plus one for the full weight gradient Gw = gyᵀ x, from which the
+factor gradients follow by small matmuls. Nothing of size out x in is kept between forward and
+backward: the effective weight is rebuilt from W0, BM and A.
+
+Precision: the adapter factors stay fp32; the effective weight W0 ⊙ (1 + s·BM A) is formed in fp32
+and rounded ONCE to the compute dtype (the input's dtype: bf16/fp16 under a 16-bit base or
+autocast) for the GEMM; the factor gradients are accumulated in fp32. This is exactly the rounding a
+merged 16-bit model applies, so a merged export computes what training computed. With adapter
+dropout the layer uses the plain two-path autograd form base(x) + dropout(x) (s·W0⊙BMA)ᵀ.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = ("hira", "knowhira", "hira_sb")
+
+
+def _is_conv1d(layer: nn.Module) -> bool:
+    """GPT-2's Conv1D stores its weight as in x out and computes x @ W + b."""
+    return type(layer).__name__ == "Conv1D"
+
+
+def base_weight(layer: nn.Module) -> torch.Tensor:
+    """W0 as an out x in view of nn.Linear or GPT-2 Conv1D weight (no copy)."""
+    return layer.weight.t() if _is_conv1d(layer) else layer.weight
+
+
+def layer_shape(layer: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of nn.Linear or Conv1D."""
+    return tuple(base_weight(layer).shape)
+
+
+class HadamardLinearFn(torch.autograd.Function):
+    """y = x (W0 ⊙ (1 + s·BM A))ᵀ + b with a memory-lean backward (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, w0, bias, bm, a, scale):
+        acc = bm.dtype  # the adapter's dtype (fp32; fp64 in tests) sets the update's precision
+        w_eff = w0.to(acc) * (1 + scale * (bm @ a))  # W = W0 ⊙ (1 + s·BM A), fp32
+        y = F.linear(x, w_eff.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        ctx.save_for_backward(x, w0, bm, a)
+        ctx.scale = scale
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w0, bm, a = ctx.saved_tensors
+        s, acc = ctx.scale, bm.dtype
+        w_eff = (w0.to(acc) * (1 + s * (bm @ a))).to(gy.dtype)  # rebuilt W = W0 ⊙ (1 + s·BM A)
+        gx = (gy @ w_eff).to(x.dtype)  # ∂L/∂x = gy W
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(gy.dtype)).to(acc)  # Gw = gyᵀ x (out x in)
+        h = s * w0.to(acc) * gw  # ∂L/∂(BM A) = s · W0 ⊙ Gw
+        g_bm = h @ a.t()  # ∂L/∂(BM) = H Aᵀ
+        g_a = bm.t() @ h  # ∂L/∂A = (BM)ᵀ H
+        g_bias = gy2.sum(0).to(w0.dtype) if ctx.has_bias else None
+        return gx, None, g_bias, g_bm, g_a, None
+
+
+class HadamardLinear(nn.Module):
+    """A frozen linear layer (nn.Linear or GPT-2 Conv1D) plus a Hadamard-family adapter.
+
+    Trainable: hira/knowhira -> A, B (and g with adaptive gating); hira_sb -> R only.
+    Buffers saved with the adapter: `sigma_norm` (knowhira; the pretrained spectrum samples).
+    """
+
+    def __init__(self, base: nn.Module, variant: str, r: int, scale: float = 1.0,
+                 dropout: float = 0.0, knowledge_alpha: float = 0.5, adaptive_gating: bool = True,
+                 g_init: float = -1.0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown Hadamard variant {variant!r}; choose from {VARIANTS}")
+        if not 0.0 <= knowledge_alpha <= 1.0:
+            raise ValueError(f"knowledge_alpha must be in [0, 1], got {knowledge_alpha}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        out_f, in_f = layer_shape(base)
+        self.variant, self.r, self.scale = variant, r, float(scale)
+        self.knowledge_alpha, self.adaptive_gating = float(knowledge_alpha), adaptive_gating
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        dev = base.weight.device
+        fixed_factors = variant == "hira_sb"
+        a = torch.empty(r, in_f, device=dev)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        b = torch.zeros(out_f, r, device=dev)
+        # hira_sb keeps A, B fixed (set by models.hira_sb); only R trains
+        self.hira_A = nn.Parameter(a, requires_grad=not fixed_factors)
+        self.hira_B = nn.Parameter(b, requires_grad=not fixed_factors)
+        if variant == "knowhira":
+            self.register_buffer("sigma_norm", torch.ones(r, device=dev))
+            self.gate = nn.Parameter(torch.full((r,), float(g_init), device=dev),
+                                     requires_grad=adaptive_gating)
+        if variant == "hira_sb":
+            self.hira_R = nn.Parameter(torch.zeros(r, r, device=dev))
+        self.merged = False
+
+    # ---- the core M ------------------------------------------------------------------------
+    def core_diag(self) -> torch.Tensor:
+        """KnowHiRA's diagonal core m with M = diag(m) = (1 - α) I + α diag(σ_norm ⊙ sigmoid(g))."""
+        g_sigma = self.sigma_norm * torch.sigmoid(self.gate) if self.adaptive_gating \
+            else self.sigma_norm  # G_Σ = diag(σ_norm ⊙ sigmoid(g))  (or diag(σ_norm))
+        return (1.0 - self.knowledge_alpha) + self.knowledge_alpha * g_sigma
+
+    def bm(self) -> torch.Tensor:
+        """B M (out x r) in fp32."""
+        if self.variant == "hira":
+            return self.hira_B  # M = I
+        if self.variant == "knowhira":
+            return self.hira_B * self.core_diag()  # B diag(m): scales B's columns
+        return self.hira_B @ self.hira_R  # hira_sb: M = R
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = s · W0 ⊙ (B M A), out x in, in the adapter's dtype (fp32)."""
+        return self.scale * base_weight(self.base).to(self.hira_A.dtype) * (self.bm() @ self.hira_A)
+
+    def ortho_loss(self) -> torch.Tensor:
+        """L_ortho = ||A Aᵀ - I_r||_F² + ||Bᵀ B - I_r||_F²  (r x r Gram matrices)."""
+        eye = torch.eye(self.r, device=self.hira_A.device)
+        a, b = self.hira_A, self.hira_B
+        return ((a @ a.t() - eye) ** 2).sum() + ((b.t() @ b - eye) ** 2).sum()
+
+    # ---- forward / merge -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base(x)
+        if self.dropout is not None and self.training:
+            # two-path form: base(x) + drop(x) (s · W0 ⊙ BMA)ᵀ
+            return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(x.dtype))
+        return HadamardLinearFn.apply(x, base_weight(self.base), self.base.bias,
+                                      self.bm(), self.hira_A, self.scale)
+
+    @torch.no_grad()
+    def merge(self, keep_backup: bool = True) -> None:
+        """W0 <- W0 + ΔW in place; keeps a copy of W0 so `unmerge` restores it bit for bit."""
+        if self.merged:
+            return
+        w0 = base_weight(self.base)
+        self._w0_backup = w0.detach().clone() if keep_backup else None
+        w0.copy_((w0.to(self.hira_A.dtype) + self.delta_weight()).to(w0.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact pretrained W0."""
+        if not self.merged:
+            return
+        if self._w0_backup is None:
+            raise RuntimeError("this layer was merged without a backup of W0; cannot unmerge")
+        base_weight(self.base).copy_(self._w0_backup)
+        del self._w0_backup
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        out_f, in_f = layer_shape(self.base)
+        return f"variant={self.variant}, in={in_f}, out={out_f}, r={self.r}, scale={self.scale}"
