@@ -5,8 +5,23 @@ import torch
 
 from models.adapter import AdapterConfig, add_adapters
 
-# Llama / SmolLM2 / Qwen2 module names; GPT-Neo uses q_proj,k_proj,v_proj,out_proj,c_fc,c_proj
-LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Default targets per architecture: attention q, k, v plus the MLP's up and down projections
+# (HiRA's LLaMA setting). Module names differ by family, so they are spelled out per model_type.
+DEFAULT_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "c_fc", "mlp.c_proj"],
+    "gpt2": ["c_attn", "c_fc", "mlp.c_proj"],
+    "opt": ["q_proj", "k_proj", "v_proj", "fc1", "fc2"],
+}
+
+
+def default_targets(model_type: str) -> list[str]:
+    if model_type not in DEFAULT_TARGETS:
+        raise ValueError(f"no default target_modules for model_type {model_type!r}; pass "
+                         f"--target_modules (known defaults: {', '.join(DEFAULT_TARGETS)})")
+    return DEFAULT_TARGETS[model_type]
 
 
 def load_dtype(load_bit: int, device: str | None = None) -> torch.dtype:
@@ -63,12 +78,12 @@ def get_knowhira_models(model_name: str, r_ab: int = 32, target_modules=None,
 
     Returns (model, tokenizer, AdapterConfig). Only the adapter parameters are trainable.
     """
+    model, tokenizer = load_base_model(model_name, gguf_file, load_bit, enable_grad_ckpt)
     cfg = AdapterConfig(peft_type=peft_type, r=r_ab,
-                        target_modules=target_modules or LLAMA_TARGETS,
+                        target_modules=target_modules or default_targets(model.config.model_type),
                         knowledge_alpha=knowledge_alpha, adaptive_gating=adaptive_gating,
                         g_init=g_init, svd_rank_ratio=svd_rank_ratio, init_ab=init_ab,
                         spectrum_init_scale=spectrum_init_scale, scale=scale, dropout=dropout,
                         ortho_lambda=ortho_lambda).validate()
-    model, tokenizer = load_base_model(model_name, gguf_file, load_bit, enable_grad_ckpt)
     add_adapters(model, cfg)
     return model, tokenizer, cfg

@@ -1,0 +1,197 @@
+"""Evaluate one task end to end: validate, subset, shard, run the model, score, write files.
+
+Files written under `out_dir` (rank 0 only, each atomically: temp file + os.replace):
+    eval/<task>.jsonl   one line per evaluated example, in test-file order:
+                        generate: {"id", "prediction", "extracted", "gold", "correct"}
+                        loglik:   {"id", "choices", "scores", "extracted", "gold", "correct"}
+    results.json        {"meta": {...}, "tasks": {task: result}} via update_results_json
+
+Example ids are indices into the task's test file. With max_examples=N a fixed, seeded subset is
+evaluated: the first N of torch.randperm(len(records), Generator(seed)), sorted back to file
+order, so the same N and seed always give the same questions whatever the batch size or world
+size. Accuracy counts an unparseable generation (no answer word) as wrong.
+"""
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data.prompt import generate_prompt
+from data.tasks import ANSWER_WORDS, resolve_task
+from eval.choices import record_choices
+from eval.extract import extract_answer
+from eval.generate import generate_answers
+from eval.loglik import loglik_predict
+from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
+
+MODES = ("generate", "loglik")
+
+
+def load_test_records(data_dir, task: str) -> list[dict]:
+    """The task's test records, via data.commonsense.load_task_split (raises its DataError)."""
+    from data.commonsense import load_task_split  # lazy: keeps eval importable on its own
+
+    return load_task_split(data_dir, resolve_task(task), "test")
+
+
+def validate_records(records: list[dict], task: str) -> None:
+    """ValueError naming the task and record index unless every record has an instruction and a
+    gold answer among the answer words its question offers (a bad gold would score silently 0)."""
+    vocab = ANSWER_WORDS[task]
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+            raise ValueError(f"{task}: record {index} has no 'instruction' string")
+        answer = record.get("answer")
+        if answer not in vocab:
+            raise ValueError(f"{task}: record {index} has answer {answer!r}, "
+                             f"not one of {'/'.join(vocab)}")
+        if answer not in record_choices(record, task):
+            raise ValueError(f"{task}: record {index} has answer {answer!r}, but its question "
+                             f"offers only {'/'.join(record_choices(record, task))}")
+
+
+def select_ids(n_total: int, max_examples: int | None, seed: int) -> list[int]:
+    """Indices to evaluate: all, or a fixed seeded subset of max_examples in file order."""
+    if max_examples is None or max_examples >= n_total:
+        return list(range(n_total))
+    if max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1 or None, got {max_examples}")
+    generator = torch.Generator().manual_seed(seed)
+    permutation = torch.randperm(n_total, generator=generator)
+    return sorted(permutation[:max_examples].tolist())
+
+
+def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
+    """All ranks' rows, in id order (all_gather_object when torch.distributed is running)."""
+    if world_size > 1:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise ValueError(f"world_size={world_size} but torch.distributed is not initialised")
+        shards = [None] * world_size
+        torch.distributed.all_gather_object(shards, rows)
+        rows = [row for shard in shards for row in shard]
+    return sorted(rows, key=lambda row: row["id"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_tokens,
+               beam_size, show_progress) -> list[dict]:
+    """Per-example rows for records[ids] (this rank's share)."""
+    if not ids:
+        return []
+    chosen = [records[i] for i in ids]
+    prompts = [generate_prompt(r["instruction"], r.get("input")) for r in chosen]
+    rows = []
+    if mode == "generate":
+        texts = generate_answers(model, tokenizer, prompts, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens, beam_size=beam_size,
+                                 show_progress=show_progress)
+        for i, record, text in zip(ids, chosen, texts):
+            extracted = extract_answer(text, task)
+            rows.append({"id": i, "prediction": text, "extracted": extracted,
+                         "gold": record["answer"], "correct": extracted == record["answer"]})
+    else:
+        choices = [record_choices(r, task) for r in chosen]
+        predicted, scores = loglik_predict(model, tokenizer, prompts, choices,
+                                           batch_size=batch_size, show_progress=show_progress)
+        for i, record, words, word, s in zip(ids, chosen, choices, predicted, scores):
+            rows.append({"id": i, "choices": words, "scores": s, "extracted": word,
+                         "gold": record["answer"], "correct": word == record["answer"]})
+    return rows
+
+
+def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir,
+                  mode: str = "generate", batch_size: int = 8, max_new_tokens: int = 32,
+                  beam_size: int = 1, max_examples: int | None = None, seed: int = 42,
+                  rank: int = 0, world_size: int = 1, show_progress: bool = True) -> dict:
+    """Evaluate `model` on `records` of `task`; write eval/<task>.jsonl (rank 0); return the result.
+
+    mode "generate": generate a response, extract the first answer word (eval.extract).
+    mode "loglik":   pick the offered answer word whose response scores highest (eval.loglik).
+    With world_size > 1, rank r evaluates the selected examples r::world_size and the rows are
+    gathered on every rank (torch.distributed must be initialised); every rank returns the same
+    result, only rank 0 writes.
+    """
+    task = resolve_task(task)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if not records:
+        raise ValueError(f"{task}: no records to evaluate")
+    validate_records(records, task)
+
+    ids = select_ids(len(records), max_examples, seed)
+    start = time.perf_counter()
+    rows = _run_model(model, tokenizer, records, ids[rank::world_size], task, mode, batch_size,
+                      max_new_tokens, beam_size, show_progress and rank == 0)
+    rows = _gather_rows(rows, world_size)
+    seconds = time.perf_counter() - start
+
+    n = len(rows)
+    correct = sum(row["correct"] for row in rows)
+    parse_failures = sum(row["extracted"] is None for row in rows)
+    low, high = wilson_interval(correct, n)
+    evaluated = [records[i] for i in ids]
+    result = {
+        "task": task,
+        "mode": mode,
+        "n": n,
+        "n_total": len(records),
+        "correct": correct,
+        "accuracy": correct / n,
+        "ci95_low": low,
+        "ci95_high": high,
+        "parse_failures": parse_failures,
+        "parse_failure_rate": parse_failures / n,
+        "chance_accuracy": chance_accuracy(task, evaluated),
+        "majority_accuracy": majority_accuracy(evaluated),
+        "examples_per_s": n / seconds if seconds > 0 else None,
+        "seconds": seconds,
+        "max_examples": max_examples,
+        "seed": seed,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens if mode == "generate" else None,
+        "beam_size": beam_size if mode == "generate" else None,
+        "predictions_file": f"eval/{task}.jsonl",
+    }
+    if rank == 0:
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        _write_atomic(Path(out_dir) / "eval" / f"{task}.jsonl", lines)
+    return result
+
+
+def update_results_json(out_dir, task_result: dict, meta: dict) -> dict:
+    """Merge `meta` and this task's result into <out_dir>/results.json (atomically); return it.
+
+    Layout: {"meta": {...}, "tasks": {task: result}}. Existing tasks are kept; a task evaluated
+    again replaces its old entry; meta keys are updated.
+    """
+    path = Path(out_dir) / "results.json"
+    results = {"meta": {}, "tasks": {}}
+    if path.exists():
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); refusing to overwrite it") from err
+        results.setdefault("meta", {})
+        results.setdefault("tasks", {})
+    results["meta"].update(meta)
+    results["tasks"][task_result["task"]] = task_result
+    _write_atomic(path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return results

@@ -1,0 +1,33 @@
+"""Small model helpers shared by generation and scoring."""
+from contextlib import contextmanager
+
+import torch
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's (first) parameters; inputs are moved there."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model):
+    """Run with dropout off and no autograd, then restore the model's previous train/eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (the project sets pad = eos); error if neither."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError("tokenizer has neither a pad nor an EOS token; cannot pad batches")

@@ -1,0 +1,64 @@
+"""Training logs a person can plot: JSONL (one record per logged step), TensorBoard, and a PNG."""
+import json
+from pathlib import Path
+
+from models.atomic import atomic_write_bytes
+
+
+class RunLogger:
+    """Appends step records to RUN_DIR/log.jsonl and mirrors scalars to TensorBoard (RUN_DIR/tb)."""
+
+    def __init__(self, run_dir, resume_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = Path(run_dir) / "log.jsonl"
+        if resume_step and self.path.exists():  # drop records written after the checkpoint
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= resume_step]
+            atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step or None)
+
+    def log(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def read_log(run_dir) -> list[dict]:
+    path = Path(run_dir) / "log.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l] if path.exists() else []
+
+
+def plot_losses(run_dir) -> Path:
+    """RUN_DIR/loss.png: task loss, λ·L_ortho and validation loss against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(run_dir)
+    train = [r for r in records if "loss_task" in r]
+    val = [r for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].plot([r["step"] for r in train], [r["loss_task"] for r in train], lw=1, alpha=0.6,
+               label="train task loss")
+    if val:
+        ax[0].plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    ax[0].set(xlabel="optimizer step", ylabel="cross-entropy (response tokens)", title="Task loss")
+    ax[0].legend()
+    ax[0].grid(alpha=0.3)
+    ax[1].plot([r["step"] for r in train], [r["loss_ortho"] for r in train], color="tab:green")
+    ax[1].set(xlabel="optimizer step", ylabel="mean over layers", title="L_ortho (unweighted)")
+    ax[1].grid(alpha=0.3)
+    fig.suptitle(Path(run_dir).name, fontsize=9)
+    fig.tight_layout()
+    out = Path(run_dir) / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
