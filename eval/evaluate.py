@@ -12,8 +12,6 @@ order, so the same N and seed always give the same questions whatever the batch 
 size. Accuracy counts an unparseable generation (no answer word) as wrong.
 """
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from eval.extract import extract_answer
 from eval.generate import generate_answers
 from eval.loglik import loglik_predict
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
+from models.atomic import atomic_write_bytes
 
 MODES = ("generate", "loglik")
 
@@ -73,20 +72,6 @@ def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
         torch.distributed.all_gather_object(shards, rows)
         rows = [row for shard in shards for row in shard]
     return sorted(rows, key=lambda row: row["id"])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_tokens,
@@ -172,7 +157,7 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir,
     }
     if rank == 0:
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        _write_atomic(Path(out_dir) / "eval" / f"{task}.jsonl", lines)
+        atomic_write_bytes(Path(out_dir) / "eval" / f"{task}.jsonl", lines.encode("utf-8"))
     return result
 
 
@@ -193,5 +178,5 @@ def update_results_json(out_dir, task_result: dict, meta: dict) -> dict:
         results.setdefault("tasks", {})
     results["meta"].update(meta)
     results["tasks"][task_result["task"]] = task_result
-    _write_atomic(path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return results
