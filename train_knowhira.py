@@ -189,7 +189,8 @@ def train_main(args) -> int:
     from models.get_models import load_base_model
     from training.loop import LoopConfig, train
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    # cpu=True without a GPU so that torchrun on CPU runs DDP over gloo
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
     # everything that can fail on bad input happens before the run folder exists
     records = load_train_data(args.data_dir, args.dataset)
     train_records, val_records = split_validation(records, args.val_size, seed=42)
@@ -246,7 +247,7 @@ def eval_main(args) -> int:
     from models.adapter import count_trainable, load_adapter
     from models.get_models import load_base_model
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     tasks, missing = eval_tasks(args.dataset, args.data_dir)
     for t in missing:
         state.print(f"skip {t}: no test file {Path(args.data_dir) / t / 'test.json'}")
