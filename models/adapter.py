@@ -13,11 +13,14 @@ from torch import nn
 
 from models.atomic import atomic_save_safetensors, atomic_write_json
 from models.hadamard import VARIANTS, HadamardLinear, base_weight
+from models.kasa import KASA_TENSORS, KaSALinear
 from models.spectrum import sigma_norms, spectrum_row_scale
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_TENSORS = ("hira_A", "hira_B", "gate", "sigma_norm", "hira_R")
+HADAMARD_TENSORS = ("hira_A", "hira_B", "gate", "sigma_norm", "hira_R")
+PEFT_TYPES = VARIANTS + ("kasa",)  # the methods written in this repository
+ADAPTER_MODULES = (HadamardLinear, KaSALinear)
 INIT_CHOICES = ("spectrum", "kaiming")
 
 
@@ -25,7 +28,7 @@ INIT_CHOICES = ("spectrum", "kaiming")
 class AdapterConfig:
     """Everything needed to rebuild a Hadamard-family adapter on a fresh base model."""
 
-    peft_type: str = "knowhira"  # hira | knowhira | hira_sb
+    peft_type: str = "knowhira"  # hira | knowhira | hira_sb | kasa
     r: int = 32
     # list -> module-name suffixes; str -> "all-linear" or a regex matched against full names
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
@@ -37,11 +40,14 @@ class AdapterConfig:
     spectrum_init_scale: float = 1.0  # τ in f_i ∝ σ_norm_i^τ
     scale: float = 1.0  # s in W = W0 + s · W0 ⊙ (B M A)
     dropout: float = 0.0  # dropout on the adapter path's input
-    ortho_lambda: float = 1e-3  # λ in L = L_task + λ · mean_layers L_ortho (used by the loop)
+    ortho_lambda: float = 1e-3  # λ in L = L_task + λ · mean_layers L_ortho (hira, knowhira)
+    kasa_alpha: float = 16.0  # KaSA: ΔW = (α/r) · ΔU diag(Δσ) ΔVᵀ
+    kasa_beta: float = 1e-4  # KaSA: β · Σ Δσ²
+    kasa_gamma: float = 1e-3  # KaSA: γ · (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F)
 
     def validate(self) -> "AdapterConfig":
-        if self.peft_type not in VARIANTS:
-            raise ValueError(f"unknown Hadamard peft_type {self.peft_type!r}; choose from {VARIANTS}")
+        if self.peft_type not in PEFT_TYPES:
+            raise ValueError(f"unknown adapter peft_type {self.peft_type!r}; choose from {PEFT_TYPES}")
         if self.r <= 0:
             raise ValueError(f"r must be a positive integer, got {self.r}")
         if not 0.0 <= self.knowledge_alpha <= 1.0:
@@ -58,6 +64,8 @@ class AdapterConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.ortho_lambda < 0:
             raise ValueError(f"ortho_lambda must be >= 0, got {self.ortho_lambda}")
+        if self.kasa_beta < 0 or self.kasa_gamma < 0:
+            raise ValueError(f"kasa_beta and kasa_gamma must be >= 0, got {self.kasa_beta}, {self.kasa_gamma}")
         if not self.target_modules:
             raise ValueError("target_modules is empty")
         return self
@@ -72,7 +80,7 @@ def linear_module_names(model: nn.Module) -> list[str]:
     """Full names of the linear layers an adapter may target (the output head excluded)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return [n for n, m in model.named_modules() if _is_linear(m) and m is not head
-            and not isinstance(m, HadamardLinear)]
+            and not isinstance(m, ADAPTER_MODULES)]
 
 
 def find_targets(model: nn.Module, target_modules) -> list[str]:
@@ -110,18 +118,27 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
     return found
 
 
-def adapter_layers(model: nn.Module) -> dict[str, HadamardLinear]:
+def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Adapted layers by full module name (the wrapper's name, i.e. the original layer's)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, HadamardLinear)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, ADAPTER_MODULES)}
+
+
+def _wrap(base: nn.Module, cfg: "AdapterConfig", compute_spectrum: bool) -> nn.Module:
+    if cfg.peft_type == "kasa":  # SVD truncation of the pretrained W0 happens here
+        return KaSALinear(base, cfg.r, alpha=cfg.kasa_alpha, dropout=cfg.dropout,
+                          compute_svd=compute_spectrum)
+    return HadamardLinear(base, cfg.peft_type, cfg.r, scale=cfg.scale, dropout=cfg.dropout,
+                          knowledge_alpha=cfg.knowledge_alpha, adaptive_gating=cfg.adaptive_gating,
+                          g_init=cfg.g_init)
 
 
 # ---- injection -----------------------------------------------------------------------------
 def add_adapters(model: nn.Module, cfg: AdapterConfig, compute_spectrum: bool = True) -> list[str]:
     """Freeze `model` and wrap each target layer in a HadamardLinear; returns the target names.
 
-    Call AFTER the pretrained weights are loaded: KnowHiRA's σ_norm is computed here from the
-    weights the layers hold now (batched svdvals on their device). `compute_spectrum=False` is for
-    `load_adapter`, which restores the σ_norm cached at training time instead.
+    Call AFTER the pretrained weights are loaded: KnowHiRA's σ_norm (and KaSA's truncation) are
+    computed here from the weights the layers hold now, on their device. `compute_spectrum=False`
+    is for `load_adapter`, which restores the values cached at training time instead.
     """
     cfg.validate()
     targets = find_targets(model, cfg.target_modules)
@@ -130,10 +147,8 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, compute_spectrum: bool = 
     modules = dict(model.named_modules())
     for name in targets:
         parent_name, _, child = name.rpartition(".")
-        wrapped = HadamardLinear(modules[name], cfg.peft_type, cfg.r, scale=cfg.scale,
-                                 dropout=cfg.dropout, knowledge_alpha=cfg.knowledge_alpha,
-                                 adaptive_gating=cfg.adaptive_gating, g_init=cfg.g_init)
-        setattr(modules[parent_name] if parent_name else model, child, wrapped)
+        setattr(modules[parent_name] if parent_name else model, child,
+                _wrap(modules[name], cfg, compute_spectrum))
     layers = adapter_layers(model)
     if cfg.peft_type == "knowhira" and compute_spectrum:
         sig = sigma_norms({n: base_weight(m.base) for n, m in layers.items()}, cfg.r, cfg.svd_rank_ratio)
@@ -151,16 +166,31 @@ def ortho_loss(model: nn.Module) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+def regularizer(model: nn.Module, cfg: AdapterConfig):
+    """The weighted term the method adds to the task loss, as a function of the model, or None.
+
+    hira / knowhira: λ · mean_layers L_ortho;  kasa: Σ_layers β Σ Δσ² + γ (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F)
+    (summed over layers, as the KaSA paper); hira_sb: none (its A and B are fixed).
+    """
+    if cfg.peft_type in ("hira", "knowhira") and cfg.ortho_lambda > 0:
+        return lambda m: cfg.ortho_lambda * ortho_loss(m)
+    if cfg.peft_type == "kasa":
+        return lambda m: torch.stack([layer.regularizer(cfg.kasa_beta, cfg.kasa_gamma)
+                                      for layer in adapter_layers(m).values()]).sum()
+    return None
+
+
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # ---- save / load ---------------------------------------------------------------------------
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors (A, B, g, R, cached σ_norm) plus each layer's ||W0||_F fingerprint."""
+    """Adapter tensors (A, B, g, R, cached σ_norm; KaSA's factors and dropped components) plus each
+    layer's ||W0||_F fingerprint (of the frozen base as the adapter sees it)."""
     state = {}
     for name, layer in adapter_layers(model).items():
-        for key in ADAPTER_TENSORS:
+        for key in KASA_TENSORS if isinstance(layer, KaSALinear) else HADAMARD_TENSORS:
             if hasattr(layer, key):
                 state[f"{name}.{key}"] = getattr(layer, key).detach().float()
         state[f"{name}.w0_fro"] = base_weight(layer.base).detach().float().norm().reshape(1)
@@ -202,14 +232,16 @@ def load_adapter(model: nn.Module, adapter_dir) -> AdapterConfig:
     with torch.no_grad():
         for key, value in saved.items():
             name, _, attr = key.rpartition(".")
-            if attr == "w0_fro":
-                now = expected[key].item()
-                if abs(now - value.item()) > 1e-2 * value.item():
-                    raise ValueError(f"base weight of {name} differs from the one the adapter was "
-                                     f"trained on (||W0||_F {now:.4g} vs {value.item():.4g}): "
-                                     f"wrong base model?")
-                continue
-            getattr(layers[name], attr).copy_(value)
+            if attr != "w0_fro":
+                getattr(layers[name], attr).copy_(value)
+        for layer in layers.values():
+            if isinstance(layer, KaSALinear):  # W0' = W0 − U_r S_r V_rᵀ from the saved components
+                layer.truncate_base_from_buffers()
+        for name, layer in layers.items():
+            now, then = base_weight(layer.base).float().norm().item(), saved[f"{name}.w0_fro"].item()
+            if abs(now - then) > 1e-2 * then:
+                raise ValueError(f"base weight of {name} differs from the one the adapter was "
+                                 f"trained on (||W0||_F {now:.4g} vs {then:.4g}): wrong base model?")
     return cfg
 
 

@@ -1,0 +1,195 @@
+"""KaSA: Knowledge-aware Singular-value Adaptation (Wang et al., 2024), following the PAPER.
+
+Given a frozen pretrained layer W0 (out x in) and a rank r < min(out, in):
+
+1. Knowledge-based truncation. Full (thin) SVD W0 = U S Vᵀ with the singular values descending.
+   Keep the top k = min(out, in) − r components and replace the frozen weight IN PLACE by
+
+       W0' = U_k S_k V_kᵀ = W0 − U_r S_r V_rᵀ        (U_r, S_r, V_r: the r SMALLEST components)
+
+   The truncation is implemented as that subtraction. The dropped components are kept as buffers
+   `kasa_U_drop` (out x r), `kasa_S_drop` (r), `kasa_V_drop` (in x r), so that
+   (a) an adapter loaded onto a fresh pretrained model needs no SVD: build the layer with
+       `compute_svd=False`, copy the buffers in, and call `truncate_base_from_buffers()`;
+   (b) the pretrained weight can be brought back: W0 = W0' + U_r S_r V_rᵀ (`restore_base()`). This
+       is exact in exact arithmetic; in floating point it matches W0 up to rounding (~1e-7 relative
+       in fp32, ~1e-15 in fp64), and not bit for bit, since W0' was rounded to the weight's dtype.
+   The SVD and the subtraction run on the weight's device in fp32 (fp64 for an fp64 weight); W0' is
+   rounded once to the weight's dtype. For a 16-bit base that rounding means W0' is only rank k up
+   to bf16/fp16 precision.
+
+2. Knowledge-aware singular-value adaptation. Trainable ΔU (out x r), ΔV (in x r), Δσ (r):
+
+       ΔW      = (α/r) · ΔU diag(Δσ) ΔVᵀ                                   (out x in)
+       forward = base(x) + (α/r) · ((dropout(x) @ ΔV) ⊙ Δσ) @ ΔUᵀ           (ΔW never formed)
+
+   Init: ΔU = 0 (so the layer starts as the truncated base), Δσ ~ N(0, 1), ΔV Kaiming-uniform with
+   a = √5 as nn.Linear does, with fan_in = in (see `_init_dv`). Trainable count: r · (out + in + 1).
+
+3. Regulariser (added to the task loss by the training loop):
+
+       L_reg = β · Σ_i Δσ_i² + γ · (‖ΔUᵀΔU − I_r‖_F + ‖ΔVᵀΔV − I_r‖_F)
+
+   with Frobenius NORMS (not squared) and r x r Gram matrices, as the paper writes it.
+
+The official KaSA code differs from the paper in two places; we follow the paper in both:
+- it truncates to in_features − r components (not min(out, in) − r), so a layer with out < in is
+  not truncated at all (in − r >= out keeps every component);
+- its orthogonality terms build full-width Gram matrices (out x out, in x in) instead of r x r.
+
+Merge: W0' <- W0' + ΔW in place (`merge`); `unmerge` restores W0' bit for bit from a backup.
+"""
+import math
+
+import torch
+from torch import nn
+
+from models.hadamard import base_weight, layer_shape
+
+KASA_TENSORS = ("kasa_dU", "kasa_dV", "kasa_dS", "kasa_U_drop", "kasa_S_drop", "kasa_V_drop")
+
+
+def _acc_dtype(w: torch.Tensor) -> torch.dtype:
+    """Precision of the SVD and the truncation: fp64 for an fp64 weight, else fp32."""
+    return torch.float64 if w.dtype == torch.float64 else torch.float32
+
+
+def _init_dv(in_f: int, r: int, device) -> torch.Tensor:
+    """ΔV (in x r) as nn.Linear(in, r) would initialise its weight, transposed.
+
+    x @ ΔV maps in -> r, so ΔVᵀ plays the role of an nn.Linear(in, r) weight (r x in) and the fan_in
+    is `in`. Calling kaiming_uniform_ on the in x r tensor directly would take fan_in = r (its
+    size(1)) and give far too large entries. Bound: gain·√(3/fan_in) = √(2/(1+5))·√(3/in) = 1/√in.
+    """
+    w = torch.empty(r, in_f, device=device)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # fan_in = in; U(-1/√in, 1/√in)
+    return w.t().contiguous()
+
+
+class KaSALinear(nn.Module):
+    """A frozen linear layer (nn.Linear or GPT-2 Conv1D), SVD-truncated, plus a KaSA adapter.
+
+    Trainable: kasa_dU, kasa_dV, kasa_dS. Buffers saved with the adapter: kasa_U_drop, kasa_S_drop,
+    kasa_V_drop (the r dropped singular components of the pretrained weight).
+
+    `compute_svd=False` (for the loader): the base is left untouched and the buffers start at zero;
+    fill them from the saved adapter, then call `truncate_base_from_buffers()`.
+    """
+
+    def __init__(self, base: nn.Module, r: int, alpha: float = 16.0, dropout: float = 0.0,
+                 compute_svd: bool = True):
+        super().__init__()
+        out_f, in_f = layer_shape(base)
+        if not isinstance(r, int) or r <= 0:
+            raise ValueError(f"KaSA rank r must be a positive integer, got {r!r}")
+        if r >= min(out_f, in_f):
+            raise ValueError(f"KaSA rank r={r} must be < min(out, in) = {min(out_f, in_f)} for a "
+                             f"{out_f}x{in_f} (out x in) layer: it keeps min(out, in) - r singular "
+                             f"components of W0")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.r, self.alpha = r, float(alpha)
+        self.scale = self.alpha / r  # α/r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        w0 = base_weight(base)
+        dev, acc = w0.device, _acc_dtype(w0)
+
+        self.kasa_dU = nn.Parameter(torch.zeros(out_f, r, device=dev))  # ΔU = 0
+        self.kasa_dV = nn.Parameter(_init_dv(in_f, r, dev))  # Kaiming-uniform, fan_in = in
+        self.kasa_dS = nn.Parameter(torch.randn(r, device=dev))  # Δσ ~ N(0, 1)
+
+        self.register_buffer("kasa_U_drop", torch.zeros(out_f, r, device=dev, dtype=acc))
+        self.register_buffer("kasa_S_drop", torch.zeros(r, device=dev, dtype=acc))
+        self.register_buffer("kasa_V_drop", torch.zeros(in_f, r, device=dev, dtype=acc))
+        self.base_truncated = False
+        self.merged = False
+        if compute_svd:
+            with torch.no_grad():
+                # W0 = U S Vᵀ (thin SVD: min(out, in) components, σ descending); keep the last r
+                u, s, vh = torch.linalg.svd(w0.detach().to(acc), full_matrices=False)
+                k = min(out_f, in_f) - r
+                self.kasa_U_drop.copy_(u[:, k:])  # U_r (out x r)
+                self.kasa_S_drop.copy_(s[k:])  # S_r (r), the r smallest singular values
+                self.kasa_V_drop.copy_(vh[k:].t())  # V_r (in x r)
+            self.truncate_base_from_buffers()
+
+    # ---- truncation ------------------------------------------------------------------------
+    def dropped_weight(self) -> torch.Tensor:
+        """U_r S_r V_rᵀ (out x in), the part of W0 the truncation removes, in the buffers' dtype."""
+        return (self.kasa_U_drop * self.kasa_S_drop) @ self.kasa_V_drop.t()
+
+    @torch.no_grad()
+    def truncate_base_from_buffers(self) -> None:
+        """W0' = W0 − U_r S_r V_rᵀ in place (no SVD); for Conv1D the transposed view is written."""
+        if self.base_truncated:
+            raise RuntimeError("the base weight of this KaSA layer is already truncated")
+        if self.merged:
+            raise RuntimeError("cannot truncate a merged KaSA layer")
+        w = base_weight(self.base)
+        dropped = self.dropped_weight()
+        w.copy_((w.to(dropped.dtype) - dropped).to(w.dtype))  # W0' = W0 − U_r S_r V_rᵀ
+        self.base_truncated = True
+
+    @torch.no_grad()
+    def restore_base(self) -> None:
+        """W0 = W0' + U_r S_r V_rᵀ in place: the pretrained weight up to fp rounding (not bitwise)."""
+        if self.merged:
+            raise RuntimeError("unmerge the KaSA layer before restoring its pretrained weight")
+        if not self.base_truncated:
+            raise RuntimeError("the base weight of this KaSA layer is not truncated")
+        w = base_weight(self.base)
+        dropped = self.dropped_weight()
+        w.copy_((w.to(dropped.dtype) + dropped).to(w.dtype))  # W0 = W0' + U_r S_r V_rᵀ
+        self.base_truncated = False
+
+    # ---- the update ------------------------------------------------------------------------
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = (α/r) · ΔU diag(Δσ) ΔVᵀ, out x in, in the adapter's dtype (fp32)."""
+        return self.scale * (self.kasa_dU * self.kasa_dS) @ self.kasa_dV.t()
+
+    def regularizer(self, beta: float = 1e-4, gamma: float = 1e-3) -> torch.Tensor:
+        """β · Σ Δσ² + γ · (‖ΔUᵀΔU − I_r‖_F + ‖ΔVᵀΔV − I_r‖_F)  (norms, not squared; r x r)."""
+        u, v, s = self.kasa_dU, self.kasa_dV, self.kasa_dS
+        eye = torch.eye(self.r, device=u.device, dtype=u.dtype)
+        ortho = torch.linalg.matrix_norm(u.t() @ u - eye) + torch.linalg.matrix_norm(v.t() @ v - eye)
+        return beta * (s * s).sum() + gamma * ortho
+
+    # ---- forward / merge -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        h = self.dropout(x) if self.dropout is not None else x
+        h = h.to(self.kasa_dV.dtype)
+        # (α/r) · ((x ΔV) ⊙ Δσ) ΔUᵀ : in -> r -> r -> out, never forming ΔW
+        delta = ((h @ self.kasa_dV) * self.kasa_dS) @ self.kasa_dU.t()
+        return y + (self.scale * delta).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self, keep_backup: bool = True) -> None:
+        """W0' <- W0' + ΔW in place; keeps a copy of W0' so `unmerge` restores it bit for bit."""
+        if self.merged:
+            return
+        w = base_weight(self.base)
+        self._w0_backup = w.detach().clone() if keep_backup else None
+        w.copy_((w.to(self.kasa_dU.dtype) + self.delta_weight()).to(w.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact (truncated) W0' from the backup taken by `merge`."""
+        if not self.merged:
+            return
+        if self._w0_backup is None:
+            raise RuntimeError("this layer was merged without a backup of W0'; cannot unmerge")
+        base_weight(self.base).copy_(self._w0_backup)
+        del self._w0_backup
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        out_f, in_f = layer_shape(self.base)
+        return (f"in={in_f}, out={out_f}, r={self.r}, alpha={self.alpha}, "
+                f"truncated={self.base_truncated}")
