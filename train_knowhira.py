@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from models.methods import METHODS
+
 DEFAULT_MODEL = "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # scripts/fetch_smollm2.sh
 DEFAULT_DATA_DIR = os.environ.get("KNOWHIRA_DATA_DIR", "data/commonsense")
 
@@ -68,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast compute dtype (accelerate)")
     g.add_argument("--enable_grad_ckpt", action="store_true", help="gradient checkpointing")
     g = p.add_argument_group("adapter")
-    g.add_argument("--peft_type", choices=["knowhira", "hira"], default="knowhira")
-    g.add_argument("--r_ab", type=positive_int, default=32, help="rank r of B (out x r) and A (r x in)")
+    g.add_argument("--peft_type", choices=METHODS, default="knowhira",
+                   help="knowhira | hira | hira_sb | kasa (this repo) | lora | dora | ia3 (peft) | fft")
+    g.add_argument("--r_ab", type=positive_int, default=32,
+                   help="rank r (B out x r, A r x in; LoRA/DoRA/KaSA rank; HiRA-SB's R is r x r)")
     g.add_argument("--target_modules", type=target_list, default=None,
                    help="comma list of module-name suffixes, 'all-linear', or 're:<regex>' "
                         "(default: per architecture, see models/get_models.py)")
@@ -87,7 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ortho_lambda", type=non_negative_float, default=1e-3,
                    help="λ in L = L_task + λ · mean_layers L_ortho")
     g.add_argument("--hira_scale", type=float, default=1.0, help="s in W = W0 + s·W0⊙(BMA)")
-    g.add_argument("--adapter_dropout", type=float, default=0.0, help="dropout on the adapter path")
+    g.add_argument("--adapter_dropout", "--lora_dropout", dest="adapter_dropout", type=float,
+                   default=0.0, help="dropout on the adapter path's input (all adapter methods)")
+    g.add_argument("--lora_alpha", type=float, default=16.0,
+                   help="α of LoRA/DoRA (scale α/r) and KaSA (ΔW = (α/r) ΔU diag(Δσ) ΔVᵀ)")
+    g.add_argument("--kasa_beta", type=non_negative_float, default=1e-4, help="KaSA: β · Σ Δσ²")
+    g.add_argument("--kasa_gamma", type=non_negative_float, default=1e-3,
+                   help="KaSA: γ · (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F)")
+    g.add_argument("--sb_init_batches", type=positive_int, default=8,
+                   help="HiRA-SB: training batches whose full fine-tuning gradient sets B, A, R")
+    g.add_argument("--sb_eta", type=non_negative_float, default=1e-3,
+                   help="HiRA-SB: step size η of the full fine-tuning step that R matches")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="common_170k",
                    help="training: common_170k | mix:task1,task2,... | task; "
@@ -157,17 +171,44 @@ def run_name(args) -> str:
             f"_lr{args.lr}_s{args.seed}_{stamp}")
 
 
-def adapter_config(args, model_type: str):
-    from models.adapter import AdapterConfig
+def method_configs(args, model_type: str):
+    """(AdapterConfig for our methods, peft config for lora/dora/ia3); None where not used."""
+    from models.adapter import PEFT_TYPES, AdapterConfig
     from models.get_models import default_targets
+    from models.methods import PEFT_LIBRARY, peft_library_config
 
-    return AdapterConfig(peft_type=args.peft_type, r=args.r_ab,
-                         target_modules=args.target_modules or default_targets(model_type),
+    if args.peft_type == "fft":
+        return None, None
+    targets = args.target_modules or default_targets(model_type)
+    if args.peft_type in PEFT_LIBRARY:
+        return None, peft_library_config(args.peft_type, args.r_ab, args.lora_alpha,
+                                         args.adapter_dropout, targets, model_type)
+    assert args.peft_type in PEFT_TYPES
+    return AdapterConfig(peft_type=args.peft_type, r=args.r_ab, target_modules=targets,
                          knowledge_alpha=args.knowledge_alpha, adaptive_gating=args.adaptive_gating,
                          g_init=args.g_init, svd_rank_ratio=args.svd_rank_ratio,
                          init_ab=args.init_ab, spectrum_init_scale=args.spectrum_init_scale,
                          scale=args.hira_scale, dropout=args.adapter_dropout,
-                         ortho_lambda=args.ortho_lambda).validate()
+                         ortho_lambda=args.ortho_lambda, kasa_alpha=args.lora_alpha,
+                         kasa_beta=args.kasa_beta, kasa_gamma=args.kasa_gamma).validate(), None
+
+
+def hira_sb_init(model, tokenizer, features, args, device):
+    """Set HiRA-SB's B, A, R from the full fine-tuning gradient of `--sb_init_batches` batches."""
+    from data.tokenize import Collator
+    from models.hira_sb import hira_sb_initialise
+    from training.loop import epoch_order, task_loss_sum
+
+    collate = Collator(tokenizer)
+    order = epoch_order(len(features), args.seed, epoch=-1)  # a sample apart from epoch 0's order
+    batches = [{k: v.to(device) for k, v in collate([features[i] for i in order[j:j + args.batch]]).items()}
+               for j in range(0, args.sb_init_batches * args.batch, args.batch)]
+    total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+
+    def loss_fn(m, batch):  # token-mean over all init batches, so G is one full-batch gradient
+        return task_loss_sum(m, batch)[0] / total
+
+    return hira_sb_initialise(model, batches, loss_fn, eta=args.sb_eta)
 
 
 def tokenize_all(tokenizer, records, args, desc):
@@ -184,9 +225,10 @@ def train_main(args) -> int:
     from accelerate import Accelerator
 
     from data.commonsense import load_train_data, split_validation
-    from models.adapter import add_adapters, count_trainable, ortho_loss, save_adapter
+    from models.adapter import count_trainable
     from models.atomic import atomic_write_json
     from models.get_models import load_base_model
+    from models.methods import build
     from training.loop import LoopConfig, train
 
     # cpu=True without a GPU so that torchrun on CPU runs DDP over gloo
@@ -198,11 +240,16 @@ def train_main(args) -> int:
     model, tokenizer = load_base_model(args.model_name, args.gguf_file, args.load_bit,
                                        args.enable_grad_ckpt)
     model.to(accelerator.device)  # so the SVDs below run on the accelerator
-    cfg = adapter_config(args, model.config.model_type)
-    add_adapters(model, cfg)  # after from_pretrained: σ_norm sees the pretrained weights
-    n_trainable = count_trainable(model)
+    adapter_cfg, peft_cfg = method_configs(args, model.config.model_type)
     train_features = tokenize_all(tokenizer, train_records, args, "train")
     val_features = tokenize_all(tokenizer, val_records, args, "validation")
+    # after from_pretrained: σ_norm (KnowHiRA) and the truncation (KaSA) see the pretrained weights
+    model, save, reg = build(model, args.peft_type, adapter_cfg, peft_cfg)
+    if args.peft_type == "hira_sb":
+        report = hira_sb_init(model, tokenizer, train_features, args, accelerator.device)
+        accelerator.print("HiRA-SB init: mean relative residual "
+                          f"{sum(r['rel_residual'] for r in report.values()) / len(report):.3f}")
+    n_trainable = count_trainable(model)
 
     run_dir = Path(args.output_folder) / args.run_name
     if accelerator.is_main_process:
@@ -219,10 +266,9 @@ def train_main(args) -> int:
                           eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
                           save_steps=args.save_steps, keep_checkpoints=args.keep_checkpoints,
                           early_stop_patience=args.early_stop_patience, log_steps=args.log_steps,
-                          ortho_lambda=args.ortho_lambda)
+                          reg_weight=reg[1] if reg else 0.0)
     result = train(accelerator, model, tokenizer, train_features, val_features, loop_cfg, run_dir,
-                   save_best=lambda m, d: save_adapter(m, cfg, d),
-                   extra_loss=ortho_loss if args.ortho_lambda > 0 else None)
+                   save_best=save, extra_loss=reg[0] if reg else None)
     accelerator.print(f"done: {result.steps} steps, best validation loss {result.best_val_loss}")
     return 0
 
@@ -244,8 +290,9 @@ def eval_main(args) -> int:
     from accelerate import PartialState
 
     from eval.evaluate import evaluate_task, load_test_records, update_results_json
-    from models.adapter import count_trainable, load_adapter
+    from models.adapter import count_trainable
     from models.get_models import load_base_model
+    from models.methods import load_trained
 
     state = PartialState(cpu=not torch.cuda.is_available())
     tasks, missing = eval_tasks(args.dataset, args.data_dir)
@@ -264,7 +311,7 @@ def eval_main(args) -> int:
         if not adapter_dir.is_dir():
             raise SystemExit(f"error: {run_dir} has no trained adapter (best/ or final/)")
         model, tokenizer = load_base_model(saved["model_name"], saved.get("gguf_file"), saved["load_bit"])
-        load_adapter(model, adapter_dir)
+        model = load_trained(model, saved["peft_type"], adapter_dir)
         meta = {"method": saved["peft_type"], "model_name": saved["model_name"],
                 "adapter": adapter_dir.name, "trainable_params": count_trainable(model),
                 **{k: saved.get(k) for k in ("r_ab", "lr", "knowledge_alpha", "ortho_lambda",
@@ -298,9 +345,10 @@ def main(argv=None) -> int:
         if not (Path(args.resume) / "args.json").is_file():
             print(f"error: --resume {args.resume}: no args.json there (not a run folder)", file=sys.stderr)
             return 2
-        saved = json.loads((Path(args.resume) / "args.json").read_text())
+        resume_dir = Path(args.resume)  # args is replaced below: saved["resume"] is None
+        saved = json.loads((resume_dir / "args.json").read_text())
         args = argparse.Namespace(**{k: v for k, v in saved.items() if k in vars(args)})
-        args.output_folder, args.run_name = str(Path(args.resume).parent), Path(args.resume).name
+        args.output_folder, args.run_name = str(resume_dir.parent), resume_dir.name
         args.resume = None
     elif args.ckpt is None and args.run_name is None:
         args.run_name = run_name(args)

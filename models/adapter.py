@@ -166,17 +166,18 @@ def ortho_loss(model: nn.Module) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def regularizer(model: nn.Module, cfg: AdapterConfig):
-    """The weighted term the method adds to the task loss, as a function of the model, or None.
+def regularizer(cfg: AdapterConfig):
+    """(unweighted regulariser as a function of the model, its weight) for the method, or None.
 
-    hira / knowhira: λ · mean_layers L_ortho;  kasa: Σ_layers β Σ Δσ² + γ (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F)
-    (summed over layers, as the KaSA paper); hira_sb: none (its A and B are fixed).
+    hira / knowhira: L_ortho = mean over layers of ||A Aᵀ − I||_F² + ||Bᵀ B − I||_F², weight λ;
+    kasa: Σ_layers β Σ Δσ² + γ (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F) (summed over layers as in the KaSA
+    paper; β, γ inside), weight 1; hira_sb: none (its A and B are fixed).
     """
     if cfg.peft_type in ("hira", "knowhira") and cfg.ortho_lambda > 0:
-        return lambda m: cfg.ortho_lambda * ortho_loss(m)
+        return ortho_loss, cfg.ortho_lambda
     if cfg.peft_type == "kasa":
-        return lambda m: torch.stack([layer.regularizer(cfg.kasa_beta, cfg.kasa_gamma)
-                                      for layer in adapter_layers(m).values()]).sum()
+        return (lambda m: torch.stack([layer.regularizer(cfg.kasa_beta, cfg.kasa_gamma)
+                                       for layer in adapter_layers(m).values()]).sum()), 1.0
     return None
 
 

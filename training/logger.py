@@ -36,7 +36,7 @@ def read_log(run_dir) -> list[dict]:
 
 
 def plot_losses(run_dir) -> Path:
-    """RUN_DIR/loss.png: task loss, λ·L_ortho and validation loss against the optimizer step."""
+    """RUN_DIR/loss.png: task and validation loss, and the regulariser, against the optimizer step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,8 +53,8 @@ def plot_losses(run_dir) -> Path:
     ax[0].set(xlabel="optimizer step", ylabel="cross-entropy (response tokens)", title="Task loss")
     ax[0].legend()
     ax[0].grid(alpha=0.3)
-    ax[1].plot([r["step"] for r in train], [r["loss_ortho"] for r in train], color="tab:green")
-    ax[1].set(xlabel="optimizer step", ylabel="mean over layers", title="L_ortho (unweighted)")
+    ax[1].plot([r["step"] for r in train], [r["loss_reg"] for r in train], color="tab:green")
+    ax[1].set(xlabel="optimizer step", ylabel="mean over layers", title="regulariser (unweighted; L_ortho for KnowHiRA)")
     ax[1].grid(alpha=0.3)
     fig.suptitle(Path(run_dir).name, fontsize=9)
     fig.tight_layout()

@@ -1,7 +1,7 @@
 """The training loop: explicit, resumable, and identical on one process and under torchrun.
 
 Objective per optimizer step:
-    L = L_task + λ_ortho · L_ortho
+    L = L_task + λ · L_reg      (KnowHiRA/HiRA: L_reg = L_ortho, λ = λ_ortho; KaSA: its β/γ terms, λ = 1)
     L_task  = Σ (token cross-entropy over response tokens of the effective batch) / N_tokens
     L_ortho = mean over adapted layers of ||A Aᵀ - I||_F² + ||Bᵀ B - I||_F²
 The task loss is normalised by the number of target tokens of the WHOLE effective batch
@@ -46,7 +46,7 @@ class LoopConfig:
     keep_checkpoints: int = 2
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = off
     log_steps: int = 1
-    ortho_lambda: float = 1e-3
+    reg_weight: float = 1.0  # weight of the method's regulariser (λ_ortho for KnowHiRA)
 
 
 @dataclass
@@ -112,7 +112,8 @@ def validation_loss(accelerator, model, features: list[dict], collate, batch: in
 def train(accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
           cfg: LoopConfig, run_dir, save_best, extra_loss=None) -> LoopResult:
     """Run (or resume) training. `save_best(unwrapped_model, subdir)` writes an adapter folder;
-    `extra_loss(unwrapped_model)` returns the regulariser (L_ortho) or None.
+    `extra_loss(unwrapped_model)` returns the method's unweighted regulariser (L_ortho for
+    KnowHiRA), added to the loss with weight `cfg.reg_weight`; None for no regulariser.
     """
     run_dir = Path(run_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -170,9 +171,9 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
                     loss_sum, _ = task_loss_sum(ddp_model, b)
                     # DDP averages gradients over ranks, hence the factor `world`
                     loss = loss_sum * world / n_targets
-                    if extra_loss is not None:  # + λ·L_ortho, spread over the micro-steps
+                    if extra_loss is not None:  # + λ·L_reg, spread over the micro-steps
                         reg = extra_loss(model)
-                        loss = loss + cfg.ortho_lambda * reg / cfg.grad_acc
+                        loss = loss + cfg.reg_weight * reg / cfg.grad_acc
                         reg_value = reg.item()
                 accelerator.backward(loss)
             loss_task += loss_sum.detach().double()
@@ -193,8 +194,8 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
         if step % cfg.log_steps == 0 or step == total_steps:
             now = time.time()
             record = {"step": step, "epoch": epoch + (k + 1) / steps_per_epoch,
-                      "loss_task": loss_task.item(), "loss_ortho": reg_value,
-                      "loss_total": loss_task.item() + cfg.ortho_lambda * reg_value,
+                      "loss_task": loss_task.item(), "loss_reg": reg_value,
+                      "loss_total": loss_task.item() + cfg.reg_weight * reg_value,
                       "lr": lr_now, "grad_norm": float(grad_norm),
                       "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
             t_last, tokens_since = now, 0

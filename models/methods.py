@@ -1,0 +1,82 @@
+"""Every method behind one switch (`--peft_type`): build it, name its regulariser, save and load it.
+
+- knowhira, hira, hira_sb, kasa: written here (models/hadamard.py, models/kasa.py), saved as
+  adapter_model.safetensors + adapter_config.json by models/adapter.py.
+- lora, dora, ia3: the `peft` library (LoraConfig, LoraConfig(use_dora=True), IA3Config), saved in
+  peft's own adapter format.
+- fft: full fine-tuning of every parameter, embeddings and norms included (the LLM-Adapters
+  baseline); the model itself is saved (save_pretrained).
+"""
+from pathlib import Path
+
+from torch import nn
+
+from models.adapter import (PEFT_TYPES, AdapterConfig, add_adapters, load_adapter, regularizer,
+                            save_adapter)
+
+PEFT_LIBRARY = ("lora", "dora", "ia3")
+METHODS = ("knowhira", "hira", "hira_sb", "kasa", "lora", "dora", "ia3", "fft")
+
+
+def peft_library_config(method: str, r: int, lora_alpha: float, lora_dropout: float, targets,
+                        model_type: str):
+    """The peft config for lora / dora / ia3 on the given target modules."""
+    from peft import IA3Config, LoraConfig
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF
+
+    if method in ("lora", "dora"):
+        return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                          target_modules=targets, use_dora=method == "dora", task_type="CAUSAL_LM")
+    if isinstance(targets, str):
+        raise ValueError("ia3 needs a list of target module names (its feed-forward subset is "
+                         "taken from peft's per-architecture mapping)")
+    feedforward = [t for t in targets if t.rsplit(".", 1)[-1] in FF.get(model_type, [])]
+    return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+
+
+def build(model: nn.Module, method: str, adapter_cfg: AdapterConfig | None = None,
+          peft_cfg=None):
+    """Make `model` trainable for `method`.
+
+    Returns (model, save(model, dir), regulariser): the regulariser is (fn(model), weight) or None
+    (models.adapter.regularizer). Our methods take an AdapterConfig, peft's their own config, fft
+    neither.
+    """
+    if method in PEFT_TYPES:
+        add_adapters(model, adapter_cfg)
+        return model, lambda m, d: save_adapter(m, adapter_cfg, d), regularizer(adapter_cfg)
+    if method in PEFT_LIBRARY:
+        from peft import get_peft_model
+
+        peft_model = get_peft_model(model, peft_cfg)
+        return peft_model, lambda m, d: m.save_pretrained(str(d)), None
+    if method == "fft":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, lambda m, d: m.save_pretrained(str(d), safe_serialization=True), None
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def load_trained(model: nn.Module, method: str, saved_dir) -> nn.Module:
+    """Put a trained adapter (or, for fft, trained weights) from `saved_dir` onto `model`."""
+    saved_dir = Path(saved_dir)
+    if method in PEFT_TYPES:
+        load_adapter(model, saved_dir)
+        return model
+    if method in PEFT_LIBRARY:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(saved_dir))
+    if method == "fft":
+        from safetensors.torch import load_file
+
+        state = {}
+        for f in sorted(saved_dir.glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+        if set(missing) - tied or unexpected:
+            raise ValueError(f"{saved_dir} does not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        return model
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
