@@ -347,7 +347,8 @@ def main(argv=None) -> int:
             return 2
         resume_dir = Path(args.resume)  # args is replaced below: saved["resume"] is None
         saved = json.loads((resume_dir / "args.json").read_text())
-        args = argparse.Namespace(**{k: v for k, v in saved.items() if k in vars(args)})
+        # parser defaults, overlaid with the run's saved values (older runs may lack newer flags)
+        args = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}})
         args.output_folder, args.run_name = str(resume_dir.parent), resume_dir.name
         args.resume = None
     elif args.ckpt is None and args.run_name is None:

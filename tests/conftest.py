@@ -58,3 +58,27 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = 50257):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_neo_dir(tmp_path_factory, gpt2_tokenizer):
+    """A tiny RANDOM GPT-Neo (tiny_model("gpt_neo")) saved with the real GPT-2 tokenizer
+    (pad = eos): a local folder to pass as --model_name."""
+    out = tmp_path_factory.mktemp("tiny_gpt_neo")
+    tiny_model("gpt_neo").save_pretrained(str(out))
+    gpt2_tokenizer.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory, data_dir):
+    """A data folder holding the FIRST 40 real training records of boolq and openbookqa
+    (<task>/train.json), so CLI runs spend their time training rather than tokenizing."""
+    import json
+
+    out = tmp_path_factory.mktemp("small_commonsense")
+    for task in ("boolq", "openbookqa"):
+        records = json.loads((data_dir / task / "train.json").read_text())[:40]
+        (out / task).mkdir()
+        (out / task / "train.json").write_text(json.dumps(records))
+    return out

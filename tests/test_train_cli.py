@@ -1,0 +1,313 @@
+"""train_knowhira.py end to end (subprocesses and in-process main()) on a tiny RANDOM GPT-Neo with
+the real GPT-2 tokenizer: SIGKILL + --resume reproduces the uninterrupted run exactly (also when
+killed in the middle of a checkpoint write), the run folder holds what it should, bad inputs fail
+cleanly before anything is written, and a diverging run stops keeping its last good checkpoint."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_knowhira
+from training.checkpoint import FAULT_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train_knowhira.py"
+TARGETS = "q_proj,v_proj,out_proj,c_fc,c_proj"
+R = 4
+STEPS = 10
+TIMEOUT = 300
+
+
+def cli_env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop(FAULT_ENV, None)
+    env.update(extra)
+    return env
+
+
+def train_args(model_dir, data_dir, out, name):
+    return ["--model_name", str(model_dir), "--data_dir", str(data_dir),
+            "--dataset", "mix:boolq,openbookqa", "--val_size", "4", "--cutoff_len", "128",
+            "--batch", "2", "--max_steps", str(STEPS), "--save_steps", "2", "--eval_steps", "5",
+            "--keep_checkpoints", "2", "--r_ab", str(R), "--lr", "1e-2", "--seed", "3",
+            "--target_modules", TARGETS, "--output_folder", str(out), "--run_name", name]
+
+
+def start(args, out, tag, **env):
+    log = open(out / f"{tag}.console.txt", "w")
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=cli_env(**env),
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc
+
+
+def logged_steps(run_dir) -> list[int]:
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().split("\n")[:-1]:  # complete lines only
+        steps.append(json.loads(line)["step"])
+    return steps
+
+
+def read_log(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line]
+
+
+def wait(proc, out, tag):
+    try:
+        return proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{tag} timed out:\n{(out / f'{tag}.console.txt').read_text()[-3000:]}")
+
+
+def console(out, tag):
+    return (out / f"{tag}.console.txt").read_text()[-3000:]
+
+
+# ---- 5. three runs: A uninterrupted, B SIGKILLed mid-run, C killed inside a checkpoint write ----
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_neo_dir, small_data_dir):
+    out = tmp_path_factory.mktemp("cli_runs")
+    args = {n: train_args(tiny_neo_dir, small_data_dir, out, n) for n in "ABC"}
+    procs = {"A": start(args["A"], out, "A"), "B": start(args["B"], out, "B"),
+             "C": start(args["C"], out, "C", **{FAULT_ENV: "6"})}
+    info = {"out": out}
+    deadline = time.time() + TIMEOUT
+    while len(logged_steps(out / "B")) < 5:  # B: SIGKILL once it has logged >= 5 of 10 steps
+        if procs["B"].poll() is not None or time.time() > deadline:
+            for p in procs.values():
+                p.kill()
+            pytest.fail(f"run B ended before it could be killed:\n{console(out, 'B')}")
+        time.sleep(0.02)
+    os.kill(procs["B"].pid, signal.SIGKILL)
+    info["rc_B"] = procs["B"].wait(timeout=60)
+    info["B_steps_at_kill"] = logged_steps(out / "B")
+    info["B_final_at_kill"] = (out / "B" / "final").exists()
+    info["rc_C"] = wait(procs["C"], out, "C")
+    ck = out / "C" / "checkpoints"
+    info["C_at_kill"] = {"dirs": sorted(p.name for p in ck.iterdir() if p.is_dir()),
+                         "tmp_files": sorted(p.name for p in (ck / "step_000006.tmp").iterdir())
+                         if (ck / "step_000006.tmp").is_dir() else None,
+                         "latest": (ck / "latest").read_text() if (ck / "latest").exists() else None,
+                         "steps": logged_steps(out / "C")}
+    info["rc_A"] = wait(procs["A"], out, "A")
+    assert info["rc_A"] == 0, console(out, "A")
+    resumed = {n: start(["--resume", str(out / n)], out, f"{n}.resume") for n in "BC"}
+    for n, p in resumed.items():
+        info[f"rc_{n}_resume"] = wait(p, out, f"{n}.resume")
+    return info
+
+
+def test_run_B_was_killed_mid_run(runs):
+    assert runs["rc_B"] == -signal.SIGKILL
+    assert 5 <= max(runs["B_steps_at_kill"]) < STEPS and not runs["B_final_at_kill"]
+
+
+def test_run_C_was_killed_inside_the_checkpoint_write(runs):
+    at_kill = runs["C_at_kill"]
+    assert runs["rc_C"] == -signal.SIGKILL
+    # step 6's folder was half written (weights, no optimizer state) and never renamed
+    assert at_kill["dirs"] == ["step_000002", "step_000004", "step_000006.tmp"]
+    assert at_kill["tmp_files"] == ["trainable.safetensors"]
+    assert at_kill["latest"] == "step_000004"
+    assert at_kill["steps"] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("name", ["B", "C"])
+def test_resume_reproduces_the_uninterrupted_run(runs, name):
+    out = runs["out"]
+    assert runs[f"rc_{name}_resume"] == 0, console(out, f"{name}.resume")
+    assert "resumed from" in console(out, f"{name}.resume")
+    ref, got = read_log(out / "A"), read_log(out / name)
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == list(range(1, STEPS + 1))
+    for a, b in zip(ref, got):
+        assert abs(a["loss_task"] - b["loss_task"]) <= 1e-6, (a["step"], a["loss_task"], b["loss_task"])
+        assert abs(a["loss_reg"] - b["loss_reg"]) <= 1e-6
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
+        assert ("val_loss" in a) == ("val_loss" in b)
+        if "val_loss" in a:
+            assert abs(a["val_loss"] - b["val_loss"]) <= 1e-6
+    for sub in ("final", "best"):
+        wa = load_file(str(out / "A" / sub / "adapter_model.safetensors"))
+        wb = load_file(str(out / name / sub / "adapter_model.safetensors"))
+        assert wa.keys() == wb.keys() and len(wa) > 0
+        for k in wa:
+            assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, (sub, k)
+    # no half-written checkpoint (or atomic-write temp file) is left anywhere in the run folder
+    assert not list((out / name).rglob("*.tmp"))
+    assert sorted(p.name for p in (out / name / "checkpoints").iterdir()) == \
+        ["latest", "step_000008", "step_000010"]
+
+
+# ---- 8 (+3, 9). what a finished run folder holds ---------------------------------------------
+def test_run_dir_contents(runs, tiny_neo_dir):
+    run = runs["out"] / "A"
+    saved = json.loads((run / "args.json").read_text())
+    cfg = json.loads((tiny_neo_dir / "config.json").read_text())
+    h, inner, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_layers"]
+    shapes = [(h, h), (h, h), (h, h), (h, inner), (inner, h)]  # q, v, out_proj, c_fc, c_proj
+    assert saved["trainable_params"] == layers * sum(R * (i + o) + R for i, o in shapes) == 4648
+    assert saved["n_train"] == 76 and saved["n_val"] == 4  # 40 boolq + 40 openbookqa - 4 held out
+    assert saved["r_ab"] == R and saved["target_modules"] == TARGETS.split(",")
+    for sub in ("best", "final"):
+        assert sorted(p.name for p in (run / sub).iterdir()) == \
+            ["adapter_config.json", "adapter_model.safetensors"]
+        adapter_cfg = json.loads((run / sub / "adapter_config.json").read_text())
+        assert adapter_cfg["r"] == R and adapter_cfg["target_modules"] == TARGETS.split(",")
+    weights = load_file(str(run / "final" / "adapter_model.safetensors"))
+    assert sum(v.numel() for k, v in weights.items()
+               if k.rsplit(".", 1)[-1] in ("hira_A", "hira_B", "gate")) == 4648
+
+    log = read_log(run)
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in log if "val_loss" in r] == [5, 10]  # --eval_steps 5
+    lam = saved["ortho_lambda"]
+    assert lam == 1e-3
+    for r in log:  # 3. L_ortho is logged and enters the total with weight λ
+        assert r["loss_reg"] > 0 and math.isfinite(r["loss_task"])
+        assert r["loss_total"] == pytest.approx(r["loss_task"] + lam * r["loss_reg"], rel=1e-12)
+        assert r["grad_norm"] > 0 and r["tokens_per_s"] > 0
+    assert log[0]["lr"] == pytest.approx(1e-2) and log[-1]["lr"] < log[0]["lr"]  # cosine decay
+    assert log[-1]["loss_reg"] < log[0]["loss_reg"]  # the regulariser is being minimised
+    # --keep_checkpoints 2 with --save_steps 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
+        ["latest", "step_000008", "step_000010"]
+
+    events = list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    tb_loss = acc.Scalars("loss_task")
+    assert [e.step for e in tb_loss] == list(range(1, STEPS + 1))
+    assert [e.value for e in tb_loss] == pytest.approx([r["loss_task"] for r in log], rel=1e-6)
+    assert [e.step for e in acc.Scalars("val_loss")] == [5, 10]
+
+    png = (run / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+# ---- 6. bad inputs: non-zero exit, a message naming the problem, nothing written -------------
+def run_main(argv, capsys):
+    try:
+        rc = train_knowhira.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def broken_data_dir(tmp_path, content):
+    d = tmp_path / "data"
+    (d / "boolq").mkdir(parents=True)
+    (d / "boolq" / "train.json").write_text(content)
+    return d
+
+
+BAD = {
+    "malformed_json": ('[{"instruction": "x",', "boolq", [], ["malformed JSON", "train.json"]),
+    "no_instruction": ('[{"input": "", "output": "the correct answer is true"}]', "boolq", [],
+                       ["record 0", "'instruction'"]),
+    "empty_file": ("[]", "boolq", [], ["no records", "train.json"]),
+    "unknown_task": (None, "mix:boolq,nosuchtask", [], ["nosuchtask", "known tasks"]),
+    "missing_data_dir": ("missing", "boolq", [], ["does not exist", "no_such_folder"]),
+    "r_ab_zero": (None, "mix:boolq,openbookqa", ["--r_ab", "0"], ["--r_ab", "positive"]),
+    "svd_rank_ratio": (None, "mix:boolq,openbookqa", ["--svd_rank_ratio", "1.5"],
+                       ["--svd_rank_ratio", "1.5", "(0, 1]"]),
+    "knowledge_alpha": (None, "mix:boolq,openbookqa", ["--knowledge_alpha", "2"],
+                        ["--knowledge_alpha", "[0, 1]"]),
+    "unknown_target": (None, "mix:boolq,openbookqa", ["--target_modules", "q_proj,o_proj"],
+                       ["o_proj", "out_proj"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_fails_cleanly(case, tmp_path, capsys, tiny_neo_dir, small_data_dir):
+    content, dataset, extra, needles = BAD[case]
+    if content == "missing":
+        data = tmp_path / "no_such_folder"
+    elif content is not None:
+        data = broken_data_dir(tmp_path, content)
+    else:
+        data = small_data_dir
+    out = tmp_path / "out"
+    rc, err = run_main(["--model_name", tiny_neo_dir, "--data_dir", data, "--dataset", dataset,
+                        "--val_size", 1, "--cutoff_len", 128, "--max_steps", 2,
+                        "--output_folder", out, "--run_name", "bad", *extra], capsys)
+    assert rc not in (0, None)
+    assert "error" in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not out.exists()  # no run folder, nothing half-written
+
+
+def test_unknown_target_module_lists_the_available_ones(tmp_path, capsys, tiny_neo_dir, small_data_dir):
+    rc, err = run_main(["--model_name", tiny_neo_dir, "--data_dir", small_data_dir,
+                        "--dataset", "boolq", "--val_size", 1, "--target_modules", "q_proj,o_proj",
+                        "--output_folder", tmp_path / "out"], capsys)
+    assert rc == 2
+    listed = err.split("available linear module names:")[1]
+    assert {n.strip() for n in listed.split(",")} == {"q_proj", "k_proj", "v_proj", "out_proj",
+                                                       "c_fc", "c_proj"}
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_without_args_json(tmp_path, capsys):
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    rc, err = run_main(["--resume", empty], capsys)
+    assert rc == 2 and "args.json" in err and str(empty) in err
+    assert list(empty.iterdir()) == []
+
+
+def test_bad_input_exit_status_of_the_script(tmp_path):
+    data = broken_data_dir(tmp_path, '[{"instruction": "x",')
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data_dir", str(data), "--dataset", "boolq",
+                           "--output_folder", str(tmp_path / "out")], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "malformed JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---- 7. a diverging run stops with a clear message, keeping the last good checkpoint ---------
+def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, tiny_neo_dir,
+                                                            small_data_dir):
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc, err = run_main(["--model_name", tiny_neo_dir, "--data_dir", small_data_dir,
+                            "--dataset", "mix:boolq,openbookqa", "--val_size", 4, "--cutoff_len", 128,
+                            "--batch", 2, "--max_steps", 8, "--save_steps", 1, "--keep_checkpoints", 3,
+                            "--eval_strategy", "no", "--r_ab", R, "--target_modules", TARGETS,
+                            "--lr", "1e30", "--max_grad_norm", 0, "--output_folder", tmp_path,
+                            "--run_name", "diverge"], capsys)
+    finally:
+        torch.set_num_threads(n_threads)
+    run = tmp_path / "diverge"
+    log = read_log(run)
+    assert rc == 3
+    assert "non-finite task loss" in err and f"at step {len(log) + 1}" in err
+    assert 1 <= len(log) < 8  # it really diverged, within a few steps
+    assert all(math.isfinite(r["loss_task"]) for r in log)
+    good = f"step_{len(log):06d}"  # the last step with a finite loss
+    assert (run / "checkpoints" / "latest").read_text() == good
+    ckpt = run / "checkpoints" / good
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.pt", "trainable.safetensors"]
+    assert torch.load(ckpt / "state.pt", weights_only=True)["step"] == len(log)
+    assert len(load_file(str(ckpt / "trainable.safetensors"))) == 30  # A, B, gate x 10 layers
+    assert not list(run.rglob("*.tmp"))
+    assert not (run / "final").exists()  # no adapter is published from a diverged run
