@@ -20,17 +20,18 @@ GRAD_ACC=${GRAD_ACC:-4}                  # effective batch = BATCH x GRAD_ACC x 
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:--1}
 LOAD_BIT=${LOAD_BIT:-16}
+VAL_SIZE=${VAL_SIZE:-120}                # validation examples held out of the training data
 MAX_EXAMPLES=${MAX_EXAMPLES:-}           # empty = full test sets
 EVAL_MODE=${EVAL_MODE:-generate}
 OUT=${OUT:-runs/gptneo13b}
 RUN_NAME=${RUN_NAME:-knowhira_r${R}_a${ALPHA}_l${ORTHO}_lr${LR}}
-PY=${PY:-python}; [ -x .venv/bin/python ] && PY=.venv/bin/python
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 TORCHRUN=("$PY" -m torch.distributed.run --nproc_per_node="$NGPU" --master_port="$MASTER_PORT")
 
 "${TORCHRUN[@]}" train_knowhira.py --model_name "$MODEL" --data_dir "$DATA_DIR" --dataset "$DATASET" \
   --peft_type knowhira --target_modules "$TARGETS" --r_ab "$R" --knowledge_alpha "$ALPHA" \
   --ortho_lambda "$ORTHO" --lr "$LR" --batch "$BATCH" --grad_acc "$GRAD_ACC" --epoch "$EPOCHS" \
-  --max_steps "$MAX_STEPS" --load_bit "$LOAD_BIT" --warmup 100 --eval_steps 200 --save_steps 200 \
+  --max_steps "$MAX_STEPS" --load_bit "$LOAD_BIT" --val_size "$VAL_SIZE" --warmup 100 --eval_steps 200 --save_steps 200 \
   --output_folder "$OUT" --run_name "$RUN_NAME"
 "${TORCHRUN[@]}" train_knowhira.py --ckpt "$OUT/$RUN_NAME" --data_dir "$DATA_DIR" --dataset all \
   --eval_mode "$EVAL_MODE" ${MAX_EXAMPLES:+--max_examples "$MAX_EXAMPLES"}
