@@ -313,7 +313,9 @@ def eval_main(args) -> int:
         model, tokenizer = load_base_model(saved["model_name"], saved.get("gguf_file"), saved["load_bit"])
         model = load_trained(model, saved["peft_type"], adapter_dir)
         meta = {"method": saved["peft_type"], "model_name": saved["model_name"],
-                "adapter": adapter_dir.name, "trainable_params": count_trainable(model),
+                "adapter": adapter_dir.name,
+                # counted at training time: peft loads lora/dora/ia3 frozen (count 0 here)
+                "trainable_params": saved.get("trainable_params", count_trainable(model)),
                 **{k: saved.get(k) for k in ("r_ab", "lr", "knowledge_alpha", "ortho_lambda",
                                              "svd_rank_ratio", "max_steps", "dataset", "seed")}}
         out_dir = Path(args.results_dir or run_dir)

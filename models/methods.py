@@ -30,7 +30,10 @@ def peft_library_config(method: str, r: int, lora_alpha: float, lora_dropout: fl
     if isinstance(targets, str):
         raise ValueError("ia3 needs a list of target module names (its feed-forward subset is "
                          "taken from peft's per-architecture mapping)")
-    feedforward = [t for t in targets if t.rsplit(".", 1)[-1] in FF.get(model_type, [])]
+    # a target is feed-forward if it names one of peft's entries (e.g. gpt2's "mlp.c_proj") or
+    # a more specific path ending in one ("h.0.mlp.c_proj", "mlp.down_proj")
+    feedforward = [t for t in targets
+                   if any(t == f or t.endswith("." + f) for f in FF.get(model_type, []))]
     return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
 
 
