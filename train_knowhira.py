@@ -269,8 +269,35 @@ def train_main(args) -> int:
                           reg_weight=reg[1] if reg else 0.0)
     result = train(accelerator, model, tokenizer, train_features, val_features, loop_cfg, run_dir,
                    save_best=save, extra_loss=reg[0] if reg else None)
-    accelerator.print(f"done: {result.steps} steps, best validation loss {result.best_val_loss}")
+    if accelerator.is_main_process:
+        summary = train_summary(run_dir, result, accelerator.device)
+        atomic_write_json(run_dir / "train_summary.json", summary)
+        accelerator.print(f"done: {result.steps} steps, best validation loss {result.best_val_loss}, "
+                          f"median step {summary['median_step_s']:.2f} s, "
+                          f"peak memory {summary['peak_memory_gib']:.2f} GiB ({summary['memory_kind']})")
     return 0
+
+
+def train_summary(run_dir, result, device) -> dict:
+    """Median optimizer-step time (from the log's wall times) and peak memory of this process."""
+    import resource
+    import statistics
+
+    import torch
+
+    from training.logger import read_log
+
+    times = [r["time"] for r in read_log(run_dir) if "time" in r]
+    steps = [r["step"] for r in read_log(run_dir) if "time" in r]
+    per_step = [(t1 - t0) / (s1 - s0) for t0, t1, s0, s1 in zip(times, times[1:], steps, steps[1:]) if s1 > s0]
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "CUDA max allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
+    return {"steps": result.steps, "best_val_loss": result.best_val_loss,
+            "stopped_early": result.stopped_early,
+            "median_step_s": statistics.median(per_step) if per_step else float("nan"),
+            "peak_memory_gib": peak, "memory_kind": kind}
 
 
 # ---- evaluation --------------------------------------------------------------------------------
