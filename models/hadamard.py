@@ -72,7 +72,34 @@ class HadamardLinearFn(torch.autograd.Function):
         return gx, None, g_bias, g_bm, g_a, None
 
 
-class HadamardLinear(nn.Module):
+class MergeableAdapter(nn.Module):
+    """Shared merge/unmerge for adapter layers that define `base` and `delta_weight()`."""
+
+    merged = False
+
+    @torch.no_grad()
+    def merge(self, keep_backup: bool = True) -> None:
+        """W0 <- W0 + ΔW in place; keeps a copy of W0 so `unmerge` restores it bit for bit."""
+        if self.merged:
+            return
+        w0, dw = base_weight(self.base), self.delta_weight()
+        self._w0_backup = w0.detach().clone() if keep_backup else None
+        w0.copy_((w0.to(dw.dtype) + dw).to(w0.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact frozen base weight from the backup taken by `merge`."""
+        if not self.merged:
+            return
+        if self._w0_backup is None:
+            raise RuntimeError("this layer was merged without a backup of W0; cannot unmerge")
+        base_weight(self.base).copy_(self._w0_backup)
+        del self._w0_backup
+        self.merged = False
+
+
+class HadamardLinear(MergeableAdapter):
     """A frozen linear layer (nn.Linear or GPT-2 Conv1D) plus a Hadamard-family adapter.
 
     Trainable: hira/knowhira -> A, B (and g with adaptive gating); hira_sb -> R only.
@@ -146,27 +173,6 @@ class HadamardLinear(nn.Module):
             return self.base(x) + F.linear(self.dropout(x), self.delta_weight().to(x.dtype))
         return HadamardLinearFn.apply(x, base_weight(self.base), self.base.bias,
                                       self.bm(), self.hira_A, self.scale)
-
-    @torch.no_grad()
-    def merge(self, keep_backup: bool = True) -> None:
-        """W0 <- W0 + ΔW in place; keeps a copy of W0 so `unmerge` restores it bit for bit."""
-        if self.merged:
-            return
-        w0 = base_weight(self.base)
-        self._w0_backup = w0.detach().clone() if keep_backup else None
-        w0.copy_((w0.to(self.hira_A.dtype) + self.delta_weight()).to(w0.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Restore the exact pretrained W0."""
-        if not self.merged:
-            return
-        if self._w0_backup is None:
-            raise RuntimeError("this layer was merged without a backup of W0; cannot unmerge")
-        base_weight(self.base).copy_(self._w0_backup)
-        del self._w0_backup
-        self.merged = False
 
     def extra_repr(self) -> str:
         out_f, in_f = layer_shape(self.base)

@@ -44,7 +44,7 @@ import math
 import torch
 from torch import nn
 
-from models.hadamard import base_weight, layer_shape
+from models.hadamard import MergeableAdapter, base_weight, layer_shape
 
 KASA_TENSORS = ("kasa_dU", "kasa_dV", "kasa_dS", "kasa_U_drop", "kasa_S_drop", "kasa_V_drop")
 
@@ -66,7 +66,7 @@ def _init_dv(in_f: int, r: int, device) -> torch.Tensor:
     return w.t().contiguous()
 
 
-class KaSALinear(nn.Module):
+class KaSALinear(MergeableAdapter):
     """A frozen linear layer (nn.Linear or GPT-2 Conv1D), SVD-truncated, plus a KaSA adapter.
 
     Trainable: kasa_dU, kasa_dV, kasa_dS. Buffers saved with the adapter: kasa_U_drop, kasa_S_drop,
@@ -167,27 +167,6 @@ class KaSALinear(nn.Module):
         # (α/r) · ((x ΔV) ⊙ Δσ) ΔUᵀ : in -> r -> r -> out, never forming ΔW
         delta = ((h @ self.kasa_dV) * self.kasa_dS) @ self.kasa_dU.t()
         return y + (self.scale * delta).to(y.dtype)
-
-    @torch.no_grad()
-    def merge(self, keep_backup: bool = True) -> None:
-        """W0' <- W0' + ΔW in place; keeps a copy of W0' so `unmerge` restores it bit for bit."""
-        if self.merged:
-            return
-        w = base_weight(self.base)
-        self._w0_backup = w.detach().clone() if keep_backup else None
-        w.copy_((w.to(self.kasa_dU.dtype) + self.delta_weight()).to(w.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Restore the exact (truncated) W0' from the backup taken by `merge`."""
-        if not self.merged:
-            return
-        if self._w0_backup is None:
-            raise RuntimeError("this layer was merged without a backup of W0'; cannot unmerge")
-        base_weight(self.base).copy_(self._w0_backup)
-        del self._w0_backup
-        self.merged = False
 
     def extra_repr(self) -> str:
         out_f, in_f = layer_shape(self.base)
