@@ -7,6 +7,7 @@
 - fft: full fine-tuning of every parameter, embeddings and norms included (the LLM-Adapters
   baseline); the model itself is saved (save_pretrained).
 """
+import os
 from pathlib import Path
 
 from torch import nn
@@ -56,8 +57,21 @@ def build(model: nn.Module, method: str, adapter_cfg: AdapterConfig | None = Non
     if method == "fft":
         for p in model.parameters():
             p.requires_grad_(True)
-        return model, lambda m, d: m.save_pretrained(str(d), safe_serialization=True), None
+        return model, save_full_model, None
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def save_full_model(model: nn.Module, out_dir) -> None:
+    """fft: every weight to model.safetensors (+ config.json). Not save_pretrained, which refuses
+    models loaded from GGUF; safetensors.torch.save_model handles tied embeddings."""
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".model.safetensors.tmp"
+    save_model(model, str(tmp))
+    os.replace(tmp, out_dir / "model.safetensors")
+    model.config.to_json_file(str(out_dir / "config.json"))
 
 
 def load_trained(model: nn.Module, method: str, saved_dir) -> nn.Module:
@@ -77,8 +91,10 @@ def load_trained(model: nn.Module, method: str, saved_dir) -> nn.Module:
         for f in sorted(saved_dir.glob("*.safetensors")):
             state.update(load_file(str(f)))
         missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-        if set(missing) - tied or unexpected:
+        params = dict(model.named_parameters(remove_duplicate=False))
+        loaded = {id(params[k]) for k in state if k in params}
+        missing = [k for k in missing if k not in params or id(params[k]) not in loaded]  # tied
+        if missing or unexpected:
             raise ValueError(f"{saved_dir} does not fit the model: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
         return model

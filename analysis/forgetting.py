@@ -1,0 +1,65 @@
+"""Forgetting: language-modelling loss on held-out general text, base model vs adapted model.
+
+No pretraining text is available offline, so the stand-in is the QUESTIONS of a commonsense task's
+TEST file (default piqa): from each record's `instruction`, the first paragraph with the template
+prefix ("Please choose the correct solution to the question: ", "Please answer the following question
+with true or false, question: ", ...) removed, i.e. no candidate answers, no gold answer, no prompt
+template. N of them (a seeded sample) are scored as plain text: the token-weighted mean next-token
+negative log-likelihood (nats/token) over all texts, each text tokenised on its own (with the
+tokenizer's default special tokens, e.g. Llama's BOS), truncated to `max_len` tokens. The training
+runs never see test files, so the text is held out; it is closer to the fine-tuning domain than
+pretraining text would be, which makes it a conservative (small) measure of forgetting.
+"""
+import random
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TEMPLATE_PREFIX = re.compile(r"^Please [^:]*:\s*")
+
+
+def question_from_instruction(instruction: str) -> str:
+    """The bare question of an LLM-Adapters instruction (first paragraph, template prefix removed)."""
+    first = instruction.strip().split("\n\n", 1)[0].strip()
+    return TEMPLATE_PREFIX.sub("", first, count=1).strip()
+
+
+def forgetting_texts(data_dir, task: str, n: int, seed: int = 0) -> list[str]:
+    """N questions (seeded sample, file order kept) from <data_dir>/<task>/test.json."""
+    from data.commonsense import load_task_split
+
+    records = load_task_split(Path(data_dir), task, "test")
+    texts = [q for q in (question_from_instruction(r["instruction"]) for r in records) if q]
+    if n >= len(texts):
+        return texts
+    keep = sorted(random.Random(seed).sample(range(len(texts)), n))
+    return [texts[i] for i in keep]
+
+
+@torch.no_grad()
+def lm_loss(model, tokenizer, texts: list[str], batch_size: int = 8, max_len: int = 128) -> tuple[float, int]:
+    """(token-weighted mean next-token NLL in nats, number of scored tokens) over `texts`."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for i in range(0, len(texts), batch_size):
+        ids = [tokenizer(t, truncation=True, max_length=max_len)["input_ids"]
+               for t in texts[i:i + batch_size]]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for j, x in enumerate(ids):  # right padding
+            input_ids[j, :len(x)] = torch.tensor(x)
+            mask[j, :len(x)] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        target = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                 ignore_index=-100, reduction="sum").item()
+        count += int((target != -100).sum())
+    model.train(was_training)
+    return (total / count if count else float("nan")), count
