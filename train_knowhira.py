@@ -319,7 +319,8 @@ def eval_main(args) -> int:
     from eval.evaluate import evaluate_task, load_test_records, update_results_json
     from models.adapter import count_trainable
     from models.get_models import load_base_model
-    from models.methods import load_trained
+    from models.adapter import PEFT_TYPES, merge_and_unload
+    from models.methods import PEFT_LIBRARY, load_trained
 
     state = PartialState(cpu=not torch.cuda.is_available())
     tasks, missing = eval_tasks(args.dataset, args.data_dir)
@@ -339,6 +340,12 @@ def eval_main(args) -> int:
             raise SystemExit(f"error: {run_dir} has no trained adapter (best/ or final/)")
         model, tokenizer = load_base_model(saved["model_name"], saved.get("gguf_file"), saved["load_bit"])
         model = load_trained(model, saved["peft_type"], adapter_dir)
+        # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
+        # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call)
+        if saved["peft_type"] in PEFT_TYPES:
+            merge_and_unload(model)
+        elif saved["peft_type"] in PEFT_LIBRARY:
+            model = model.merge_and_unload()
         meta = {"method": saved["peft_type"], "model_name": saved["model_name"],
                 "adapter": adapter_dir.name,
                 # counted at training time: peft loads lora/dora/ia3 frozen (count 0 here)
