@@ -82,3 +82,13 @@ def small_data_dir(tmp_path_factory, data_dir):
         (out / task).mkdir()
         (out / task / "train.json").write_text(json.dumps(records))
     return out
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a test module: tiny models gain nothing from more, and on a busy
+    2-core machine extra OpenMP threads make them many times slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,14 +26,7 @@ def load_test(data_dir, task):
         return json.load(handle)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and on a busy 2-core machine
-    extra OpenMP threads make these tests 10-20x slower. Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

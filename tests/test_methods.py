@@ -39,13 +39,7 @@ OURS = [m for m in METHODS if m in PEFT_TYPES]  # knowhira, hira, hira_sb, kasa
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine are ~20x faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def base_model(arch, seed=0):

@@ -27,13 +27,7 @@ TARGETS = ["q_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 CUTOFF = 128
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: ~2.5x faster than two on the 2-core CI machine (less contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
