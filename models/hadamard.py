@@ -48,27 +48,38 @@ class HadamardLinearFn(torch.autograd.Function):
     """y = x (W0 ⊙ (1 + s·BM A))ᵀ + b with a memory-lean backward (see module docstring)."""
 
     @staticmethod
+    def effective_weight(w0, bm, a, scale, dtype):
+        """W = W0 ⊙ (1 + s·BM A) formed in the adapter's dtype, rounded once to `dtype`.
+
+        In-place on the one out x in temporary, so the peak is one fp32 matrix (plus its cast).
+        """
+        w = (bm @ a).mul_(scale).add_(1).mul_(w0)  # W = W0 ⊙ (1 + s·BM A)
+        return w.to(dtype)
+
+    @staticmethod
     def forward(ctx, x, w0, bias, bm, a, scale):
-        acc = bm.dtype  # the adapter's dtype (fp32; fp64 in tests) sets the update's precision
-        w_eff = w0.to(acc) * (1 + scale * (bm @ a))  # W = W0 ⊙ (1 + s·BM A), fp32
-        y = F.linear(x, w_eff.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        w_eff = HadamardLinearFn.effective_weight(w0, bm, a, scale, x.dtype)
+        y = F.linear(x, w_eff, None if bias is None else bias.to(x.dtype))
         ctx.save_for_backward(x, w0, bm, a)
         ctx.scale = scale
-        ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx, gy):
         x, w0, bm, a = ctx.saved_tensors
         s, acc = ctx.scale, bm.dtype
-        w_eff = (w0.to(acc) * (1 + s * (bm @ a))).to(gy.dtype)  # rebuilt W = W0 ⊙ (1 + s·BM A)
-        gx = (gy @ w_eff).to(x.dtype)  # ∂L/∂x = gy W
+        need_x, _, need_bias, need_bm, need_a, _ = ctx.needs_input_grad
+        gx = g_bm = g_a = g_bias = None
+        if need_x:  # ∂L/∂x = gy W, with W rebuilt (not kept from forward); freed right after
+            gx = (gy @ HadamardLinearFn.effective_weight(w0, bm, a, s, gy.dtype)).to(x.dtype)
         gy2 = gy.reshape(-1, gy.shape[-1])
-        gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(gy.dtype)).to(acc)  # Gw = gyᵀ x (out x in)
-        h = s * w0.to(acc) * gw  # ∂L/∂(BM A) = s · W0 ⊙ Gw
-        g_bm = h @ a.t()  # ∂L/∂(BM) = H Aᵀ
-        g_a = bm.t() @ h  # ∂L/∂A = (BM)ᵀ H
-        g_bias = gy2.sum(0).to(w0.dtype) if ctx.has_bias else None
+        if need_bm or need_a:
+            gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(gy.dtype)).to(acc)  # Gw = gyᵀ x
+            h = gw.mul_(w0).mul_(s)  # ∂L/∂(BM A) = s · W0 ⊙ Gw, in place on Gw
+            g_bm = h @ a.t() if need_bm else None  # ∂L/∂(BM) = H Aᵀ
+            g_a = bm.t() @ h if need_a else None  # ∂L/∂A = (BM)ᵀ H
+        if need_bias:  # only when the base bias is trainable (it is frozen by default)
+            g_bias = gy2.sum(0).to(w0.dtype)
         return gx, None, g_bias, g_bm, g_a, None
 
 
