@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.dist import full
 from models.atomic import atomic_save_safetensors, atomic_write_json
 from models.hadamard import VARIANTS, HadamardLinear, base_weight
 from models.kasa import KASA_TENSORS, KaSALinear
@@ -190,19 +191,22 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter tensors (A, B, g, R, cached σ_norm; KaSA's factors and dropped components) plus each
     layer's ||W0||_F fingerprint (of the frozen base as the adapter sees it)."""
     state = {}
-    for name, layer in adapter_layers(model).items():
+    for name, layer in adapter_layers(model).items():  # full(): whole tensors under FSDP2
         for key in KASA_TENSORS if isinstance(layer, KaSALinear) else HADAMARD_TENSORS:
             if hasattr(layer, key):
-                state[f"{name}.{key}"] = getattr(layer, key).detach().float()
-        state[f"{name}.w0_fro"] = base_weight(layer.base).detach().float().norm().reshape(1)
+                state[f"{name}.{key}"] = full(getattr(layer, key).detach()).float()
+        state[f"{name}.w0_fro"] = full(base_weight(layer.base).detach()).float().norm().reshape(1)
     return state
 
 
-def save_adapter(model: nn.Module, cfg: AdapterConfig, out_dir) -> None:
-    """Write `adapter_model.safetensors` + `adapter_config.json` (each atomically; no pickle)."""
+def save_adapter(model: nn.Module, cfg: AdapterConfig, out_dir, write: bool = True) -> None:
+    """Write `adapter_model.safetensors` + `adapter_config.json` (each atomically; no pickle).
+    Under FSDP2 every rank calls this (the gather is collective) and only `write=True` writes."""
+    state = adapter_state_dict(model)
+    if not write:
+        return
     out_dir = Path(out_dir)
-    atomic_save_safetensors(adapter_state_dict(model), out_dir / ADAPTER_WEIGHTS,
-                            metadata={"format": "knowhira"})
+    atomic_save_safetensors(state, out_dir / ADAPTER_WEIGHTS, metadata={"format": "knowhira"})
     atomic_write_json(out_dir / ADAPTER_CONFIG, asdict(cfg))
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.dist import full
+
 VARIANTS = ("hira", "knowhira", "hira_sb")
 
 
@@ -172,7 +174,7 @@ class HadamardLinear(MergeableAdapter):
     def ortho_loss(self) -> torch.Tensor:
         """L_ortho = ||A Aᵀ - I_r||_F² + ||Bᵀ B - I_r||_F²  (r x r Gram matrices)."""
         eye = torch.eye(self.r, device=self.hira_A.device)
-        a, b = self.hira_A, self.hira_B
+        a, b = full(self.hira_A), full(self.hira_B)  # whole factors under FSDP2 (models/dist.py)
         return ((a @ a.t() - eye) ** 2).sum() + ((b.t() @ b - eye) ** 2).sum()
 
     # ---- forward / merge -------------------------------------------------------------------

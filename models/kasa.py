@@ -44,6 +44,7 @@ import math
 import torch
 from torch import nn
 
+from models.dist import full
 from models.hadamard import MergeableAdapter, base_weight, layer_shape
 
 KASA_TENSORS = ("kasa_dU", "kasa_dV", "kasa_dS", "kasa_U_drop", "kasa_S_drop", "kasa_V_drop")
@@ -152,7 +153,7 @@ class KaSALinear(MergeableAdapter):
 
     def regularizer(self, beta: float = 1e-4, gamma: float = 1e-3) -> torch.Tensor:
         """β · Σ Δσ² + γ · (‖ΔUᵀΔU − I_r‖_F + ‖ΔVᵀΔV − I_r‖_F)  (norms, not squared; r x r)."""
-        u, v, s = self.kasa_dU, self.kasa_dV, self.kasa_dS
+        u, v, s = full(self.kasa_dU), full(self.kasa_dV), full(self.kasa_dS)  # whole under FSDP2
         eye = torch.eye(self.r, device=u.device, dtype=u.dtype)
         ortho = torch.linalg.matrix_norm(u.t() @ u - eye) + torch.linalg.matrix_norm(v.t() @ v - eye)
         return beta * (s * s).sum() + gamma * ortho

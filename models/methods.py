@@ -14,6 +14,7 @@ from torch import nn
 
 from models.adapter import (PEFT_TYPES, AdapterConfig, add_adapters, load_adapter, regularizer,
                             save_adapter)
+from models.dist import gather_state, is_sharded
 
 PEFT_LIBRARY = ("lora", "dora", "ia3")
 METHODS = ("knowhira", "hira", "hira_sb", "kasa", "lora", "dora", "ia3", "fft")
@@ -42,18 +43,19 @@ def build(model: nn.Module, method: str, adapter_cfg: AdapterConfig | None = Non
           peft_cfg=None):
     """Make `model` trainable for `method`.
 
-    Returns (model, save(model, dir), regulariser): the regulariser is (fn(model), weight) or None
-    (models.adapter.regularizer). Our methods take an AdapterConfig, peft's their own config, fft
-    neither.
+    Returns (model, save(model, dir, write), regulariser): the regulariser is (fn(model), weight)
+    or None (models.adapter.regularizer). `save` is called by every rank (under FSDP2 gathering
+    the whole tensors is collective) and writes only where `write` is true. Our methods take an
+    AdapterConfig, peft's their own config, fft neither.
     """
     if method in PEFT_TYPES:
         add_adapters(model, adapter_cfg)
-        return model, lambda m, d: save_adapter(m, adapter_cfg, d), regularizer(adapter_cfg)
+        return model, lambda m, d, write=True: save_adapter(m, adapter_cfg, d, write), \
+            regularizer(adapter_cfg)
     if method in PEFT_LIBRARY:
         from peft import get_peft_model
 
-        peft_model = get_peft_model(model, peft_cfg)
-        return peft_model, lambda m, d: m.save_pretrained(str(d)), None
+        return get_peft_model(model, peft_cfg), save_peft_model, None
     if method == "fft":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -61,15 +63,32 @@ def build(model: nn.Module, method: str, adapter_cfg: AdapterConfig | None = Non
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
-def save_full_model(model: nn.Module, out_dir) -> None:
-    """fft: every weight to model.safetensors (+ config.json). Not save_pretrained, which refuses
-    models loaded from GGUF; safetensors.torch.save_model handles tied embeddings."""
-    from safetensors.torch import save_model
+def save_peft_model(model: nn.Module, out_dir, write: bool = True) -> None:
+    """lora / dora / ia3 in peft's format; under FSDP2 from the gathered trainable tensors."""
+    state = None
+    if is_sharded(model):
+        state = gather_state(((n, p) for n, p in model.named_parameters() if p.requires_grad), write)
+    if write:
+        model.save_pretrained(str(out_dir), state_dict=state)
 
+
+def save_full_model(model: nn.Module, out_dir, write: bool = True) -> None:
+    """fft: every weight to model.safetensors (+ config.json). Not save_pretrained, which refuses
+    models loaded from GGUF; safetensors.torch.save_model handles tied embeddings. Under FSDP2 the
+    whole weights are gathered one tensor at a time onto the writing rank's CPU."""
+    from safetensors.torch import save_file, save_model
+
+    sharded = is_sharded(model)
+    state = gather_state(model.state_dict().items(), write) if sharded else None
+    if not write:
+        return
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".model.safetensors.tmp"
-    save_model(model, str(tmp))
+    if sharded:  # gathered copies share no memory, so tied weights are simply stored twice
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    else:
+        save_model(model, str(tmp))
     os.replace(tmp, out_dir / "model.safetensors")
     model.config.to_json_file(str(out_dir / "config.json"))
 

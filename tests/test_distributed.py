@@ -54,25 +54,35 @@ def assert_same_run(a, b, tol):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < tol
 
 
-def test_two_processes_equal_one_process_with_double_batch(tiny_neo_dir, small_data_dir, tmp_path):
-    one = subprocess.run(cmd(1, 0) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "one", 4),
+# DDP, and FSDP2 full-shard (the 7B-13B path): KnowHiRA, whose L_ortho and saving read sharded
+# factors, and KaSA, whose regulariser does too
+SHARDING = [pytest.param([], "knowhira", id="ddp"), pytest.param(["--fsdp"], "knowhira", id="fsdp"),
+            pytest.param(["--fsdp"], "kasa", id="fsdp-kasa")]
+
+
+@pytest.mark.parametrize("shard,method", SHARDING)
+def test_two_processes_equal_one_process_with_double_batch(tiny_neo_dir, small_data_dir, tmp_path,
+                                                          shard, method):
+    extra = ["--peft_type", method]
+    one = subprocess.run(cmd(1, 0) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "one", 4) + extra,
                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(cmd(2, 29611) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "two", 2),
-                         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    two = subprocess.run(cmd(2, 29611) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "two", 2)
+                         + extra + shard, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "= 8" in two.stdout and "x 2 (processes)" in two.stdout  # effective batch printed
     assert_same_run(tmp_path / "one", tmp_path / "two", 1e-5)
 
 
-def test_killed_two_process_run_resumes_exactly(tiny_neo_dir, small_data_dir, tmp_path):
-    ref = subprocess.run(cmd(2, 29612) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "ref", 2, 8),
+@pytest.mark.parametrize("shard", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_killed_two_process_run_resumes_exactly(tiny_neo_dir, small_data_dir, tmp_path, shard):
+    ref = subprocess.run(cmd(2, 29612) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "ref", 2, 8) + shard,
                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(2, 29613) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "killed", 2, 8),
-                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd(2, 29613) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "killed", 2, 8)
+                            + shard, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill the whole process group once step 5 is logged
         log = run / "log.jsonl"

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from models.atomic import atomic_save_safetensors, atomic_write_bytes
+from models.dist import copy_full_, gather_state, is_sharded
 
 FAULT_ENV = "KNOWHIRA_FAULT_KILL_IN_SAVE"  # fault injection for tests: SIGKILL mid-write at step N
 
@@ -37,21 +38,34 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's state dict; under FSDP2 the whole (unsharded) one, keyed by parameter name
+    (torch.distributed.checkpoint; collective, non-empty on rank 0 only)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_checkpoint(ckpt_root, step: int, model, optimizer, scheduler, extra: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`."""
+def save_checkpoint(ckpt_root, step: int, model, optimizer, scheduler, extra: dict, keep: int = 2,
+                    write: bool = True) -> Path:
+    """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`.
+    Every rank calls this (gathering FSDP2 shards is collective); only `write=True` writes."""
     ckpt_root = Path(ckpt_root)
     final = ckpt_root / f"step_{step:06d}"
+    trainable = gather_state(((n, p) for n, p in model.named_parameters() if p.requires_grad), write)
+    optim = optimizer_state(model, optimizer)
+    if not write:
+        return final
     tmp = ckpt_root / f"step_{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    atomic_save_safetensors(trainable_state(model), tmp / "trainable.safetensors")
+    atomic_save_safetensors(trainable, tmp / "trainable.safetensors")
     if os.environ.get(FAULT_ENV) == str(step):  # test hook: die with a half-written checkpoint
         os.kill(os.getpid(), 9)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    state = {"optimizer": optim, "scheduler": scheduler.state_dict(),
              "rng": rng_state(), "step": step, **extra}
     torch.save(state, tmp / "state.pt")
     with open(tmp / "state.pt", "rb") as f:
@@ -81,11 +95,16 @@ def load_checkpoint(path, model, optimizer, scheduler) -> dict:
     path = Path(path)
     saved = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
+    for name, value in saved.items():
+        copy_full_(params[name], value)  # into this rank's shard under FSDP2
     state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state

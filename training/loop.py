@@ -111,7 +111,8 @@ def validation_loss(accelerator, model, features: list[dict], collate, batch: in
 
 def train(accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
           cfg: LoopConfig, run_dir, save_best, extra_loss=None) -> LoopResult:
-    """Run (or resume) training. `save_best(unwrapped_model, subdir)` writes an adapter folder;
+    """Run (or resume) training. `save_best(unwrapped_model, subdir, write)` writes an adapter
+    folder (called on every rank: under FSDP2 the gather is collective; only rank 0 writes);
     `extra_loss(unwrapped_model)` returns the method's unweighted regulariser (L_ortho for
     KnowHiRA), added to the loss with weight `cfg.reg_weight`; None for no regulariser.
     """
@@ -131,6 +132,7 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 swaps in sharded ones
     collate = Collator(tokenizer)
 
     start_step, best_val, bad_evals = 0, None, 0
@@ -143,9 +145,9 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
 
     def checkpoint(step):
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_checkpoint(run_dir / "checkpoints", step, model, optimizer, scheduler,
-                            {"best_val": best_val, "bad_evals": bad_evals}, keep=cfg.keep_checkpoints)
+        save_checkpoint(run_dir / "checkpoints", step, model, optimizer, scheduler,
+                        {"best_val": best_val, "bad_evals": bad_evals}, keep=cfg.keep_checkpoints,
+                        write=accelerator.is_main_process)
         accelerator.wait_for_everyone()
 
     ddp_model.train()
@@ -211,8 +213,7 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
             record["val_loss"] = val
             if best_val is None or val < best_val:
                 best_val, bad_evals = val, 0
-                if accelerator.is_main_process:
-                    save_best(model, run_dir / "best")
+                save_best(model, run_dir / "best", accelerator.is_main_process)
             else:
                 bad_evals += 1
             stopped_early = cfg.early_stop_patience > 0 and bad_evals >= cfg.early_stop_patience
@@ -225,8 +226,8 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
                               f"{cfg.early_stop_patience} evaluations")
             break
     bar.close()
+    save_best(model, run_dir / "final", accelerator.is_main_process)
     if accelerator.is_main_process:
-        save_best(model, run_dir / "final")
         logger.close()
         plot_losses(run_dir)
     accelerator.wait_for_everyone()

@@ -1,0 +1,38 @@
+"""Sharded (FSDP2) parameters seen whole: the few places that need a full tensor go through here.
+
+Under FSDP2 (`torch.distributed.fsdp.fully_shard`, via accelerate) every parameter is a DTensor
+holding 1/world of its rows outside the forward pass. Code that reads parameters outside forward
+(the regularisers, adapter and checkpoint saving, resume) asks for `full(t)`: an all-gather that is
+differentiable (its backward hands each rank its own slice of the gradient) and collective (EVERY
+rank must call it, in the same order). Without sharding these are no-ops.
+"""
+import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: all-gathers an FSDP2 shard (collective, differentiable), else `t`."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def gather_state(named_tensors, keep: bool) -> dict[str, torch.Tensor]:
+    """{name: whole tensor on CPU}, gathered one tensor at a time (collective under FSDP2);
+    ranks with keep=False drop each tensor at once and return {}."""
+    state = {}
+    for name, t in named_tensors:
+        value = full(t.detach())
+        if keep:
+            state[name] = value.cpu()
+    return state
+
+
+@torch.no_grad()
+def copy_full_(param: torch.Tensor, value: torch.Tensor) -> None:
+    """param <- value, where `value` is the whole tensor and `param` may be an FSDP2 shard."""
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+    param.copy_(value)
