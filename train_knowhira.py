@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enable_grad_ckpt", action="store_true", help="gradient checkpointing")
     g.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the processes "
-                        "(FSDP2 full-shard through accelerate, one unit per decoder block); "
+                        "(torch FSDP2 full-shard, one unit per decoder block; GPU and CPU/gloo); "
                         "for 7B-13B models under torchrun, see README 'Scaling out'")
     g = p.add_argument_group("adapter")
     g.add_argument("--peft_type", choices=METHODS, default="knowhira",
@@ -235,9 +235,8 @@ def train_main(args) -> int:
     from models.methods import build
     from training.loop import LoopConfig, train
 
-    # cpu=True without a GPU so that torchrun on CPU runs DDP (or FSDP) over gloo
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available(),
-                              fsdp_plugin=fsdp_plugin() if args.fsdp else None)
+    # cpu=True without a GPU so that torchrun on CPU runs DDP (or FSDP2) over gloo
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
     # everything that can fail on bad input happens before the run folder exists
     records = load_train_data(args.data_dir, args.dataset)
     train_records, val_records = split_validation(records, args.val_size, seed=42)
@@ -271,7 +270,7 @@ def train_main(args) -> int:
                           eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
                           save_steps=args.save_steps, keep_checkpoints=args.keep_checkpoints,
                           early_stop_patience=args.early_stop_patience, log_steps=args.log_steps,
-                          reg_weight=reg[1] if reg else 0.0)
+                          reg_weight=reg[1] if reg else 0.0, fsdp=args.fsdp)
     result = train(accelerator, model, tokenizer, train_features, val_features, loop_cfg, run_dir,
                    save_best=save, extra_loss=reg[0] if reg else None)
     if accelerator.is_main_process:
@@ -281,20 +280,6 @@ def train_main(args) -> int:
                           f"median step {summary['median_step_s']:.2f} s, "
                           f"peak memory {summary['peak_memory_gib']:.2f} GiB ({summary['memory_kind']})")
     return 0
-
-
-def fsdp_plugin():
-    """FSDP2 full-shard: every decoder block (the model's `_no_split_modules`) is one unit whose
-    parameters are all-gathered for its forward/backward and resharded after. Frozen base weights
-    and trainable adapters share a unit; only the adapters get gradients and optimizer state.
-    KnowHiRA's σ_norm and KaSA's truncation are computed before `prepare` shards the model, so they
-    come from the whole pretrained W0; regularisers and saving gather whole tensors (models/dist.py)."""
-    from accelerate import FullyShardedDataParallelPlugin
-
-    return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
-                                          auto_wrap_policy="transformer_based_wrap",
-                                          state_dict_type="FULL_STATE_DICT",
-                                          cpu_ram_efficient_loading=False)
 
 
 def train_summary(run_dir, result, device) -> dict:

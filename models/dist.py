@@ -10,6 +10,24 @@ import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 
+def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 full-shard (torch.distributed.fsdp.fully_shard, in place): one unit per decoder block
+    (the classes in the model's `_no_split_modules`), then the root (embeddings, final norm, head).
+    Frozen base weights and trainable adapters share a unit; only the adapters get gradients and
+    optimizer state. Call after the adapters are built (σ_norm from the whole W0) and BEFORE the
+    optimizer is created: the parameters are replaced by sharded DTensors."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"--fsdp: no decoder blocks found (_no_split_modules = {sorted(names)})")
+    for block in blocks:
+        fully_shard(block, reshard_after_forward=True)
+    fully_shard(model, reshard_after_forward=True)
+    return model
+
+
 def full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor: all-gathers an FSDP2 shard (collective, differentiable), else `t`."""
     return t.full_tensor() if isinstance(t, DTensor) else t

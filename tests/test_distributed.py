@@ -37,7 +37,7 @@ def train_args(model, data, out, name, batch, steps=6):
 
 
 def losses(run_dir):
-    return [(r["step"], r["loss_task"], r["loss_reg"], r.get("val_loss"))
+    return [(r["step"], r["loss_task"], r["loss_reg"], r.get("val_loss"), r["grad_norm"])
             for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
             if "loss_task" in r]
 
@@ -46,7 +46,7 @@ def assert_same_run(a, b, tol):
     la, lb = losses(a), losses(b)
     assert [x[0] for x in la] == [x[0] for x in lb]
     for x, y in zip(la, lb):
-        assert abs(x[1] - y[1]) < tol and abs(x[2] - y[2]) < tol
+        assert abs(x[1] - y[1]) < tol and abs(x[2] - y[2]) < tol and abs(x[4] - y[4]) < tol
         assert (x[3] is None) == (y[3] is None) and (x[3] is None or abs(x[3] - y[3]) < tol)
     wa = load_file(str(a / "final" / "adapter_model.safetensors"))
     wb = load_file(str(b / "final" / "adapter_model.safetensors"))
@@ -71,6 +71,7 @@ def test_two_processes_equal_one_process_with_double_batch(tiny_neo_dir, small_d
                          + extra + shard, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "= 8" in two.stdout and "x 2 (processes)" in two.stdout  # effective batch printed
+    assert ("FSDP2 full-shard over 2 processes" in two.stdout) == bool(shard)
     assert_same_run(tmp_path / "one", tmp_path / "two", 1e-5)
 
 

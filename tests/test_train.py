@@ -59,7 +59,8 @@ def run_loop(run_dir, model, cfg, tokenizer, train_f, val_f=(), accelerator=None
     settings = {"batch": 2, "lr": 1e-2, "save_steps": 1000, "eval_strategy": "no",
                 "reg_weight": reg[1] if reg else 0.0, **kw}
     return train(accelerator or Accelerator(cpu=True), model, tokenizer, list(train_f), list(val_f),
-                 LoopConfig(**settings), run_dir, save_best=lambda m, d: save_adapter(m, cfg, d),
+                 LoopConfig(**settings), run_dir,
+                 save_best=lambda m, d, write: save_adapter(m, cfg, d, write),
                  extra_loss=reg[0] if reg else None)
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.tokenize import IGNORE_INDEX, Collator
+from models.dist import full, shard_model
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.logger import RunLogger, plot_losses
 
@@ -47,6 +48,7 @@ class LoopConfig:
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = off
     log_steps: int = 1
     reg_weight: float = 1.0  # weight of the method's regulariser (λ_ortho for KnowHiRA)
+    fsdp: bool = False  # FSDP2 full-shard (models.dist.shard_model) instead of DDP
 
 
 @dataclass
@@ -128,11 +130,17 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
                       f"{world} (processes) = {global_batch}; {steps_per_epoch} steps/epoch; "
                       f"{total_steps} optimizer steps")
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.fsdp:  # torch FSDP2 directly: accelerate's FSDP plugin does not run on CPU/gloo
+        ddp_model = shard_model(model)
+        accelerator.print(f"FSDP2 full-shard over {world} processes: each holds 1/{world} of every "
+                          "parameter, gradient and optimizer state")
+    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the DTensors
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 swaps in sharded ones
+    if cfg.fsdp:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        ddp_model, optimizer = accelerator.prepare(model, optimizer)
     collate = Collator(tokenizer)
 
     start_step, best_val, bad_evals = 0, None, 0
@@ -198,7 +206,7 @@ def train(accelerator, model, tokenizer, train_features: list[dict], val_feature
             record = {"step": step, "epoch": epoch + (k + 1) / steps_per_epoch,
                       "loss_task": loss_task.item(), "loss_reg": reg_value,
                       "loss_total": loss_task.item() + cfg.reg_weight * reg_value,
-                      "lr": lr_now, "grad_norm": float(grad_norm),
+                      "lr": lr_now, "grad_norm": float(full(grad_norm)),
                       "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
             t_last, tokens_since = now, 0
             bar.set_postfix(loss=f"{record['loss_task']:.4f}", lr=f"{lr_now:.2e}",
