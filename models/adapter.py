@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.dist import full
 from models.atomic import atomic_save_safetensors, atomic_write_json
+from models.dist import full
 from models.hadamard import VARIANTS, HadamardLinear, base_weight
 from models.kasa import KASA_TENSORS, KaSALinear
 from models.spectrum import sigma_norms, spectrum_row_scale

@@ -1,7 +1,7 @@
 """Sharded (FSDP2) parameters seen whole: the few places that need a full tensor go through here.
 
-Under FSDP2 (`torch.distributed.fsdp.fully_shard`, via accelerate) every parameter is a DTensor
-holding 1/world of its rows outside the forward pass. Code that reads parameters outside forward
+Under FSDP2 (`torch.distributed.fsdp.fully_shard`, applied by `shard_model`) every parameter is a
+DTensor holding 1/world of its rows outside the forward pass. Code that reads parameters outside forward
 (the regularisers, adapter and checkpoint saving, resume) asks for `full(t)`: an all-gather that is
 differentiable (its backward hands each rank its own slice of the gradient) and collective (EVERY
 rank must call it, in the same order). Without sharding these are no-ops.

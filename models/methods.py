@@ -73,22 +73,26 @@ def save_peft_model(model: nn.Module, out_dir, write: bool = True) -> None:
 
 
 def save_full_model(model: nn.Module, out_dir, write: bool = True) -> None:
-    """fft: every weight to model.safetensors (+ config.json). Not save_pretrained, which refuses
-    models loaded from GGUF; safetensors.torch.save_model handles tied embeddings. Under FSDP2 the
-    whole weights are gathered one tensor at a time onto the writing rank's CPU."""
-    from safetensors.torch import save_file, save_model
+    """fft: every weight to model.safetensors (+ config.json), a tied weight once under its first
+    name. Not save_pretrained, which refuses models loaded from GGUF. Under FSDP2 the whole
+    weights are gathered one tensor at a time onto the writing rank's CPU."""
+    from safetensors.torch import save_file
 
-    sharded = is_sharded(model)
-    state = gather_state(model.state_dict().items(), write) if sharded else None
+    param_id = {n: id(p) for n, p in model.named_parameters(remove_duplicate=False)}
+    seen, items = set(), []
+    for name, t in model.state_dict().items():
+        if name in param_id:
+            if param_id[name] in seen:
+                continue  # tied to a parameter already stored (e.g. lm_head = embeddings)
+            seen.add(param_id[name])
+        items.append((name, t))
+    state = gather_state(items, write)
     if not write:
         return
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".model.safetensors.tmp"
-    if sharded:  # gathered copies share no memory, so tied weights are simply stored twice
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    else:
-        save_model(model, str(tmp))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     os.replace(tmp, out_dir / "model.safetensors")
     model.config.to_json_file(str(out_dir / "config.json"))
 

@@ -14,9 +14,10 @@ MODEL=${MODEL:-meta-llama/Llama-2-7b-hf}
 DATA_DIR=${KNOWHIRA_DATA_DIR:-data/commonsense}
 OUT=${OUT:-runs/multinode}
 PY=${PY:-python}
+SHARD=(); [ "${FSDP:-0}" = 1 ] && SHARD=(--fsdp)   # FSDP=1: FSDP2 full-shard across all nodes' GPUs
 "$PY" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
   --nproc_per_node="$NGPU_PER_NODE" --rdzv_backend=c10d --rdzv_endpoint="$RDZV_ENDPOINT" \
   --rdzv_id="${RDZV_ID:-knowhira}" \
   train_knowhira.py --model_name "$MODEL" --data_dir "$DATA_DIR" --dataset "${DATASET:-common_170k}" \
-  --peft_type knowhira --r_ab "${R:-32}" --lr "${LR:-2e-4}" --batch "${BATCH:-4}" --grad_acc "${GRAD_ACC:-1}" \
-  --load_bit 16 --enable_grad_ckpt --output_folder "$OUT" --run_name "${RUN_NAME:-knowhira_llama7b}"
+  --peft_type "${METHOD:-knowhira}" --r_ab "${R:-32}" --lr "${LR:-2e-4}" --batch "${BATCH:-4}" --grad_acc "${GRAD_ACC:-1}" \
+  --load_bit 16 --enable_grad_ckpt "${SHARD[@]}" --output_folder "$OUT" --run_name "${RUN_NAME:-knowhira_llama7b}"

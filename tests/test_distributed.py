@@ -46,18 +46,23 @@ def assert_same_run(a, b, tol):
     la, lb = losses(a), losses(b)
     assert [x[0] for x in la] == [x[0] for x in lb]
     for x, y in zip(la, lb):
-        assert abs(x[1] - y[1]) < tol and abs(x[2] - y[2]) < tol and abs(x[4] - y[4]) < tol
+        assert abs(x[1] - y[1]) < tol and abs(x[2] - y[2]) < tol
+        # gradient norm: an fp32 sum over every trainable element (2.5M for fft), in a different
+        # order when sharded, so relative 1e-4
+        assert abs(x[4] - y[4]) < 1e-4 * max(1.0, abs(x[4]))
         assert (x[3] is None) == (y[3] is None) and (x[3] is None or abs(x[3] - y[3]) < tol)
-    wa = load_file(str(a / "final" / "adapter_model.safetensors"))
-    wb = load_file(str(b / "final" / "adapter_model.safetensors"))
-    assert wa.keys() == wb.keys()
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < tol
+    files = sorted(p.name for p in (a / "final").glob("*.safetensors"))  # adapter, or fft's model
+    assert files and files == sorted(p.name for p in (b / "final").glob("*.safetensors"))
+    for f in files:
+        wa, wb = load_file(str(a / "final" / f)), load_file(str(b / "final" / f))
+        assert wa.keys() == wb.keys()
+        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < tol
 
 
 # DDP, and FSDP2 full-shard (the 7B-13B path): KnowHiRA, whose L_ortho and saving read sharded
-# factors, and KaSA, whose regulariser does too
-SHARDING = [pytest.param([], "knowhira", id="ddp"), pytest.param(["--fsdp"], "knowhira", id="fsdp"),
-            pytest.param(["--fsdp"], "kasa", id="fsdp-kasa")]
+# factors; KaSA, whose regulariser does too; peft's LoRA and fft, saved from gathered tensors
+SHARDING = [pytest.param([], "knowhira", id="ddp"), pytest.param(["--fsdp"], "knowhira", id="fsdp")] + [
+    pytest.param(["--fsdp"], m, id=f"fsdp-{m}") for m in ("kasa", "lora", "fft")]
 
 
 @pytest.mark.parametrize("shard,method", SHARDING)
