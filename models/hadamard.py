@@ -53,10 +53,11 @@ class HadamardLinearFn(torch.autograd.Function):
     def effective_weight(w0, bm, a, scale, dtype):
         """W = W0 ⊙ (1 + s·BM A) formed in the adapter's dtype, rounded once to `dtype`.
 
-        In-place on the one out x in temporary, so the peak is one fp32 matrix (plus its cast).
+        One small GEMM (s is folded into the out x r factor) and one fused elementwise pass written
+        in place, so the peak is one fp32 out x in matrix (plus its cast).
         """
-        w = (bm @ a).mul_(scale).add_(1).mul_(w0)  # W = W0 ⊙ (1 + s·BM A)
-        return w.to(dtype)
+        ba = (bm * scale) @ a  # s·BM A
+        return torch.addcmul(w0, w0, ba, out=ba).to(dtype)  # W = W0 + W0 ⊙ (s·BM A)
 
     @staticmethod
     def forward(ctx, x, w0, bias, bm, a, scale):
@@ -77,9 +78,10 @@ class HadamardLinearFn(torch.autograd.Function):
         gy2 = gy.reshape(-1, gy.shape[-1])
         if need_bm or need_a:
             gw = (gy2.t() @ x.reshape(-1, x.shape[-1]).to(gy.dtype)).to(acc)  # Gw = gyᵀ x
-            h = gw.mul_(w0).mul_(s)  # ∂L/∂(BM A) = s · W0 ⊙ Gw, in place on Gw
-            g_bm = h @ a.t() if need_bm else None  # ∂L/∂(BM) = H Aᵀ
-            g_a = bm.t() @ h if need_a else None  # ∂L/∂A = (BM)ᵀ H
+            # ∂L/∂(BM A) = s · W0 ⊙ Gw: W0 ⊙ Gw in place, s applied to the small results below
+            h = gw.mul_(w0)
+            g_bm = (h @ a.t()).mul_(s) if need_bm else None  # ∂L/∂(BM) = s (W0 ⊙ Gw) Aᵀ
+            g_a = (bm.t() @ h).mul_(s) if need_a else None  # ∂L/∂A = s (BM)ᵀ (W0 ⊙ Gw)
         if need_bias:  # only when the base bias is trainable (it is frozen by default)
             g_bias = gy2.sum(0).to(w0.dtype)
         return gx, None, g_bias, g_bm, g_a, None
