@@ -56,8 +56,9 @@ class HadamardLinearFn(torch.autograd.Function):
         One small GEMM (s is folded into the out x r factor) and one fused elementwise pass written
         in place, so the peak is one fp32 out x in matrix (plus its cast).
         """
-        ba = (bm * scale) @ a  # s·BM A
-        return torch.addcmul(w0, w0, ba, out=ba).to(dtype)  # W = W0 + W0 ⊙ (s·BM A)
+        with torch.autocast(w0.device.type, enabled=False):  # the small GEMM in the adapter's dtype
+            ba = (bm * scale) @ a  # s·BM A
+            return torch.addcmul(w0, w0, ba, out=ba).to(dtype)  # W = W0 + W0 ⊙ (s·BM A)
 
     @staticmethod
     def forward(ctx, x, w0, bias, bm, a, scale):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from models.hadamard import HadamardLinear
+from models.hadamard import HadamardLinear, HadamardLinearFn
 from models.spectrum import sigma_norm_from_values, spectrum_row_scale, top_k
 
 
@@ -187,3 +187,82 @@ def test_spectrum_row_scale_keeps_norm_and_orders_rows():
     assert abs(f.pow(2).mean().item() - 1.0) < 1e-6
     assert torch.all(f[:-1] > f[1:])
     assert torch.allclose(spectrum_row_scale(s, 0.0), torch.ones(4))
+
+
+def _fp32_layer(variant="knowhira", out_f=48, in_f=64, r=4, seed=0):
+    torch.manual_seed(seed)
+    layer = HadamardLinear(nn.Linear(in_f, out_f), variant, r)
+    with torch.no_grad():
+        layer.hira_B.normal_(std=0.3)
+        layer.hira_A.normal_(std=0.3)
+    return layer
+
+
+def test_autocast_bf16_rounds_the_fp32_effective_weight_once():
+    """Under autocast W = W0 ⊙ (1 + s·BMA) is built in fp32 (the small GEMM is kept out of autocast)
+    and rounded once to bf16, as a merged bf16 layer would be; gradients stay close to fp32's."""
+    layer = _fp32_layer()
+    x = torch.randn(5, 64, requires_grad=True)
+    w = closed_form_weight(layer.double()).float()
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    ref = torch.nn.functional.linear(x.bfloat16(), w.bfloat16(), layer.base.bias.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert (y.float() - ref.float()).abs().max() <= 2 * 2 ** -8 * ref.float().abs().max()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # W: fp32 form rounded once
+        w_bf16 = HadamardLinearFn.effective_weight(layer.base.weight, layer.bm(), layer.hira_A,
+                                                   layer.scale, torch.bfloat16)
+    assert (w_bf16 != w.bfloat16()).float().mean() < 0.01  # with s·BMA in bf16: 4% here
+    y.float().sum().backward()
+    g_bf16 = layer.hira_A.grad.clone()
+    layer.zero_grad()
+    layer(x).sum().backward()  # fp32 reference
+    assert torch.allclose(g_bf16, layer.hira_A.grad, rtol=0.05, atol=0.05 * layer.hira_A.grad.abs().max())
+
+
+def test_torch_compile_traces_the_fused_layer():
+    """torch.compile (aot_eager: dynamo + AOT autograd, no C++ codegen) gives eager's output and
+    factor gradients."""
+    layer = _fp32_layer()
+    x = torch.randn(2, 7, 64)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y_eager = layer(x)
+    y_eager.square().sum().backward()
+    grads = [p.grad.clone() for p in (layer.hira_A, layer.hira_B, layer.gate)]
+    layer.zero_grad()
+    y = compiled(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(y, y_eager)
+    for g, p in zip(grads, (layer.hira_A, layer.hira_B, layer.gate)):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    """A tiny RANDOM Llama with KnowHiRA: HF gradient checkpointing (non-reentrant, as
+    --enable_grad_ckpt sets it) recomputes the fused layers' forward and changes nothing."""
+    from conftest import tiny_model
+    from models.adapter import AdapterConfig, add_adapters
+
+    model = tiny_model("llama", vocab_size=300).train()
+    add_adapters(model, AdapterConfig(peft_type="knowhira", r=4, target_modules=["q_proj", "v_proj",
+                                                                                 "down_proj"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "hira_B" in n:
+                p.normal_(std=0.1)
+    ids = torch.randint(0, 300, (2, 16))
+    results = []
+    for ckpt in (False, True):
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                      if p.requires_grad}))
+    (l0, g0), (l1, g1) = results
+    assert l0 == pytest.approx(l1, abs=1e-6)
+    assert g0.keys() == g1.keys() and len(g0) == 3 * 2 * 3  # 3 targets x 2 layers x (A, B, g)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-7)
