@@ -88,6 +88,13 @@ def load_run(path: Path) -> dict:
         if isinstance(args, dict):
             meta.update(args)
     meta.update(results.get("meta") or {})
+    val_loss = None  # best validation loss (response tokens), from the training run's summary
+    summary_path = path.parent / "train_summary.json"
+    if summary_path.exists():
+        try:
+            val_loss = json.loads(summary_path.read_text(encoding="utf-8")).get("best_val_loss")
+        except (OSError, json.JSONDecodeError) as err:
+            raise ResultsError(f"{summary_path}: cannot read ({err})") from err
     tasks = {}
     for task, result in results.get("tasks", {}).items():
         try:
@@ -104,6 +111,7 @@ def load_run(path: Path) -> dict:
         "model": _short_model(_first(meta, MODEL_KEYS)),
         "hparams": {key: meta[key] for key in HYPERPARAM_KEYS if meta.get(key) is not None},
         "trainable": _first(meta, TRAINABLE_KEYS),
+        "val_loss": None if val_loss is None else float(val_loss),
         "tasks": tasks,
     }
 
@@ -174,7 +182,7 @@ def build_tables(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dic
     tasks = ordered_tasks(runs)
     common = common_tasks(runs, tasks)
     base = baselines(runs, tasks)
-    header = ["run", "method", "model", "hyperparameters", "trainable params",
+    header = ["run", "method", "model", "hyperparameters", "trainable params", "best val loss",
               *tasks, average_header(common)]
     hparam_keys = [k for k in HYPERPARAM_KEYS if any(k in run["hparams"] for run in runs)]
 
@@ -183,10 +191,12 @@ def build_tables(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dic
         avg = _mean([run["tasks"][t]["accuracy"] for t in common])
         md_rows.append([run["name"], run["method"], run["model"], _format_hparams(run["hparams"]),
                         _format_count(run["trainable"]),
+                        DASH if run["val_loss"] is None else f"{run['val_loss']:.3f}",
                         *[_cell(run["tasks"].get(t)) for t in tasks], _pct(avg)])
         row = {"run": str(run["path"].parent), "method": run["method"], "model": run["model"],
                **{k: run["hparams"].get(k, "") for k in hparam_keys},
-               "trainable_params": "" if run["trainable"] is None else run["trainable"]}
+               "trainable_params": "" if run["trainable"] is None else run["trainable"],
+               "best_val_loss": "" if run["val_loss"] is None else run["val_loss"]}
         for t in tasks:
             result = run["tasks"].get(t)
             for key in ("accuracy", "ci95_low", "ci95_high", "n"):
@@ -196,10 +206,10 @@ def build_tables(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dic
 
     for label in ("chance", "majority"):
         avg = _mean([base[t][label] for t in common])
-        md_rows.append([label, label, DASH, DASH, DASH,
+        md_rows.append([label, label, DASH, DASH, DASH, DASH,
                         *[_pct(base[t][label]) for t in tasks], _pct(avg)])
         row = {"run": label, "method": label, "model": "",
-               **{k: "" for k in hparam_keys}, "trainable_params": ""}
+               **{k: "" for k in hparam_keys}, "trainable_params": "", "best_val_loss": ""}
         for t in tasks:
             value = base[t][label]
             row.update({f"{t}_accuracy": "" if value is None else value,

@@ -293,11 +293,13 @@ def test_analyze_results(tmp_path):
     _fake_run(runs / "nested" / "lora_r8", {"method": "lora", "model_name": "/models/smollm2",
                                              "trainable_params": 811_008, "lr": 3e-4},
               None, {"boolq": (2000, 3270, 0.5, 0.6217), "ARC-Easy": (1100, 2376, 0.2508, 0.2664)})
+    (runs / "hira_r32" / "train_summary.json").write_text(json.dumps({"best_val_loss": 0.34249}))
     out = tmp_path / "summary"
     proc = subprocess.run([sys.executable, str(ROOT / "analyze_results.py"), str(runs),
                            "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout
+    assert "| best val loss |" in table and "| 1.18M | 0.342 |" in table  # from train_summary.json
     assert "knowhira" in table and "lora" in table and "smollm2" in table
     assert "avg (boolq, ARC-Easy; 2 tasks)" in table
     assert "| chance |" in table and "| majority |" in table
@@ -312,6 +314,7 @@ def test_analyze_results(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["method"] for r in rows] == ["knowhira", "lora", "chance", "majority"]
     assert float(rows[0]["boolq_accuracy"]) == pytest.approx(2092 / 3270)
+    assert float(rows[0]["best_val_loss"]) == 0.34249 and rows[1]["best_val_loss"] == ""
     assert rows[1]["piqa_accuracy"] == ""
     assert math.isclose(float(rows[1]["avg_common"]), avg_lora / 100)
 
