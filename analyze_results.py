@@ -31,6 +31,9 @@ DASH = "—"
 METHOD_KEYS = ("method", "peft_type", "peft_method")
 MODEL_KEYS = ("model_name", "model", "base_model", "model_name_or_path")
 HYPERPARAM_KEYS = ("r_ab", "r", "lr", "knowledge_alpha", "epochs")
+# hyperparameters that mean nothing for a method (train_knowhira.py saves every flag in args.json)
+UNUSED_HPARAMS = {"fft": {"r_ab", "r", "knowledge_alpha"}, "ia3": {"r_ab", "r", "knowledge_alpha"},
+                  **{m: {"knowledge_alpha"} for m in ("lora", "dora", "hira", "kasa", "hira_sb")}}
 TRAINABLE_KEYS = ("trainable_params", "n_trainable_params", "num_trainable_params")
 
 
@@ -109,7 +112,8 @@ def load_run(path: Path) -> dict:
         "name": path.parent.name,
         "method": str(_first(meta, METHOD_KEYS, "?")),
         "model": _short_model(_first(meta, MODEL_KEYS)),
-        "hparams": {key: meta[key] for key in HYPERPARAM_KEYS if meta.get(key) is not None},
+        "hparams": {key: meta[key] for key in HYPERPARAM_KEYS if meta.get(key) is not None
+                    and key not in UNUSED_HPARAMS.get(str(_first(meta, METHOD_KEYS)), ())},
         "trainable": _first(meta, TRAINABLE_KEYS),
         "val_loss": None if val_loss is None else float(val_loss),
         "tasks": tasks,

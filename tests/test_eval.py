@@ -291,7 +291,8 @@ def test_analyze_results(tmp_path):
               {"boolq": (2092, 3270, 0.5, 0.6217), "piqa": (1176, 1838, 0.5, 0.5049),
                "ARC-Easy": (1045, 2376, 0.2508, 0.2664)})
     _fake_run(runs / "nested" / "lora_r8", {"method": "lora", "model_name": "/models/smollm2",
-                                             "trainable_params": 811_008, "lr": 3e-4},
+                                             "trainable_params": 811_008, "lr": 3e-4,
+                                             "knowledge_alpha": 0.5},
               None, {"boolq": (2000, 3270, 0.5, 0.6217), "ARC-Easy": (1100, 2376, 0.2508, 0.2664)})
     (runs / "hira_r32" / "train_summary.json").write_text(json.dumps({"best_val_loss": 0.34249}))
     out = tmp_path / "summary"
@@ -300,11 +301,13 @@ def test_analyze_results(tmp_path):
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout
     assert "| best val loss |" in table and "| 1.18M | 0.342 |" in table  # from train_summary.json
+    assert "r_ab=32, lr=0.0002, knowledge_alpha=0.5 |" in table  # knowhira shows its α ...
     assert "knowhira" in table and "lora" in table and "smollm2" in table
     assert "avg (boolq, ARC-Easy; 2 tasks)" in table
     assert "| chance |" in table and "| majority |" in table
     assert "64.0 ± 1.6 (3270)" in table  # 2092/3270, Wilson half-width in %
     lora_row = next(line for line in table.splitlines() if "| lora |" in line)
+    assert "knowledge_alpha" not in lora_row  # ... LoRA does not (the flag is saved for every run)
     assert "—" in lora_row  # no piqa for this run
     avg_lora = 100 * (2000 / 3270 + 1100 / 2376) / 2
     assert lora_row.rstrip(" |").endswith(f"{avg_lora:.1f}")
