@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from train_knowhira import positive_int  # noqa: E402  (the CLI's own argument validator)
+
 DEFAULT_DATA_DIR = os.environ.get("KNOWHIRA_DATA_DIR", "data/commonsense")
 SUMMARY_FIELDS = (
     "label", "run", "method", "model", "r", "n_layers", "effective_rank_mean", "effective_rank_median",
@@ -51,13 +53,6 @@ SUMMARY_FIELDS = (
     "base_loss", "adapted_loss", "forgetting_dloss", "forgetting_tokens", "acc_avg", "n_tasks",
 )
 LAYER_FIRST = ("label", "run", "method", "layer")
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def non_negative_int(text):
