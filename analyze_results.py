@@ -1,11 +1,13 @@
 """Summarise evaluation runs: a markdown/CSV table and one bar chart per task.
 
-    python analyze_results.py RESULTS_DIR [RESULTS_DIR ...] --out DIR
+    python analyze_results.py [RESULTS_DIR ...] [--out DIR]     (defaults: runs, <first RESULTS_DIR>/summary)
 
 Every results.json under the given folders (searched recursively) is one run (one row). A run's
-description comes from args.json beside results.json (training arguments, if present) updated
-by the results.json "meta" block: method (peft_type/method), model (model_name), the key
-hyperparameters (r_ab, r, lr, knowledge_alpha, epochs) and the trainable parameter count.
+description comes from args.json beside results.json (every training flag plus trainable_params,
+n_train, n_val; absent for zero-shot runs) updated by the results.json "meta" block that evaluation
+writes: method ("method" from meta, else args.json's "peft_type"), model (model_name), the key
+hyperparameters (r_ab, lr, knowledge_alpha, epoch, max_steps; max_steps -1 means --epoch decides)
+and trainable_params.
 
 Cells read "acc ± h (n)" in percent, where h is half the width of the 95% Wilson interval.
 The average column is the unweighted mean over the tasks that EVERY run has (named in its
@@ -15,6 +17,7 @@ most frequent gold answer); for each task they are taken from the run that evalu
 examples of it (subsets of the test file can differ slightly).
 
 Writes DIR/summary.md, DIR/summary.csv and DIR/<task>.png, and prints the markdown table.
+A missing folder or no usable results is a one-line error with exit status 2.
 """
 import argparse
 import csv
@@ -28,17 +31,14 @@ sys.path.insert(0, str(ROOT))
 from data.tasks import TASKS  # noqa: E402
 
 DASH = "—"
-METHOD_KEYS = ("method", "peft_type", "peft_method")
-MODEL_KEYS = ("model_name", "model", "base_model", "model_name_or_path")
-HYPERPARAM_KEYS = ("r_ab", "r", "lr", "knowledge_alpha", "epochs")
+HYPERPARAM_KEYS = ("r_ab", "lr", "knowledge_alpha", "epoch", "max_steps")
 # hyperparameters that mean nothing for a method (train_knowhira.py saves every flag in args.json)
 UNUSED_HPARAMS = {"fft": {"r_ab", "r", "knowledge_alpha"}, "ia3": {"r_ab", "r", "knowledge_alpha"},
                   **{m: {"knowledge_alpha"} for m in ("lora", "dora", "hira", "kasa", "hira_sb")}}
-TRAINABLE_KEYS = ("trainable_params", "n_trainable_params", "num_trainable_params")
 
 
 class ResultsError(Exception):
-    """No usable results (reported as a one-line message, exit status 1)."""
+    """A missing folder or no usable results (reported as a one-line message, exit status 2)."""
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -56,13 +56,6 @@ def find_results(folders: list[str]) -> list[Path]:
             continue
         found.update(p.resolve() for p in path.rglob("results.json"))
     return sorted(found)
-
-
-def _first(meta: dict, keys: tuple[str, ...], default=None):
-    for key in keys:
-        if meta.get(key) is not None:
-            return meta[key]
-    return default
 
 
 def _short_model(name) -> str:
@@ -107,14 +100,15 @@ def load_run(path: Path) -> dict:
                 tasks[task][key] = float(result[key]) if result.get(key) is not None else None
         except (KeyError, TypeError, ValueError) as err:
             raise ResultsError(f"{path}: task {task!r} lacks a numeric {err}") from err
+    method = str(meta.get("method") or meta.get("peft_type") or "?")
     return {
         "path": path,
         "name": path.parent.name,
-        "method": str(_first(meta, METHOD_KEYS, "?")),
-        "model": _short_model(_first(meta, MODEL_KEYS)),
+        "method": method,
+        "model": _short_model(meta.get("model_name")),
         "hparams": {key: meta[key] for key in HYPERPARAM_KEYS if meta.get(key) is not None
-                    and key not in UNUSED_HPARAMS.get(str(_first(meta, METHOD_KEYS)), ())},
-        "trainable": _first(meta, TRAINABLE_KEYS),
+                    and key not in UNUSED_HPARAMS.get(method, ())},
+        "trainable": meta.get("trainable_params"),
         "val_loss": None if val_loss is None else float(val_loss),
         "tasks": tasks,
     }
@@ -315,15 +309,16 @@ def summarize(folders: list[str], out_dir) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
-                        help="folders searched recursively for results.json")
-    parser.add_argument("--out", required=True, help="folder for summary.md/.csv and PNGs")
+    parser.add_argument("results_dirs", nargs="*", default=["runs"], metavar="RESULTS_DIR",
+                        help="folders searched recursively for results.json (default: runs)")
+    parser.add_argument("--out", help="folder for summary.md/.csv and PNGs (default: the first RESULTS_DIR/summary)")
     args = parser.parse_args(argv)
     try:
-        table = summarize(args.results_dirs, args.out)
+        first = Path(args.results_dirs[0])  # a folder, or a results.json file inside one
+        table = summarize(args.results_dirs, args.out or (first if first.is_dir() else first.parent) / "summary")
     except ResultsError as err:
         print(f"analyze_results: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(table, end="")
     return 0
 

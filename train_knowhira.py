@@ -7,394 +7,123 @@ Evaluate:  python train_knowhira.py --ckpt RUN_DIR --dataset all
 Zero-shot: python train_knowhira.py --ckpt none --model_name MODEL --dataset boolq
 
 Multi-GPU: the same script under `torchrun --nproc_per_node=N` (accelerate handles DDP).
+Every flag comes from an options dataclass (training/recipe.py lists the groups; each method's own
+flags from its config in models/methods/). A flag the chosen mode does not use is an error; a
+method flag the chosen method does not use is reported and ignored.
 """
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
-from models.methods import METHODS
+from eval.recipe import EvalOptions, EvalRecipe
+from models.methods import REGISTRY
+from training.recipe import TRAIN_GROUPS, TrainRecipe, default_run_name
+from utils.options import add_arguments, defaults_of
 
-DEFAULT_MODEL = "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # scripts/fetch_smollm2.sh
-DEFAULT_DATA_DIR = os.environ.get("KNOWHIRA_DATA_DIR", "data/commonsense")
-
-
-# ---- arguments ---------------------------------------------------------------------------------
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def unit_interval(low_open: bool):
-    def parse(text):
-        value = float(text)
-        ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be in {'(0, 1]' if low_open else '[0, 1]'}, got {text}")
-        return value
-    return parse
-
-
-def target_list(text):
-    """'q_proj,v_proj' -> list of suffixes; 'all-linear'; 're:<regex>' -> regex string."""
-    if text == "all-linear":
-        return text
-    if text.startswith("re:"):
-        return text[3:]
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("empty target list")
-    return names
+# flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
+# and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
+EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "dataset", "data_dir", "seed", "batch",
+               "eval_strategy", "output_folder")
+# flags that may change when a run is resumed (printed; everything else comes from args.json)
+RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
+               "keep_checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model_name", default=DEFAULT_MODEL,
-                   help="hub name, local folder, or path to a .gguf file")
-    g.add_argument("--gguf_file", default=None, help="GGUF file name inside --model_name's folder")
-    g.add_argument("--load_bit", type=int, choices=[32, 16], default=32,
-                   help="32: fp32 base; 16: bf16 base where supported, else fp16")
-    g.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no",
-                   help="autocast compute dtype (accelerate)")
-    g.add_argument("--enable_grad_ckpt", action="store_true", help="gradient checkpointing")
-    g.add_argument("--fsdp", action="store_true",
-                   help="shard parameters, gradients and optimizer state over the processes "
-                        "(torch FSDP2 full-shard, one unit per decoder block; GPU and CPU/gloo); "
-                        "for 7B-13B models under torchrun, see README 'Scaling out'")
-    g = p.add_argument_group("adapter")
-    g.add_argument("--peft_type", choices=METHODS, default="knowhira",
-                   help="knowhira | hira | hira_sb | kasa (this repo) | lora | dora | ia3 (peft) | fft")
-    g.add_argument("--r_ab", type=positive_int, default=32,
-                   help="rank r (B out x r, A r x in; LoRA/DoRA/KaSA rank; HiRA-SB's R is r x r)")
-    g.add_argument("--target_modules", type=target_list, default=None,
-                   help="comma list of module-name suffixes, 'all-linear', or 're:<regex>' "
-                        "(default: per architecture, see models/get_models.py)")
-    g.add_argument("--knowledge_alpha", type=unit_interval(False), default=0.5,
-                   help="α in M = (1-α) I + α G_Σ (0 = plain HiRA)")
-    g.add_argument("--adaptive_gating", action=argparse.BooleanOptionalAction, default=True,
-                   help="learnable gate: G_Σ = diag(σ_norm ⊙ sigmoid(g)) (else diag(σ_norm))")
-    g.add_argument("--g_init", type=float, default=-1.0, help="initial gate logit (< 0)")
-    g.add_argument("--svd_rank_ratio", type=unit_interval(True), default=0.5,
-                   help="share of the spectrum σ_norm spans: k = max(r, round(ratio·min(out,in)))")
-    g.add_argument("--init_ab", choices=["spectrum", "kaiming"], default="spectrum",
-                   help="A init: Kaiming scaled row-wise by f(σ_norm), or plain Kaiming (B = 0)")
-    g.add_argument("--spectrum_init_scale", type=non_negative_float, default=1.0,
-                   help="τ in f_i ∝ σ_norm_i^τ for the spectrum-aware init")
-    g.add_argument("--ortho_lambda", type=non_negative_float, default=1e-3,
-                   help="λ in L = L_task + λ · mean_layers L_ortho")
-    g.add_argument("--hira_scale", type=float, default=1.0, help="s in W = W0 + s·W0⊙(BMA)")
-    g.add_argument("--adapter_dropout", "--lora_dropout", dest="adapter_dropout", type=float,
-                   default=0.0, help="dropout on the adapter path's input (all adapter methods)")
-    g.add_argument("--lora_alpha", type=float, default=16.0,
-                   help="α of LoRA/DoRA (scale α/r) and KaSA (ΔW = (α/r) ΔU diag(Δσ) ΔVᵀ)")
-    g.add_argument("--kasa_beta", type=non_negative_float, default=1e-4, help="KaSA: β · Σ Δσ²")
-    g.add_argument("--kasa_gamma", type=non_negative_float, default=1e-3,
-                   help="KaSA: γ · (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F)")
-    g.add_argument("--sb_init_batches", type=positive_int, default=8,
-                   help="HiRA-SB: training batches whose full fine-tuning gradient sets B, A, R")
-    g.add_argument("--sb_eta", type=non_negative_float, default=1e-3,
-                   help="HiRA-SB: step size η of the full fine-tuning step that R matches")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="common_170k",
-                   help="training: common_170k | mix:task1,task2,... | task; "
-                        "evaluation (--ckpt): task name, alias, comma list, or all")
-    g.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
-                   help="folder with <task>/{train,test}.json (env KNOWHIRA_DATA_DIR)")
-    g.add_argument("--cutoff_len", type=positive_int, default=256)
-    g.add_argument("--train_on_inputs", action="store_true", help="also put loss on the prompt")
-    g.add_argument("--val_size", type=int, default=120, help="held-out validation examples (seed 42)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch", type=positive_int, default=4, help="per-device micro-batch")
-    g.add_argument("--grad_acc", type=positive_int, default=1)
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--lr_scheduler", choices=["cosine", "linear"], default="cosine")
-    g.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
-    g.add_argument("--weight_decay", type=non_negative_float, default=0.0)
-    g.add_argument("--max_grad_norm", type=non_negative_float, default=1.0, help="0 = no clipping")
-    g.add_argument("--epoch", type=positive_int, default=1)
-    g.add_argument("--max_steps", type=int, default=-1, help="> 0 overrides --epoch")
-    g.add_argument("--seed", type=int, default=42)
-    g = p.add_argument_group("validation, logging, checkpoints")
-    g.add_argument("--eval_strategy", choices=["steps", "epoch", "no"], default="steps")
-    g.add_argument("--eval_steps", type=positive_int, default=50)
-    g.add_argument("--early_stop_patience", type=int, default=0, help="0 = off")
-    g.add_argument("--log_steps", type=positive_int, default=1)
-    g.add_argument("--save_steps", type=positive_int, default=50)
-    g.add_argument("--keep_checkpoints", type=positive_int, default=2)
-    g.add_argument("--output_folder", default="runs")
-    g.add_argument("--run_name", default=None, help="run folder name (default: from hyperparameters)")
-    g.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue a run from its latest checkpoint (its args.json is used)")
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--ckpt", default=None, metavar="RUN_DIR|none",
-                   help="evaluate a trained run (or 'none': the base model zero-shot)")
-    g.add_argument("--eval_mode", choices=["generate", "loglik"], default="generate")
-    g.add_argument("--eval_batch", type=positive_int, default=16)
-    g.add_argument("--max_new_tokens", type=positive_int, default=32)
-    g.add_argument("--beam_size", type=positive_int, default=1)
-    g.add_argument("--max_examples", type=positive_int, default=None,
-                   help="evaluate a fixed seeded subset of N test examples per task")
-    g.add_argument("--results_dir", default=None,
-                   help="where evaluation writes (default: the run dir, or runs/zeroshot_<model>)")
+    """Every flag, with no defaults filled in: the namespace holds only what was given."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    seen = {}
+    for title, cls in TRAIN_GROUPS.items():
+        add_arguments(p.add_argument_group(title), cls, seen)
+        if title == "method":
+            for name, method in REGISTRY.items():
+                add_arguments(p.add_argument_group(f"{name}: {method.summary}"), method.config_cls, seen)
+    add_arguments(p.add_argument_group("evaluation (--ckpt)"), EvalOptions, seen)
     return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.g_init >= 0:
-        parser.error(f"--g_init must be < 0, got {args.g_init}")
-    if not 0 <= args.adapter_dropout < 1:
-        parser.error(f"--adapter_dropout must be in [0, 1), got {args.adapter_dropout}")
-    if args.val_size < 0 or args.early_stop_patience < 0:
-        parser.error("--val_size and --early_stop_patience must be >= 0")
-    if args.lr <= 0:
-        parser.error(f"--lr must be > 0, got {args.lr}")
-    if args.ckpt is not None and args.resume is not None:
-        parser.error("--ckpt (evaluate) and --resume (train) exclude each other")
-    return args
+def _method_flags() -> set[str]:
+    return {f.name for m in REGISTRY.values() for f in m.config_cls.option_fields()}
 
 
-# ---- training ----------------------------------------------------------------------------------
-def run_name(args) -> str:
-    model = Path(args.model_name).name.replace(".gguf", "")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return (f"{args.peft_type}_{model}_r{args.r_ab}_a{args.knowledge_alpha}_l{args.ortho_lambda}"
-            f"_lr{args.lr}_s{args.seed}_{stamp}")
+def train_values(given: dict, parser) -> dict:
+    """Flat training values: defaults, then the given flags; checks mode and method flags."""
+    eval_only = {f.name for f in EvalOptions.option_fields()} - {"ckpt"}
+    wrong = sorted(eval_only & given.keys())
+    if wrong:
+        parser.error(f"--{wrong[0]} is an evaluation flag (used with --ckpt), not a training one")
+    values = {k: v for cls in TRAIN_GROUPS.values() for k, v in defaults_of(cls).items()}
+    method = REGISTRY.get(given.get("peft_type", values["peft_type"]))
+    if method is None:
+        parser.error(f"argument --peft_type: must be one of {', '.join(REGISTRY)}, got {given['peft_type']!r}")
+    own = {f.name for f in method.config_cls.option_fields()}
+    unused = sorted((_method_flags() - own) & given.keys())
+    if unused:
+        print(f"note: {', '.join('--' + u for u in unused)} not used by {method.name}; ignored",
+              file=sys.stderr)
+    values.update(defaults_of(method.config_cls))
+    values.update({k: v for k, v in given.items() if k not in unused})
+    return values
 
 
-def method_configs(args, model_type: str):
-    """(AdapterConfig for our methods, peft config for lora/dora/ia3); None where not used."""
-    from models.adapter import PEFT_TYPES, AdapterConfig
-    from models.get_models import default_targets
-    from models.methods import PEFT_LIBRARY, peft_library_config
-
-    if args.peft_type == "fft":
-        return None, None
-    targets = args.target_modules or default_targets(model_type)
-    if args.peft_type in PEFT_LIBRARY:
-        return None, peft_library_config(args.peft_type, args.r_ab, args.lora_alpha,
-                                         args.adapter_dropout, targets, model_type)
-    assert args.peft_type in PEFT_TYPES
-    return AdapterConfig(peft_type=args.peft_type, r=args.r_ab, target_modules=targets,
-                         knowledge_alpha=args.knowledge_alpha, adaptive_gating=args.adaptive_gating,
-                         g_init=args.g_init, svd_rank_ratio=args.svd_rank_ratio,
-                         init_ab=args.init_ab, spectrum_init_scale=args.spectrum_init_scale,
-                         scale=args.hira_scale, dropout=args.adapter_dropout,
-                         ortho_lambda=args.ortho_lambda, kasa_alpha=args.lora_alpha,
-                         kasa_beta=args.kasa_beta, kasa_gamma=args.kasa_gamma).validate(), None
-
-
-def hira_sb_init(model, tokenizer, features, args, device):
-    """Set HiRA-SB's B, A, R from the full fine-tuning gradient of `--sb_init_batches` batches."""
-    from data.tokenize import Collator
-    from models.hira_sb import hira_sb_initialise
-    from training.loop import epoch_order, task_loss_sum
-
-    collate = Collator(tokenizer)
-    order = epoch_order(len(features), args.seed, epoch=-1)  # a sample apart from epoch 0's order
-    batches = [{k: v.to(device) for k, v in collate([features[i] for i in order[j:j + args.batch]]).items()}
-               for j in range(0, args.sb_init_batches * args.batch, args.batch)]
-    total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-
-    def loss_fn(m, batch):  # token-mean over all init batches, so G is one full-batch gradient
-        return task_loss_sum(m, batch)[0] / total
-
-    return hira_sb_initialise(model, batches, loss_fn, eta=args.sb_eta)
+def resume_values(given: dict, parser) -> dict:
+    """The run's saved values, with the flags that may change safely applied (and printed)."""
+    run_dir = Path(given["resume"])
+    args_file = run_dir / "args.json"
+    if not args_file.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no args.json there (not a run folder)")
+    try:
+        saved = json.loads(args_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{args_file}: not valid JSON ({e})") from None
+    others = sorted(set(given) - {"resume", *RESUME_SAFE})
+    if others:
+        parser.error(f"--resume takes its configuration from {args_file}; {', '.join('--' + o for o in others)} "
+                     f"cannot change in a resumed run (allowed: {', '.join('--' + s for s in RESUME_SAFE)})")
+    for k in RESUME_SAFE:
+        if k in given and given[k] != saved.get(k):
+            print(f"note: resuming with --{k} {given[k]} (the run had {saved.get(k)})", file=sys.stderr)
+    defaults = train_values({"peft_type": saved.get("peft_type", "knowhira")}, parser)
+    return {**defaults, **saved, **{k: given[k] for k in RESUME_SAFE if k in given},
+            "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None}
 
 
-def tokenize_all(tokenizer, records, args, desc):
-    from tqdm.auto import tqdm
-
-    from data.tokenize import tokenize_record
-
-    return [tokenize_record(tokenizer, r, args.cutoff_len, args.train_on_inputs)
-            for r in tqdm(records, desc=f"tokenize {desc}", leave=False, mininterval=2)]
-
-
-def train_main(args) -> int:
-    import torch
-    from accelerate import Accelerator
-
-    from data.commonsense import load_train_data, split_validation
-    from models.adapter import count_trainable
-    from models.atomic import atomic_write_json
-    from models.get_models import load_base_model
-    from models.methods import build
-    from training.loop import LoopConfig, train
-
-    # cpu=True without a GPU so that torchrun on CPU runs DDP (or FSDP2) over gloo
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
-    # everything that can fail on bad input happens before the run folder exists
-    records = load_train_data(args.data_dir, args.dataset)
-    train_records, val_records = split_validation(records, args.val_size, seed=42)
-    torch.manual_seed(args.seed)
-    model, tokenizer = load_base_model(args.model_name, args.gguf_file, args.load_bit,
-                                       args.enable_grad_ckpt)
-    model.to(accelerator.device)  # so the SVDs below run on the accelerator
-    adapter_cfg, peft_cfg = method_configs(args, model.config.model_type)
-    train_features = tokenize_all(tokenizer, train_records, args, "train")
-    val_features = tokenize_all(tokenizer, val_records, args, "validation")
-    # after from_pretrained: σ_norm (KnowHiRA) and the truncation (KaSA) see the pretrained weights
-    model, save, reg = build(model, args.peft_type, adapter_cfg, peft_cfg)
-    if args.peft_type == "hira_sb":
-        report = hira_sb_init(model, tokenizer, train_features, args, accelerator.device)
-        accelerator.print("HiRA-SB init: mean relative residual "
-                          f"{sum(r['rel_residual'] for r in report.values()) / len(report):.3f}")
-    n_trainable = count_trainable(model)
-
-    run_dir = Path(args.output_folder) / args.run_name
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "args.json", {**vars(args), "trainable_params": n_trainable,
-                                                  "n_train": len(train_features),
-                                                  "n_val": len(val_features)})
-    accelerator.print(f"run dir: {run_dir}\ntrainable parameters: {n_trainable:,} "
-                      f"({100 * n_trainable / sum(p.numel() for p in model.parameters()):.3f}%)")
-    loop_cfg = LoopConfig(batch=args.batch, grad_acc=args.grad_acc, lr=args.lr,
-                          weight_decay=args.weight_decay, warmup=args.warmup,
-                          lr_scheduler=args.lr_scheduler, max_grad_norm=args.max_grad_norm,
-                          epoch=args.epoch, max_steps=args.max_steps, seed=args.seed,
-                          eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
-                          save_steps=args.save_steps, keep_checkpoints=args.keep_checkpoints,
-                          early_stop_patience=args.early_stop_patience, log_steps=args.log_steps,
-                          reg_weight=reg[1] if reg else 0.0, fsdp=args.fsdp)
-    result = train(accelerator, model, tokenizer, train_features, val_features, loop_cfg, run_dir,
-                   save_best=save, extra_loss=reg[0] if reg else None)
-    if accelerator.is_main_process:
-        summary = train_summary(run_dir, result, accelerator.device)
-        atomic_write_json(run_dir / "train_summary.json", summary)
-        accelerator.print(f"done: {result.steps} steps, best validation loss {result.best_val_loss}, "
-                          f"median step {summary['median_step_s']:.2f} s, "
-                          f"peak memory {summary['peak_memory_gib']:.2f} GiB ({summary['memory_kind']})")
-    return 0
-
-
-def train_summary(run_dir, result, device) -> dict:
-    """Median optimizer-step time (from the log's wall times) and peak memory of this process."""
-    import resource
-    import statistics
-
-    import torch
-
-    from training.logger import read_log
-
-    times = [r["time"] for r in read_log(run_dir) if "time" in r]
-    steps = [r["step"] for r in read_log(run_dir) if "time" in r]
-    per_step = [(t1 - t0) / (s1 - s0) for t0, t1, s0, s1 in zip(times, times[1:], steps, steps[1:]) if s1 > s0]
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "CUDA max allocated"
-    else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
-    return {"steps": result.steps, "best_val_loss": result.best_val_loss,
-            "stopped_early": result.stopped_early,
-            "median_step_s": statistics.median(per_step) if per_step else float("nan"),
-            "peak_memory_gib": peak, "memory_kind": kind}
-
-
-# ---- evaluation --------------------------------------------------------------------------------
-def eval_tasks(spec: str, data_dir) -> tuple[list[str], list[str]]:
-    """(tasks to run, tasks skipped because their test file is missing)."""
-    from data.commonsense import task_file
-    from data.tasks import TASKS, resolve_task
-
-    if spec == "all":
-        present = [t for t in TASKS if task_file(data_dir, t, "test").is_file()]
-        return present, [t for t in TASKS if t not in present]
-    return [resolve_task(t) for t in spec.split(",") if t.strip()], []
-
-
-def eval_main(args) -> int:
-    import torch
-    from accelerate import PartialState
-
-    from eval.evaluate import evaluate_task, load_test_records, update_results_json
-    from models.adapter import count_trainable
-    from models.get_models import load_base_model
-    from models.adapter import PEFT_TYPES, merge_and_unload
-    from models.methods import PEFT_LIBRARY, load_trained
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    tasks, missing = eval_tasks(args.dataset, args.data_dir)
-    for t in missing:
-        state.print(f"skip {t}: no test file {Path(args.data_dir) / t / 'test.json'}")
-    if not tasks:
-        raise SystemExit(f"error: no test files for {args.dataset!r} in {args.data_dir}")
-    if args.ckpt == "none":
-        model, tokenizer = load_base_model(args.model_name, args.gguf_file, args.load_bit)
-        meta = {"method": "zero-shot", "model_name": args.model_name, "trainable_params": 0}
-        out_dir = Path(args.results_dir or Path(args.output_folder) / f"zeroshot_{Path(args.model_name).name}")
-    else:
-        run_dir = Path(args.ckpt)
-        saved = json.loads((run_dir / "args.json").read_text())
-        adapter_dir = run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "final"
-        if not adapter_dir.is_dir():
-            raise SystemExit(f"error: {run_dir} has no trained adapter (best/ or final/)")
-        model, tokenizer = load_base_model(saved["model_name"], saved.get("gguf_file"), saved["load_bit"])
-        model = load_trained(model, saved["peft_type"], adapter_dir)
-        # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
-        # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call)
-        if saved["peft_type"] in PEFT_TYPES:
-            merge_and_unload(model)
-        elif saved["peft_type"] in PEFT_LIBRARY:
-            model = model.merge_and_unload()
-        meta = {"method": saved["peft_type"], "model_name": saved["model_name"],
-                "adapter": adapter_dir.name,
-                # counted at training time: peft loads lora/dora/ia3 frozen (count 0 here)
-                "trainable_params": saved.get("trainable_params", count_trainable(model)),
-                **{k: saved.get(k) for k in ("r_ab", "lr", "knowledge_alpha", "ortho_lambda",
-                                             "svd_rank_ratio", "max_steps", "dataset", "seed")}}
-        out_dir = Path(args.results_dir or run_dir)
-    model.to(state.device).eval()
-    meta.update(eval_mode=args.eval_mode, max_examples=args.max_examples)
-    for task in tasks:
-        records = load_test_records(args.data_dir, task)
-        result = evaluate_task(model, tokenizer, records, task, out_dir, mode=args.eval_mode,
-                               batch_size=args.eval_batch, max_new_tokens=args.max_new_tokens,
-                               beam_size=args.beam_size, max_examples=args.max_examples,
-                               seed=args.seed, rank=state.process_index,
-                               world_size=state.num_processes)
-        if state.is_main_process:
-            update_results_json(out_dir, result, meta)
-            lo, hi = result["ci95_low"], result["ci95_high"]
-            print(f"{task:14s} acc {100 * result['accuracy']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
-                  f"n={result['n']} parse-fail {100 * result['parse_failure_rate']:.1f}% "
-                  f"chance {100 * result['chance_accuracy']:.1f}% "
-                  f"majority {100 * result['majority_accuracy']:.1f}% "
-                  f"({result['examples_per_s']:.1f} ex/s)")
-    return 0
+def eval_recipe(given: dict, parser) -> EvalRecipe:
+    allowed = {f.name for f in EvalOptions.option_fields()} | set(EVAL_SHARED)
+    wrong = sorted(set(given) - allowed)
+    if wrong:
+        parser.error(f"--{wrong[0]} is a training flag; evaluation (--ckpt) does not use it")
+    if given["ckpt"] != "none" and {"model_name", "gguf_file", "load_bit"} & given.keys():
+        parser.error("--model_name/--gguf_file/--load_bit come from the run's args.json with --ckpt RUN_DIR; "
+                     "they are for --ckpt none (zero-shot)")
+    values = {**defaults_of(EvalOptions), **{k: v for k, v in given.items() if k in defaults_of(EvalOptions)}}
+    if "batch" in given and "eval_batch" not in given:
+        values["eval_batch"] = given["batch"]
+    shared = {k: v for cls in TRAIN_GROUPS.values() for k, v in defaults_of(cls).items() if k in EVAL_SHARED}
+    shared.update({k: v for k, v in given.items() if k in EVAL_SHARED})
+    return EvalRecipe(EvalOptions(**values), tasks=shared["dataset"], data_dir=shared["data_dir"],
+                      seed=shared["seed"], model_name=shared["model_name"], gguf_file=shared["gguf_file"],
+                      load_bit=shared["load_bit"], output_folder=shared["output_folder"])
 
 
 def main(argv=None) -> int:
     from training.loop import NonFiniteLoss
 
-    args = parse_args(argv)
-    if args.resume:
-        if not (Path(args.resume) / "args.json").is_file():
-            print(f"error: --resume {args.resume}: no args.json there (not a run folder)", file=sys.stderr)
-            return 2
-        resume_dir = Path(args.resume)  # args is replaced below: saved["resume"] is None
-        saved = json.loads((resume_dir / "args.json").read_text())
-        # parser defaults, overlaid with the run's saved values (older runs may lack newer flags)
-        args = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}})
-        args.output_folder, args.run_name = str(resume_dir.parent), resume_dir.name
-        args.resume = None
-    elif args.ckpt is None and args.run_name is None:
-        args.run_name = run_name(args)
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    if "ckpt" in given and "resume" in given:
+        parser.error("--ckpt (evaluate) and --resume (train) exclude each other")
     try:
-        return eval_main(args) if args.ckpt is not None else train_main(args)
+        if "ckpt" in given:
+            eval_recipe(given, parser).setup().run()
+            return 0
+        values = resume_values(given, parser) if "resume" in given else train_values(given, parser)
+        if values["run_name"] is None:
+            values["run_name"] = default_run_name(values)
+        TrainRecipe.from_values(values).setup().train()
+        return 0
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, non-zero exit
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from utils.batching import pad, pad_token_id, shifted_ce_sum
 
 TEMPLATE_PREFIX = re.compile(r"^Please [^:]*:\s*")
 
@@ -45,21 +46,15 @@ def lm_loss(model, tokenizer, texts: list[str], batch_size: int = 8, max_len: in
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     for i in range(0, len(texts), batch_size):
         ids = [tokenizer(t, truncation=True, max_length=max_len)["input_ids"]
                for t in texts[i:i + batch_size]]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for j, x in enumerate(ids):  # right padding
-            input_ids[j, :len(x)] = torch.tensor(x)
-            mask[j, :len(x)] = 1
+        input_ids, mask = pad(ids, pad_id, "right")
         input_ids, mask = input_ids.to(device), mask.to(device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        target = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                 ignore_index=-100, reduction="sum").item()
-        count += int((target != -100).sum())
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        loss, n = shifted_ce_sum(logits, input_ids.masked_fill(mask == 0, -100))
+        total += loss.item()
+        count += n
     model.train(was_training)
     return (total / count if count else float("nan")), count

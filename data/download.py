@@ -36,12 +36,14 @@ def fetch(url: str, timeout: float = 60.0):
     return urllib.request.urlopen(url, timeout=timeout)
 
 
-def download_file(url: str, dest, opener=fetch) -> int:
+def download_file(url: str, dest, opener=None) -> int:
     """Stream `url` into `dest` atomically after validating it; returns the number of records.
 
     The bytes go to a temporary file in dest's folder; load_records checks it; os.replace then
     moves it into place. On any failure the temporary file is removed and `dest` is untouched.
+    `opener` defaults to this module's `fetch`, looked up at call time so tests can replace it.
     """
+    opener = opener or fetch
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

@@ -20,6 +20,8 @@ TASKS = list(ANSWER_WORDS)
 # short names users type -> canonical name (matching is case-insensitive)
 ALIASES = {
     "siqa": "social_i_qa",
+    "hellas": "hellaswag",
+    "winog": "winogrande",
     "arce": "ARC-Easy",
     "arc-e": "ARC-Easy",
     "arc_easy": "ARC-Easy",

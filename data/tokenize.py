@@ -8,8 +8,7 @@ import torch
 
 from data.commonsense import DataError
 from data.prompt import encode_prompt, encode_response, generate_prompt
-
-IGNORE_INDEX = -100  # label value ignored by torch.nn.functional.cross_entropy
+from utils.batching import IGNORE_INDEX, pad, pad_token_id
 
 
 def adds_bos(tokenizer) -> bool:
@@ -56,14 +55,9 @@ class Collator:
 
     def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
         """Take the pad id from `tokenizer` (pad token, falling back to EOS)."""
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = tokenizer.eos_token_id
-        if pad_id is None:
-            raise ValueError("tokenizer has neither a pad nor an EOS token to pad with")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
-        self.pad_id = pad_id
+        self.pad_id = pad_token_id(tokenizer)
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
@@ -74,15 +68,9 @@ class Collator:
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
             length = (length + m - 1) // m * m
-
-        input_ids = torch.full((len(features), length), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), length), dtype=torch.long)
         for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            if len(f["labels"]) != n:
-                raise ValueError(f"batch item {i}: {n} input_ids but {len(f['labels'])} labels")
-            input_ids[i, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
-            labels[i, :n] = torch.tensor(f["labels"], dtype=torch.long)
-            attention_mask[i, :n] = 1
+            if len(f["labels"]) != len(f["input_ids"]):
+                raise ValueError(f"batch item {i}: {len(f['input_ids'])} input_ids but {len(f['labels'])} labels")
+        input_ids, attention_mask = pad([f["input_ids"] for f in features], self.pad_id, "right", length)
+        labels, _ = pad([f["labels"] for f in features], IGNORE_INDEX, "right", length)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -24,7 +24,7 @@ from eval.extract import extract_answer
 from eval.generate import generate_answers
 from eval.loglik import loglik_predict
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
-from models.atomic import atomic_write_bytes
+from utils.atomic import atomic_write_bytes
 
 MODES = ("generate", "loglik")
 

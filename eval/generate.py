@@ -10,19 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from data.prompt import encode_prompt
-from eval.runtime import eval_mode, model_device, pad_token_id
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) for `sequences`, padded on the LEFT to the longest one."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, width - len(seq):] = 1
-    return input_ids, attention_mask
+from eval.runtime import eval_mode, model_device
+from utils.batching import pad, pad_token_id
 
 
 def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 8,
@@ -48,7 +37,7 @@ def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 8,
         for start in tqdm(range(0, len(order), batch_size), desc="generate",
                           disable=not show_progress):
             batch = order[start:start + batch_size]
-            input_ids, attention_mask = left_pad([encoded[i] for i in batch], pad_id)
+            input_ids, attention_mask = pad([encoded[i] for i in batch], pad_id, "left")
             generated = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),

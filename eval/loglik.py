@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from data.prompt import encode_prompt
-from eval.runtime import eval_mode, model_device, pad_token_id
+from eval.runtime import eval_mode, model_device
+from utils.batching import pad, pad_token_id
 
 RESPONSE_PREFIX = "the correct answer is "
 
@@ -67,12 +68,7 @@ def score_candidates(model, tokenizer, prompts: list[str],
         for start in tqdm(range(0, len(items), batch_size), desc="loglik",
                           disable=not show_progress):
             batch = items[start:start + batch_size]
-            width = max(len(p) + len(r) for _, _, p, r in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, _, p, r) in enumerate(batch):
-                input_ids[row, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-                attention_mask[row, :len(p) + len(r)] = 1
+            input_ids, attention_mask = pad([p + r for _, _, p, r in batch], pad_id, "right")
             logits = model(input_ids=input_ids.to(device),
                            attention_mask=attention_mask.to(device), use_cache=False).logits
             for row, (i, j, p, r) in enumerate(batch):

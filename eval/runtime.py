@@ -22,12 +22,3 @@ def eval_mode(model):
             yield
     finally:
         model.train(was_training)
-
-
-def pad_token_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its EOS id (the project sets pad = eos); error if neither."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    if tokenizer.eos_token_id is not None:
-        return tokenizer.eos_token_id
-    raise ValueError("tokenizer has neither a pad nor an EOS token; cannot pad batches")

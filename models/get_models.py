@@ -1,9 +1,21 @@
 """Load a causal LM (hub name, local folder, or GGUF file) and add KnowHiRA adapters to it."""
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import torch
 
-from models.adapter import AdapterConfig, add_adapters
+from utils.options import Options, option
+
+DEFAULT_MODEL = "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # scripts/fetch_smollm2.sh
+
+
+@dataclass
+class ModelOptions(Options):
+    model_name: str = option(DEFAULT_MODEL, "hub name, local folder, or path to a .gguf file")
+    gguf_file: str | None = option(None, "GGUF file name inside --model_name's folder")
+    load_bit: int = option(32, "32: fp32 base; 16: bf16 base where supported, else fp16", choices=(32, 16))
+    enable_grad_ckpt: bool = option(False, "gradient checkpointing")
 
 # Default targets per architecture: attention q, k, v plus the MLP's up and down projections
 # (HiRA's LLaMA setting). Module names differ by family, so they are spelled out per model_type.
@@ -71,19 +83,20 @@ def get_knowhira_models(model_name: str, r_ab: int = 32, target_modules=None,
                         knowledge_alpha: float = 0.5, ortho_lambda: float = 1e-3,
                         svd_rank_ratio: float = 0.5, spectrum_init_scale: float = 1.0,
                         adaptive_gating: bool = True, init_ab: str = "spectrum",
-                        g_init: float = -1.0, scale: float = 1.0, dropout: float = 0.0,
+                        g_init: float = -1.0, hira_scale: float = 1.0, adapter_dropout: float = 0.0,
                         peft_type: str = "knowhira", gguf_file: str | None = None,
                         load_bit: int = 32, enable_grad_ckpt: bool = False):
-    """Load the PRETRAINED model, then inject adapters (so σ_norm sees the real weights).
+    """The documented Python API: load the PRETRAINED model, then build the method on it (so
+    σ_norm sees the real weights). Returns (model, tokenizer, config), the config being the
+    method's dataclass (KnowHiRAConfig for the default peft_type). Options the method does not
+    have are ignored (e.g. knowledge_alpha for peft_type="hira")."""
+    from models.methods import build, get_method
 
-    Returns (model, tokenizer, AdapterConfig). Only the adapter parameters are trainable.
-    """
     model, tokenizer = load_base_model(model_name, gguf_file, load_bit, enable_grad_ckpt)
-    cfg = AdapterConfig(peft_type=peft_type, r=r_ab,
-                        target_modules=target_modules or default_targets(model.config.model_type),
-                        knowledge_alpha=knowledge_alpha, adaptive_gating=adaptive_gating,
-                        g_init=g_init, svd_rank_ratio=svd_rank_ratio, init_ab=init_ab,
-                        spectrum_init_scale=spectrum_init_scale, scale=scale, dropout=dropout,
-                        ortho_lambda=ortho_lambda).validate()
-    add_adapters(model, cfg)
+    cfg = get_method(peft_type).config_cls.from_values(dict(
+        r_ab=r_ab, target_modules=target_modules, knowledge_alpha=knowledge_alpha,
+        ortho_lambda=ortho_lambda, svd_rank_ratio=svd_rank_ratio,
+        spectrum_init_scale=spectrum_init_scale, adaptive_gating=adaptive_gating, init_ab=init_ab,
+        g_init=g_init, hira_scale=hira_scale, adapter_dropout=adapter_dropout))
+    model = build(model, cfg)
     return model, tokenizer, cfg

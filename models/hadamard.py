@@ -2,9 +2,9 @@
 
     W = W0 + s * W0 ⊙ (B M A)        B: out x r, A: r x in, M: r x r, ⊙ elementwise
 
-- hira:     M = I
-- knowhira: M = (1 - α) I + α G_Σ,  G_Σ = diag(σ_norm ⊙ sigmoid(g))   (diag(σ_norm) without gating)
-- hira_sb:  M = R (trainable r x r), with B and A fixed (set by the HiRA-SB initialiser)
+`HadamardLinear` is HiRA (M = I); a method with another core subclasses it in its own file and
+overrides `bm()` (models/methods/knowhira.py: M = (1 - α) I + α diag(σ_norm ⊙ sigmoid(g));
+models/methods/hira_sb.py: M = R with B and A fixed).
 
 Orientation: PEFT's (B out x r, A r x in). The KnowHiRA slides write ΔW = W0 ⊙ (A G_Σ B) with
 A (d x r), B (r x k): the same update with the names of the factors swapped.
@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.dist import full
-
-VARIANTS = ("hira", "knowhira", "hira_sb")
+from utils.dist import full
 
 
 def _is_conv1d(layer: nn.Module) -> bool:
@@ -39,6 +37,11 @@ def _is_conv1d(layer: nn.Module) -> bool:
 def base_weight(layer: nn.Module) -> torch.Tensor:
     """W0 as an out x in view of nn.Linear or GPT-2 Conv1D weight (no copy)."""
     return layer.weight.t() if _is_conv1d(layer) else layer.weight
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision of decompositions and accumulations on a weight: fp64 for fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def layer_shape(layer: nn.Module) -> tuple[int, int]:
@@ -89,9 +92,15 @@ class HadamardLinearFn(torch.autograd.Function):
 
 
 class MergeableAdapter(nn.Module):
-    """Shared merge/unmerge for adapter layers that define `base` and `delta_weight()`."""
+    """Base of every adapter layer of this repository: shared merge/unmerge for layers that define
+    `base` and `delta_weight()`; `saved_tensors` names what the adapter file holds, and
+    `after_load()` runs once those tensors are restored."""
 
     merged = False
+    saved_tensors: tuple = ()
+
+    def after_load(self) -> None:
+        """Hook for layers whose base depends on saved tensors (KaSA's truncation)."""
 
     @torch.no_grad()
     def merge(self, keep_backup: bool = True) -> None:
@@ -116,59 +125,32 @@ class MergeableAdapter(nn.Module):
 
 
 class HadamardLinear(MergeableAdapter):
-    """A frozen linear layer (nn.Linear or GPT-2 Conv1D) plus a Hadamard-family adapter.
+    """A frozen linear layer (nn.Linear or GPT-2 Conv1D) plus a HiRA adapter, W = W0 + s·W0 ⊙ (B A).
 
-    Trainable: hira/knowhira -> A, B (and g with adaptive gating); hira_sb -> R only.
-    Buffers saved with the adapter: `sigma_norm` (knowhira; the pretrained spectrum samples).
+    `cfg` is the method's config (fields r_ab, hira_scale, adapter_dropout). Trainable: A, B.
+    Subclasses put a core between the factors by overriding `bm()`.
     """
 
-    def __init__(self, base: nn.Module, variant: str, r: int, scale: float = 1.0,
-                 dropout: float = 0.0, knowledge_alpha: float = 0.5, adaptive_gating: bool = True,
-                 g_init: float = -1.0):
+    saved_tensors = ("hira_A", "hira_B")
+
+    def __init__(self, base: nn.Module, cfg):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown Hadamard variant {variant!r}; choose from {VARIANTS}")
-        if not 0.0 <= knowledge_alpha <= 1.0:
-            raise ValueError(f"knowledge_alpha must be in [0, 1], got {knowledge_alpha}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
         out_f, in_f = layer_shape(base)
-        self.variant, self.r, self.scale = variant, r, float(scale)
-        self.knowledge_alpha, self.adaptive_gating = float(knowledge_alpha), adaptive_gating
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.r, self.scale = cfg.r_ab, float(cfg.hira_scale)
+        self.dropout = nn.Dropout(cfg.adapter_dropout) if cfg.adapter_dropout > 0 else None
         dev = base.weight.device
-        fixed_factors = variant == "hira_sb"
-        a = torch.empty(r, in_f, device=dev)
+        a = torch.empty(self.r, in_f, device=dev)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        b = torch.zeros(out_f, r, device=dev)
-        # hira_sb keeps A, B fixed (set by models.hira_sb); only R trains
-        self.hira_A = nn.Parameter(a, requires_grad=not fixed_factors)
-        self.hira_B = nn.Parameter(b, requires_grad=not fixed_factors)
-        if variant == "knowhira":
-            self.register_buffer("sigma_norm", torch.ones(r, device=dev))
-            self.gate = nn.Parameter(torch.full((r,), float(g_init), device=dev),
-                                     requires_grad=adaptive_gating)
-        if variant == "hira_sb":
-            self.hira_R = nn.Parameter(torch.zeros(r, r, device=dev))
+        self.hira_A = nn.Parameter(a)
+        self.hira_B = nn.Parameter(torch.zeros(out_f, self.r, device=dev))
         self.merged = False
 
-    # ---- the core M ------------------------------------------------------------------------
-    def core_diag(self) -> torch.Tensor:
-        """KnowHiRA's diagonal core m with M = diag(m) = (1 - α) I + α diag(σ_norm ⊙ sigmoid(g))."""
-        g_sigma = self.sigma_norm * torch.sigmoid(self.gate) if self.adaptive_gating \
-            else self.sigma_norm  # G_Σ = diag(σ_norm ⊙ sigmoid(g))  (or diag(σ_norm))
-        return (1.0 - self.knowledge_alpha) + self.knowledge_alpha * g_sigma
-
     def bm(self) -> torch.Tensor:
-        """B M (out x r) in fp32."""
-        if self.variant == "hira":
-            return self.hira_B  # M = I
-        if self.variant == "knowhira":
-            return self.hira_B * self.core_diag()  # B diag(m): scales B's columns
-        return self.hira_B @ self.hira_R  # hira_sb: M = R
+        """B M (out x r) in fp32; HiRA: M = I."""
+        return self.hira_B
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s · W0 ⊙ (B M A), out x in, in the adapter's dtype (fp32)."""
@@ -177,7 +159,7 @@ class HadamardLinear(MergeableAdapter):
     def ortho_loss(self) -> torch.Tensor:
         """L_ortho = ||A Aᵀ - I_r||_F² + ||Bᵀ B - I_r||_F²  (r x r Gram matrices)."""
         eye = torch.eye(self.r, device=self.hira_A.device)
-        a, b = full(self.hira_A), full(self.hira_B)  # whole factors under FSDP2 (models/dist.py)
+        a, b = full(self.hira_A), full(self.hira_B)  # whole factors under FSDP2 (utils/dist.py)
         return ((a @ a.t() - eye) ** 2).sum() + ((b.t() @ b - eye) ** 2).sum()
 
     # ---- forward / merge -------------------------------------------------------------------
@@ -192,4 +174,4 @@ class HadamardLinear(MergeableAdapter):
 
     def extra_repr(self) -> str:
         out_f, in_f = layer_shape(self.base)
-        return f"variant={self.variant}, in={in_f}, out={out_f}, r={self.r}, scale={self.scale}"
+        return f"{type(self).__name__}, in={in_f}, out={out_f}, r={self.r}, scale={self.scale}"

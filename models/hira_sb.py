@@ -27,17 +27,12 @@ import torch
 from torch import nn
 
 from models.adapter import adapter_layers
-from models.hadamard import HadamardLinear, base_weight
+from models.hadamard import HadamardLinear, acc_dtype, base_weight
 
 
 def sb_layers(model: nn.Module) -> dict[str, HadamardLinear]:
-    """The model's HadamardLinear layers of variant hira_sb, by full module name."""
-    return {n: m for n, m in adapter_layers(model).items() if m.variant == "hira_sb"}
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: fp32 for 16/32-bit weights, fp64 for fp64 weights (tests)."""
-    return torch.promote_types(dtype, torch.float32)
+    """The model's HiRA-SB layers (Hadamard layers with a core R), by full module name."""
+    return {n: m for n, m in adapter_layers(model).items() if hasattr(m, "hira_R")}
 
 
 @contextmanager
@@ -94,8 +89,8 @@ def accumulate_full_gradients(model: nn.Module, batches, loss_fn, offload_to_cpu
     """
     layers = sb_layers(model)
     if not layers:
-        raise ValueError("model has no hira_sb adapter layers; inject them first with "
-                         "add_adapters(model, AdapterConfig(peft_type='hira_sb', ...))")
+        raise ValueError("model has no hira_sb adapter layers; build them first with "
+                         "models.methods.build(model, HiRASBConfig(...))")
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embed is None:
         raise ValueError(f"{type(model).__name__} has no get_input_embeddings(); the gradient pass "
@@ -104,7 +99,7 @@ def accumulate_full_gradients(model: nn.Module, batches, loss_fn, offload_to_cpu
     grads: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         w0 = base_weight(layer.base)
-        grads[name] = torch.zeros(w0.shape, dtype=_acc_dtype(w0.dtype),
+        grads[name] = torch.zeros(w0.shape, dtype=acc_dtype(w0.dtype),
                                   device=torch.device("cpu") if offload_to_cpu else w0.device)
     fired = dict.fromkeys(layers, 0)
     embed_outputs: list[torch.Tensor] = []
@@ -179,7 +174,7 @@ def _svd_factors(w0: torch.Tensor, g: torch.Tensor, r: int):
         raise ValueError(f"gradient shape {tuple(g.shape)} != weight shape {tuple(w0.shape)}")
     if not 0 < r <= min(out_f, in_f):
         raise ValueError(f"rank r={r} must be in [1, min(out, in)] = [1, {min(out_f, in_f)}]")
-    acc = _acc_dtype(w0.dtype)
+    acc = acc_dtype(w0.dtype)
     h = w0.detach().to(acc) * g.to(device=w0.device, dtype=acc)  # H = ∂L/∂M = W0 ⊙ G
     u, s, vh = torch.linalg.svd(h, full_matrices=False)
     return u[:, :r].contiguous(), vh[:r].contiguous(), s[:r], (s * s).sum()
@@ -233,7 +228,7 @@ def sb_solve_r(w0: torch.Tensor, g: torch.Tensor, b: torch.Tensor, a: torch.Tens
     if b.shape != (out_f, r) or a.shape != (r, in_f) or g.shape != w0.shape:
         raise ValueError(f"shape mismatch: W0 {tuple(w0.shape)}, G {tuple(g.shape)}, "
                          f"B {tuple(b.shape)}, A {tuple(a.shape)}")
-    out_dtype, out_device = _acc_dtype(w0.dtype), w0.device
+    out_dtype, out_device = acc_dtype(w0.dtype), w0.device
     dev = torch.device("cpu") if w0.device.type == "mps" else w0.device
     f64 = dict(device=dev, dtype=torch.float64)
     w = w0.detach().to(**f64)

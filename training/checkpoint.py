@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from models.atomic import atomic_save_safetensors, atomic_write_bytes
-from models.dist import copy_full_, gather_state, is_sharded
+from utils.atomic import atomic_save_safetensors, atomic_write_bytes
+from utils.dist import copy_full_, gather_state, is_sharded
 
 FAULT_ENV = "KNOWHIRA_FAULT_KILL_IN_SAVE"  # fault injection for tests: SIGKILL mid-write at step N
 

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from models.atomic import atomic_write_bytes
+from utils.atomic import atomic_write_bytes
 
 
 class RunLogger:

@@ -20,35 +20,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from data.tokenize import IGNORE_INDEX, Collator
-from models.dist import full, shard_model
+from data.tokenize import Collator
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.logger import RunLogger, plot_losses
+from utils.batching import IGNORE_INDEX, shifted_ce_sum
+from utils.dist import full, shard_model
+from utils.options import Options, non_negative, option, positive
 
 
 @dataclass
-class LoopConfig:
-    batch: int = 4  # per-device micro-batch
-    grad_acc: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 0  # linear warmup steps
-    lr_scheduler: str = "cosine"  # cosine | linear decay to 0 after warmup
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    epoch: int = 1
-    max_steps: int = -1  # > 0 overrides epoch
-    seed: int = 42
-    eval_strategy: str = "steps"  # steps | epoch | no
-    eval_steps: int = 50
-    save_steps: int = 50
-    keep_checkpoints: int = 2
-    early_stop_patience: int = 0  # validations without improvement before stopping; 0 = off
-    log_steps: int = 1
-    reg_weight: float = 1.0  # weight of the method's regulariser (λ_ortho for KnowHiRA)
-    fsdp: bool = False  # FSDP2 full-shard (models.dist.shard_model) instead of DDP
+class LoopConfig(Options):
+    """Optimisation, validation, logging and checkpoint options (flags generated from the fields)."""
+
+    batch: int = option(4, "per-device micro-batch (evaluation mode: the evaluation batch)", check=positive)
+    grad_acc: int = option(1, "gradient accumulation steps", check=positive)
+    lr: float = option(2e-4, "peak learning rate (AdamW)", check=positive)
+    lr_scheduler: str = option("cosine", "decay to 0 after the warmup", choices=("cosine", "linear"))
+    warmup: int = option(0, "linear warmup steps", check=non_negative)
+    weight_decay: float = option(0.0, "AdamW weight decay", check=non_negative)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = no clipping)", check=non_negative)
+    epoch: float = option(1.0, "training epochs, fractions allowed (0.5, 3.0); --max_steps > 0 overrides",
+                          check=positive)
+    max_steps: int = option(-1, "optimizer steps; > 0 overrides --epoch")
+    seed: int = option(42, "random seed (training: init and data order; evaluation: the --max_examples subset)")
+    eval_strategy: str = option("steps", "when to compute the validation loss", choices=("steps", "epoch", "no"))
+    eval_steps: int = option(50, "validate every N steps (--eval_strategy steps)", check=positive)
+    early_stop_patience: int = option(0, "validations without improvement before stopping (0 = off)",
+                                      check=non_negative)
+    log_steps: int = option(1, "log every N steps", check=positive)
+    save_steps: int = option(50, "checkpoint every N steps", check=positive)
+    keep_checkpoints: int = option(2, "checkpoints kept", check=positive)
+    mixed_precision: str = option("no", "autocast compute dtype (accelerate)", choices=("no", "bf16", "fp16"))
+    fsdp: bool = option(False, "shard parameters, gradients and optimizer state over the processes (torch "
+                        "FSDP2 full-shard, one unit per decoder block; GPU and CPU/gloo); for 7B-13B "
+                        "models under torchrun, see README 'Scaling out'")
 
 
 @dataclass
@@ -87,11 +94,7 @@ def count_targets(features: list[dict]) -> int:
 def task_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the labelled tokens, and their count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((labels != IGNORE_INDEX).sum())
+    return shifted_ce_sum(logits, batch["labels"])
 
 
 @torch.no_grad()
@@ -111,132 +114,157 @@ def validation_loss(accelerator, model, features: list[dict], collate, batch: in
     return (total[0] / total[1]).item()
 
 
-def train(accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
-          cfg: LoopConfig, run_dir, save_best, extra_loss=None) -> LoopResult:
-    """Run (or resume) training. `save_best(unwrapped_model, subdir, write)` writes an adapter
-    folder (called on every rank: under FSDP2 the gather is collective; only rank 0 writes);
-    `extra_loss(unwrapped_model)` returns the method's unweighted regulariser (L_ortho for
-    KnowHiRA), added to the loss with weight `cfg.reg_weight`; None for no regulariser.
+class Trainer:
+    """One training run: optimizer, schedule, resume, the step, validation, checkpoints.
+
+    `save(unwrapped_model, folder, write)` writes the method's trained state (called on every rank:
+    under FSDP2 the gather is collective; only rank 0 writes); `regularizer` is the method's
+    models.methods.Regularizer (fn(unwrapped_model), weight) or None.
     """
-    run_dir = Path(run_dir)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = cfg.batch * cfg.grad_acc * world
-    steps_per_epoch = len(train_features) // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_features)} training examples are fewer than one effective "
-                         f"batch ({cfg.batch} x {cfg.grad_acc} x {world} = {global_batch})")
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epoch * steps_per_epoch
-    accelerator.print(f"effective batch = {cfg.batch} (per device) x {cfg.grad_acc} (grad_acc) x "
-                      f"{world} (processes) = {global_batch}; {steps_per_epoch} steps/epoch; "
-                      f"{total_steps} optimizer steps")
 
-    if cfg.fsdp:  # torch FSDP2 directly: accelerate's FSDP plugin does not run on CPU/gloo
-        ddp_model = shard_model(model)
-        accelerator.print(f"FSDP2 full-shard over {world} processes: each holds 1/{world} of every "
-                          "parameter, gradient and optimizer state")
-    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the DTensors
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    if cfg.fsdp:
-        optimizer = accelerator.prepare(optimizer)
-    else:
-        ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    collate = Collator(tokenizer)
+    def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
+                 cfg: LoopConfig, run_dir, save, regularizer=None):
+        self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
+        self.train_features, self.val_features, self.save = train_features, val_features, save
+        self.reg_fn, self.reg_weight = regularizer if regularizer is not None else (None, 0.0)
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.global_batch = cfg.batch * cfg.grad_acc * self.world
+        self.steps_per_epoch = len(train_features) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train_features)} training examples are fewer than one effective "
+                             f"batch ({cfg.batch} x {cfg.grad_acc} x {self.world} = {self.global_batch})")
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epoch * self.steps_per_epoch)
+        accelerator.print(f"effective batch = {cfg.batch} (per device) x {cfg.grad_acc} (grad_acc) x "
+                          f"{self.world} (processes) = {self.global_batch}; {self.steps_per_epoch} "
+                          f"steps/epoch; {self.total_steps} optimizer steps")
+        if cfg.fsdp:  # torch FSDP2 directly: accelerate's FSDP plugin does not run on CPU/gloo
+            self.wrapped = shard_model(model)
+            accelerator.print(f"FSDP2 full-shard over {self.world} processes: each holds 1/{self.world} "
+                              "of every parameter, gradient and optimizer state")
+        self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding: DTensors
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, self.total_steps))
+        if cfg.fsdp:
+            self.optimizer = accelerator.prepare(optimizer)
+        else:
+            self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
+        self.collate = Collator(tokenizer)
+        self.step, self.best_val, self.bad_evals = 0, None, 0
 
-    start_step, best_val, bad_evals = 0, None, 0
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start_step, best_val, bad_evals = state["step"], state.get("best_val"), state.get("bad_evals", 0)
-        accelerator.print(f"resumed from {ckpt} at step {start_step}")
-    logger = RunLogger(run_dir, resume_step=start_step) if accelerator.is_main_process else None
+    def resume(self) -> None:
+        """Continue from the newest complete checkpoint of the run folder, if there is one."""
+        ckpt = latest_checkpoint(self.run_dir / "checkpoints")
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+            self.step, self.best_val = state["step"], state.get("best_val")
+            self.bad_evals = state.get("bad_evals", 0)
+            self.acc.print(f"resumed from {ckpt} at step {self.step}")
 
-    def checkpoint(step):
-        accelerator.wait_for_everyone()
-        save_checkpoint(run_dir / "checkpoints", step, model, optimizer, scheduler,
-                        {"best_val": best_val, "bad_evals": bad_evals}, keep=cfg.keep_checkpoints,
-                        write=accelerator.is_main_process)
-        accelerator.wait_for_everyone()
-
-    ddp_model.train()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_main_process,
-               desc="train", dynamic_ncols=True)
-    stopped_early, t_last, tokens_since = False, time.time(), 0
-    step = start_step
-    while step < total_steps:
-        epoch, k = divmod(step, steps_per_epoch)
-        order = epoch_order(len(train_features), cfg.seed, epoch)
-        chunk = [train_features[i] for i in order[k * global_batch:(k + 1) * global_batch]]
+    def train_step(self) -> dict:
+        """One optimizer step (all micro-batches of one global batch); returns its numbers."""
+        acc, cfg, world = self.acc, self.cfg, self.world
+        epoch, k = divmod(self.step, self.steps_per_epoch)
+        order = epoch_order(len(self.train_features), cfg.seed, epoch)
+        chunk = [self.train_features[i] for i in order[k * self.global_batch:(k + 1) * self.global_batch]]
         n_targets = count_targets(chunk)  # over ALL ranks and micro-batches of this step
-        loss_task = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        reg_value = 0.0
+        loss_task = torch.zeros((), device=acc.device, dtype=torch.float64)
+        reg_value, tokens = 0.0, 0
         for j in range(cfg.grad_acc):
-            lo = (j * world + rank) * cfg.batch
+            lo = (j * world + self.rank) * cfg.batch
             micro = chunk[lo:lo + cfg.batch]
-            b = {key: v.to(accelerator.device) for key, v in collate(micro).items()}
-            tokens_since += int(b["attention_mask"].sum()) * world
+            b = {key: v.to(acc.device) for key, v in self.collate(micro).items()}
+            tokens += int(b["attention_mask"].sum()) * world
             last = j == cfg.grad_acc - 1
-            with accelerator.no_sync(ddp_model) if not last else nullcontext():
-                with accelerator.autocast():
-                    loss_sum, _ = task_loss_sum(ddp_model, b)
+            with acc.no_sync(self.wrapped) if not last else nullcontext():
+                with acc.autocast():
+                    loss_sum, _ = task_loss_sum(self.wrapped, b)
                     # DDP averages gradients over ranks, hence the factor `world`
                     loss = loss_sum * world / n_targets
-                    if extra_loss is not None:  # + λ·L_reg, spread over the micro-steps
-                        reg = extra_loss(model)
-                        loss = loss + cfg.reg_weight * reg / cfg.grad_acc
+                    if self.reg_fn is not None:  # + λ·L_reg, spread over the micro-steps
+                        reg = self.reg_fn(self.model)
+                        loss = loss + self.reg_weight * reg / cfg.grad_acc
                         reg_value = reg.item()
-                accelerator.backward(loss)
+                acc.backward(loss)
             loss_task += loss_sum.detach().double()
-        loss_task = accelerator.reduce(loss_task, "sum") / n_targets
+        loss_task = acc.reduce(loss_task, "sum") / n_targets
         if not torch.isfinite(loss_task):
-            raise NonFiniteLoss(f"non-finite task loss {loss_task.item()} at step {step + 1}; "
-                                f"the last good checkpoint is kept in {run_dir / 'checkpoints'}")
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0
-                                                else float("inf"))
-        lr_now = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
+            raise NonFiniteLoss(f"non-finite task loss {loss_task.item()} at step {self.step + 1}; "
+                                f"the last good checkpoint is kept in {self.run_dir / 'checkpoints'}")
+        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0
+                                        else float("inf"))
+        lr_now = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"epoch": epoch + (k + 1) / self.steps_per_epoch, "loss_task": loss_task.item(),
+                "loss_reg": reg_value, "lr": lr_now, "grad_norm": grad_norm, "tokens": tokens}
 
-        record = None
-        if step % cfg.log_steps == 0 or step == total_steps:
-            now = time.time()
-            record = {"step": step, "epoch": epoch + (k + 1) / steps_per_epoch,
-                      "loss_task": loss_task.item(), "loss_reg": reg_value,
-                      "loss_total": loss_task.item() + cfg.reg_weight * reg_value,
-                      "lr": lr_now, "grad_norm": float(full(grad_norm)),
-                      "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
-            t_last, tokens_since = now, 0
-            bar.set_postfix(loss=f"{record['loss_task']:.4f}", lr=f"{lr_now:.2e}",
-                            tok_s=f"{record['tokens_per_s']:.0f}")
-        end_of_epoch = step % steps_per_epoch == 0
-        do_eval = val_features and (
-            (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == total_steps))
-            or (cfg.eval_strategy == "epoch" and (end_of_epoch or step == total_steps)))
-        if do_eval:
-            val = validation_loss(accelerator, ddp_model, val_features, collate, cfg.batch)
-            record = record or {"step": step}
-            record["val_loss"] = val
-            if best_val is None or val < best_val:
-                best_val, bad_evals = val, 0
-                save_best(model, run_dir / "best", accelerator.is_main_process)
-            else:
-                bad_evals += 1
-            stopped_early = cfg.early_stop_patience > 0 and bad_evals >= cfg.early_stop_patience
-        if record is not None and logger is not None:
-            logger.log(record)
-        if step % cfg.save_steps == 0 or step == total_steps or stopped_early:
-            checkpoint(step)
-        if stopped_early:
-            accelerator.print(f"early stop at step {step}: no validation improvement in "
-                              f"{cfg.early_stop_patience} evaluations")
-            break
-    bar.close()
-    save_best(model, run_dir / "final", accelerator.is_main_process)
-    if accelerator.is_main_process:
-        logger.close()
-        plot_losses(run_dir)
-    accelerator.wait_for_everyone()
-    return LoopResult(steps=step, best_val_loss=best_val, stopped_early=stopped_early)
+    def checkpoint(self) -> None:
+        self.acc.wait_for_everyone()
+        save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler,
+                        {"best_val": self.best_val, "bad_evals": self.bad_evals},
+                        keep=self.cfg.keep_checkpoints, write=self.acc.is_main_process)
+        self.acc.wait_for_everyone()
+
+    def run(self) -> LoopResult:
+        """Train (resuming if the run folder has a checkpoint) to the end or an early stop."""
+        acc, cfg, total = self.acc, self.cfg, self.total_steps
+        self.resume()
+        logger = RunLogger(self.run_dir, resume_step=self.step) if acc.is_main_process else None
+        self.wrapped.train()
+        bar = tqdm(total=total, initial=self.step, disable=not acc.is_main_process,
+                   desc="train", dynamic_ncols=True)
+        stopped_early, t_last, tokens_since = False, time.time(), 0
+        while self.step < total:
+            out = self.train_step()
+            step = self.step
+            tokens_since += out["tokens"]
+            bar.update(1)
+            record = None
+            if step % cfg.log_steps == 0 or step == total:
+                now = time.time()
+                record = {"step": step, "epoch": out["epoch"], "loss_task": out["loss_task"],
+                          "loss_reg": out["loss_reg"],
+                          "loss_total": out["loss_task"] + self.reg_weight * out["loss_reg"],
+                          "lr": out["lr"], "grad_norm": float(full(out["grad_norm"])),
+                          "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
+                t_last, tokens_since = now, 0
+                bar.set_postfix(loss=f"{record['loss_task']:.4f}", lr=f"{out['lr']:.2e}",
+                                tok_s=f"{record['tokens_per_s']:.0f}")
+            end_of_epoch = step % self.steps_per_epoch == 0
+            do_eval = self.val_features and (
+                (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == total))
+                or (cfg.eval_strategy == "epoch" and (end_of_epoch or step == total)))
+            if do_eval:
+                val = validation_loss(acc, self.wrapped, self.val_features, self.collate, cfg.batch)
+                record = record or {"step": step}
+                record["val_loss"] = val
+                if self.best_val is None or val < self.best_val:
+                    self.best_val, self.bad_evals = val, 0
+                    self.save(self.model, self.run_dir / "best", acc.is_main_process)
+                else:
+                    self.bad_evals += 1
+                stopped_early = cfg.early_stop_patience > 0 and self.bad_evals >= cfg.early_stop_patience
+            if record is not None and logger is not None:
+                logger.log(record)
+            if step % cfg.save_steps == 0 or step == total or stopped_early:
+                self.checkpoint()
+            if stopped_early:
+                acc.print(f"early stop at step {step}: no validation improvement in "
+                          f"{cfg.early_stop_patience} evaluations")
+                break
+        bar.close()
+        self.save(self.model, self.run_dir / "final", acc.is_main_process)
+        if acc.is_main_process:
+            logger.close()
+            plot_losses(self.run_dir)
+        acc.wait_for_everyone()
+        return LoopResult(steps=self.step, best_val_loss=self.best_val, stopped_early=stopped_early)
+
+
+def train(accelerator, model, tokenizer, train_features, val_features, cfg: LoopConfig, run_dir, save,
+          regularizer=None) -> LoopResult:
+    """Run (or resume) training: Trainer(...).run()."""
+    return Trainer(accelerator, model, tokenizer, train_features, val_features, cfg, run_dir, save,
+                   regularizer).run()

@@ -40,19 +40,25 @@ The official KaSA code differs from the paper in two places; we follow the paper
 Merge: W0' <- W0' + ΔW in place (`merge`); `unmerge` restores W0' bit for bit from a backup.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from models.dist import full
-from models.hadamard import MergeableAdapter, base_weight, layer_shape
+from models.hadamard import MergeableAdapter, acc_dtype, base_weight, layer_shape
+from models.methods.base import AdapterMethod, LayerDelta, LowRankConfig, Regularizer
+from models.adapter import adapter_layers
+from utils.dist import full
+from utils.options import non_negative, option
 
 KASA_TENSORS = ("kasa_dU", "kasa_dV", "kasa_dS", "kasa_U_drop", "kasa_S_drop", "kasa_V_drop")
 
 
-def _acc_dtype(w: torch.Tensor) -> torch.dtype:
-    """Precision of the SVD and the truncation: fp64 for an fp64 weight, else fp32."""
-    return torch.float64 if w.dtype == torch.float64 else torch.float32
+@dataclass
+class KaSAConfig(LowRankConfig):
+    kasa_alpha: float = option(16.0, "KaSA: α in ΔW = (α/r) ΔU diag(Δσ) ΔVᵀ")
+    kasa_beta: float = option(1e-4, "KaSA: β · Σ Δσ²", check=non_negative)
+    kasa_gamma: float = option(1e-3, "KaSA: γ · (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F)", check=non_negative)
 
 
 def _init_dv(in_f: int, r: int, device) -> torch.Tensor:
@@ -77,18 +83,16 @@ class KaSALinear(MergeableAdapter):
     fill them from the saved adapter, then call `truncate_base_from_buffers()`.
     """
 
-    def __init__(self, base: nn.Module, r: int, alpha: float = 16.0, dropout: float = 0.0,
-                 compute_svd: bool = True):
+    saved_tensors = KASA_TENSORS
+
+    def __init__(self, base: nn.Module, cfg: KaSAConfig, compute_svd: bool = True):
         super().__init__()
         out_f, in_f = layer_shape(base)
-        if not isinstance(r, int) or r <= 0:
-            raise ValueError(f"KaSA rank r must be a positive integer, got {r!r}")
+        r, alpha, dropout = cfg.r_ab, cfg.kasa_alpha, cfg.adapter_dropout
         if r >= min(out_f, in_f):
             raise ValueError(f"KaSA rank r={r} must be < min(out, in) = {min(out_f, in_f)} for a "
                              f"{out_f}x{in_f} (out x in) layer: it keeps min(out, in) - r singular "
                              f"components of W0")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -96,7 +100,7 @@ class KaSALinear(MergeableAdapter):
         self.scale = self.alpha / r  # α/r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         w0 = base_weight(base)
-        dev, acc = w0.device, _acc_dtype(w0)
+        dev, acc = w0.device, acc_dtype(w0.dtype)
 
         self.kasa_dU = nn.Parameter(torch.zeros(out_f, r, device=dev))  # ΔU = 0
         self.kasa_dV = nn.Parameter(_init_dv(in_f, r, dev))  # Kaiming-uniform, fan_in = in
@@ -116,6 +120,9 @@ class KaSALinear(MergeableAdapter):
                 self.kasa_S_drop.copy_(s[k:])  # S_r (r), the r smallest singular values
                 self.kasa_V_drop.copy_(vh[k:].t())  # V_r (in x r)
             self.truncate_base_from_buffers()
+
+    def after_load(self) -> None:
+        self.truncate_base_from_buffers()  # W0' = W0 − U_r S_r V_rᵀ from the saved components
 
     # ---- truncation ------------------------------------------------------------------------
     def dropped_weight(self) -> torch.Tensor:
@@ -173,3 +180,35 @@ class KaSALinear(MergeableAdapter):
         out_f, in_f = layer_shape(self.base)
         return (f"in={in_f}, out={out_f}, r={self.r}, alpha={self.alpha}, "
                 f"truncated={self.base_truncated}")
+
+
+class KaSA(AdapterMethod):
+    name = "kasa"
+    config_cls = KaSAConfig
+    summary = "SVD-truncated W0 (drop the r smallest components) + (α/r) ΔU diag(Δσ) ΔVᵀ (KaSA paper)"
+
+    def make_layer(self, base, cfg, compute):
+        return KaSALinear(base, cfg, compute_svd=compute)
+
+    def regularizer(self, cfg):
+        """Σ_layers β Σ Δσ² + γ (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F), summed over layers as in the paper
+        (β, γ inside), weight 1."""
+        return Regularizer(lambda m: torch.stack([layer.regularizer(cfg.kasa_beta, cfg.kasa_gamma)
+                                                  for layer in adapter_layers(m).values()]).sum(), 1.0)
+
+    def rank_bound(self, r, shape, w0_rank):
+        return min(r, *shape) if r else min(shape)  # ΔU diag(Δσ) ΔVᵀ: rank <= r
+
+    @torch.no_grad()
+    def delta(self, name, layer):
+        """ΔW is added to the TRUNCATED base W0'; the pretrained W0 = W0' + U_r S_r V_rᵀ."""
+        w = base_weight(layer.base).detach()
+        dw = layer.delta_weight().detach().float()
+        dropped = layer.dropped_weight().double()
+        w0 = w.double() + dropped
+        w0_fro = w0.norm().item()
+        extra = {"kasa_dropped_components": layer.r,
+                 "kasa_dropped_rel": dropped.norm().item() / w0_fro,  # ‖U_r S_r V_rᵀ‖ / ‖W0‖
+                 # the total change of the layer against the PRETRAINED weight: W0' + ΔW − W0
+                 "rel_update_vs_pretrained": (dw.double() - dropped).norm().item() / w0_fro}
+        return LayerDelta(name, dw, w0.float(), w.float(), layer.r, extra)

@@ -1,0 +1,115 @@
+"""The evaluation entry: a trained run (its args.json and saved adapter rebuild the model) or the base
+model zero-shot, merged to plain weights, evaluated task by task into results.json.
+
+    EvalRecipe(EvalOptions(ckpt="runs/RUN"), data_dir=..., tasks="all").run()
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.evaluate import MODES
+from utils.options import Options, option, positive
+
+
+@dataclass
+class EvalOptions(Options):
+    ckpt: str | None = option(None, "evaluate a trained run RUN_DIR (or 'none': the base model zero-shot)")
+    eval_mode: str = option("generate", "generate and extract the answer, or score the candidates",
+                            choices=MODES)
+    eval_batch: int = option(16, "evaluation batch (--batch in evaluation mode sets it too)", check=positive)
+    max_new_tokens: int = option(32, "generation length", check=positive)
+    beam_size: int = option(1, "beams (1 = greedy)", check=positive)
+    max_examples: int | None = option(None, "evaluate a fixed seeded subset of N test examples per task",
+                                      check=positive)
+    results_dir: str | None = option(None, "where evaluation writes (default: the run dir, or "
+                                     "<output_folder>/zeroshot_<model>)")
+
+
+def eval_tasks(spec: str, data_dir) -> tuple[list[str], list[str]]:
+    """(tasks to run, tasks skipped because their test file is missing)."""
+    from data.commonsense import task_file
+    from data.tasks import TASKS, resolve_task
+
+    if spec == "all":
+        present = [t for t in TASKS if task_file(data_dir, t, "test").is_file()]
+        return present, [t for t in TASKS if t not in present]
+    return [resolve_task(t) for t in spec.split(",") if t.strip()], []
+
+
+class EvalRecipe:
+    """Options, then `setup` (tasks, model, merge), then `run` (per task: evaluate, write)."""
+
+    def __init__(self, opts: EvalOptions, *, tasks: str, data_dir: str, seed: int = 42,
+                 model_name: str | None = None, gguf_file: str | None = None, load_bit: int = 32,
+                 output_folder: str = "runs"):
+        self.opts, self.tasks_spec, self.data_dir, self.seed = opts, tasks, data_dir, seed
+        self.model_name, self.gguf_file, self.load_bit = model_name, gguf_file, load_bit
+        self.output_folder = output_folder
+
+    def setup(self) -> "EvalRecipe":
+        import torch
+        from accelerate import PartialState
+
+        from models.get_models import load_base_model
+        from models.methods import get_method, saved_dir_of
+
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.tasks, missing = eval_tasks(self.tasks_spec, self.data_dir)
+        for t in missing:
+            self.state.print(f"skip {t}: no test file {Path(self.data_dir) / t / 'test.json'}")
+        if not self.tasks:
+            raise FileNotFoundError(f"no test files for {self.tasks_spec!r} in {self.data_dir}")
+        if self.opts.ckpt == "none":
+            model, self.tokenizer = load_base_model(self.model_name, self.gguf_file, self.load_bit)
+            self.meta = {"method": "zero-shot", "model_name": self.model_name, "trainable_params": 0}
+            self.out_dir = Path(self.opts.results_dir or
+                                Path(self.output_folder) / f"zeroshot_{Path(self.model_name).name}")
+        else:
+            run_dir = Path(self.opts.ckpt)
+            args_file = run_dir / "args.json"
+            if not args_file.is_file():
+                raise FileNotFoundError(f"--ckpt {run_dir}: no args.json there (not a run folder)")
+            try:
+                saved = json.loads(args_file.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{args_file}: not valid JSON ({e})") from None
+            adapter_dir = saved_dir_of(run_dir)
+            if not adapter_dir.is_dir():
+                raise FileNotFoundError(f"{run_dir} has no trained adapter (best/ or final/)")
+            method = get_method(saved["peft_type"])
+            model, self.tokenizer = load_base_model(saved["model_name"], saved.get("gguf_file"), saved["load_bit"])
+            model = method.load(model, adapter_dir)
+            # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
+            # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call)
+            model = method.merge_and_unload(model)
+            hparams = [f for f in method.config_cls.option_fields() if f.name != "target_modules"]
+            self.meta = {"method": method.name, "model_name": saved["model_name"], "adapter": adapter_dir.name,
+                         # counted at training time: peft loads lora/dora/ia3 frozen (count 0 here)
+                         "trainable_params": saved.get("trainable_params"),
+                         **{f.name: saved.get(f.name) for f in hparams},
+                         **{k: saved.get(k) for k in ("lr", "max_steps", "dataset", "seed")}}
+            self.out_dir = Path(self.opts.results_dir or run_dir)
+        self.model = model.to(self.state.device).eval()
+        self.meta.update(eval_mode=self.opts.eval_mode, max_examples=self.opts.max_examples)
+        return self
+
+    def run(self) -> dict:
+        from eval.evaluate import evaluate_task, load_test_records, update_results_json
+
+        o, results = self.opts, {}
+        for task in self.tasks:
+            records = load_test_records(self.data_dir, task)
+            result = evaluate_task(self.model, self.tokenizer, records, task, self.out_dir, mode=o.eval_mode,
+                                   batch_size=o.eval_batch, max_new_tokens=o.max_new_tokens,
+                                   beam_size=o.beam_size, max_examples=o.max_examples, seed=self.seed,
+                                   rank=self.state.process_index, world_size=self.state.num_processes)
+            results[task] = result
+            if self.state.is_main_process:
+                update_results_json(self.out_dir, result, self.meta)
+                lo, hi = result["ci95_low"], result["ci95_high"]
+                print(f"{task:14s} acc {100 * result['accuracy']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+                      f"n={result['n']} parse-fail {100 * result['parse_failure_rate']:.1f}% "
+                      f"chance {100 * result['chance_accuracy']:.1f}% "
+                      f"majority {100 * result['majority_accuracy']:.1f}% "
+                      f"({result['examples_per_s']:.1f} ex/s)")
+        return results

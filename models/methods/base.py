@@ -1,0 +1,191 @@
+"""What a method is: its config dataclass and the few operations the recipe, evaluation, export and
+analysis ask of it. A method file subclasses `Method` (or `AdapterMethod` for layers written in this
+repository) and registers it (models/methods/__init__.py); nothing outside the method files and the
+registry looks at method names.
+
+Shared option groups (one definition each; a method's config inherits the ones it uses):
+    TargetsConfig  --target_modules
+    LowRankConfig  + --r_ab, --adapter_dropout
+"""
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from models import adapter as io
+from utils.options import Options, in_range, option, positive
+
+
+def parse_targets(text: str):
+    """'q_proj,v_proj' -> list of suffixes; 'all-linear'; 're:<regex>' -> the regex (compiled here,
+    so a bad one is a one-line error at parse time)."""
+    if text == "all-linear":
+        return text
+    if text.startswith("re:"):
+        pattern = text[3:]
+        if not pattern:
+            raise ValueError("empty regex after 're:'")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"invalid regex {pattern!r}: {e}") from None
+        return pattern
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError("empty target list")
+    return names
+
+
+def _targets_check(v):
+    return "is empty" if v is not None and not v else None
+
+
+@dataclass
+class MethodConfig(Options):
+    """Options of a method (each method has its own class; the registry maps it to the method)."""
+
+
+@dataclass
+class TargetsConfig(MethodConfig):
+    target_modules: list[str] | str | None = option(
+        None, "comma list of module-name suffixes, 'all-linear', or 're:<regex>' (full names); "
+              "default: per architecture (models/get_models.py)", parse=parse_targets, check=_targets_check)
+
+
+@dataclass
+class LowRankConfig(TargetsConfig):
+    r_ab: int = option(32, "rank r (B out x r, A r x in; LoRA/DoRA/KaSA rank; HiRA-SB's R is r x r)",
+                       check=positive)
+    adapter_dropout: float = option(0.0, "dropout on the adapter path's input", check=in_range(0, 1, high_open=True),
+                                    aliases=("--lora_dropout",))
+
+
+class Regularizer(NamedTuple):
+    """The method's unweighted regulariser as a function of the (unwrapped) model, and its weight
+    in L = L_task + weight · fn(model)."""
+
+    fn: Callable[[nn.Module], torch.Tensor]
+    weight: float
+
+
+@dataclass
+class LayerDelta:
+    """One adapted layer's update for the analysis (analysis/deltas.py)."""
+
+    name: str
+    dw: torch.Tensor  # ΔW, out x in, float32
+    w0: torch.Tensor  # the PRETRAINED W0, out x in, float32
+    base: torch.Tensor  # the weight ΔW is added to (W0; KaSA: the truncated W0'), float32
+    r: int | None
+    extra: dict = field(default_factory=dict)  # scalar method-specific numbers
+    vectors: dict = field(default_factory=dict)  # per-rank vectors (KnowHiRA: sigma_norm, gate, core)
+
+
+class Method:
+    """A fine-tuning method. Subclasses set `name`, `config_cls`, `summary` and implement `build`,
+    `save`, `load`; the rest has defaults."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+    summary: ClassVar[str]
+    # "merged": the saved result is a whole model; "adapter": tensors on top of the base
+    saves: ClassVar[str] = "adapter"
+
+    def build(self, model: nn.Module, cfg) -> nn.Module:
+        """Make `model` trainable for this method (after the pretrained weights are loaded)."""
+        raise NotImplementedError
+
+    def init_batches(self, cfg) -> int:
+        """Training batches the method's data-dependent initialisation needs (0: none)."""
+        return 0
+
+    def initialise(self, model: nn.Module, cfg, batches: list, loss_fn) -> str | None:
+        """Data-dependent initialisation from `batches` (loss_fn(model, batch) -> scalar); returns a
+        line to print, or None."""
+        return None
+
+    def regularizer(self, cfg) -> Regularizer | None:
+        return None
+
+    def save(self, model: nn.Module, cfg, out_dir, write: bool = True) -> None:
+        """Write the trained state. Called on every rank (under FSDP2 gathering is collective);
+        only `write=True` writes."""
+        raise NotImplementedError
+
+    def load(self, model: nn.Module, saved_dir) -> nn.Module:
+        """`model` (the pretrained base) with the trained state from `saved_dir` on it."""
+        raise NotImplementedError
+
+    def merge_and_unload(self, model: nn.Module) -> nn.Module:
+        """A plain model computing what the adapted one computes."""
+        return model
+
+    def rank_bound(self, r: int | None, shape, w0_rank: int) -> int:
+        """An upper bound on rank(ΔW) of one layer (min(out, in) where nothing better holds)."""
+        return min(shape)
+
+    def layer_modules(self, model: nn.Module, targets) -> dict[str, nn.Module]:
+        """Adapted layers by (base-model) module name, for the analysis."""
+        raise NotImplementedError
+
+    def deltas(self, modules: dict, names: list[str], trained_dir):
+        """Yield one LayerDelta per name (the caller drops each before the next is built)."""
+        raise NotImplementedError
+
+    def config_from_saved(self, values: dict):
+        return self.config_cls.from_values(values)
+
+
+class AdapterMethod(Method):
+    """A method whose layers are written in this repository: swap each target for `make_layer`,
+    save the layers' `saved_tensors` plus a ||W0||_F fingerprint, merge with the layers' own merge."""
+
+    def make_layer(self, base: nn.Module, cfg, compute: bool) -> nn.Module:
+        """The adapter layer around `base`; `compute=False` when loading (no SVD: saved values follow)."""
+        raise NotImplementedError
+
+    def after_inject(self, model: nn.Module, cfg, compute: bool) -> None:
+        """Whole-model initialisation after injection (e.g. KnowHiRA's batched σ_norm)."""
+
+    def build(self, model, cfg, compute: bool = True):
+        io.inject(model, cfg.target_modules, lambda base: self.make_layer(base, cfg, compute))
+        self.after_inject(model, cfg, compute)
+        return model
+
+    def save(self, model, cfg, out_dir, write=True):
+        io.save_adapter(model, {"peft_type": self.name, **asdict(cfg)}, out_dir, write)
+
+    def load(self, model, saved_dir):
+        cfg = self.config_from_saved(io.read_adapter_config(saved_dir))
+        self.build(model, cfg, compute=False)
+        io.load_adapter_tensors(model, saved_dir)
+        return model
+
+    def merge_and_unload(self, model):
+        return io.merge_and_unload(model)
+
+    def layer_modules(self, model, targets):
+        return io.adapter_layers(model)
+
+    def deltas(self, modules, names, trained_dir):
+        for name in names:
+            yield self.delta(name, modules[name])
+
+    @torch.no_grad()
+    def delta(self, name: str, layer: nn.Module) -> LayerDelta:
+        w0 = io.base_weight(layer.base).detach().float()
+        return LayerDelta(name, layer.delta_weight().detach().float(), w0, w0, layer.r)
+
+    def config_from_saved(self, values: dict):
+        # adapter_config.json of runs made before the redesign used the layer's own names
+        renamed = {"r": "r_ab", "scale": "hira_scale", "dropout": "adapter_dropout"}
+        return super().config_from_saved({renamed.get(k, k): v for k, v in values.items()})
+
+
+def saved_dir_of(run_dir) -> Path:
+    """best/ if the run kept one, else final/."""
+    run_dir = Path(run_dir)
+    return run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "final"

@@ -1,0 +1,178 @@
+"""The training recipe: one object holding a run's options and state, used by train_knowhira.py, the
+tests and the benchmark alike, so all three run the same step with the same loss.
+
+    recipe = TrainRecipe.from_values({"model_name": ..., "peft_type": "knowhira", "r_ab": 32, ...})
+    recipe.setup()      # data -> validation split -> seed -> model -> method -> tokens -> init pass
+    recipe.train()      # run folder, args.json, Trainer(...).run(), train_summary.json
+
+Options come in groups, each a dataclass whose fields are also the command-line flags:
+ModelOptions (models/get_models.py), the method's config (models/methods/), DataOptions
+(data/options.py), LoopConfig (training/loop.py) and RunOptions (below).
+"""
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from data.options import DataOptions
+from models.get_models import ModelOptions
+from models.methods import get_method
+from training.loop import LoopConfig, Trainer, epoch_order, task_loss_sum
+from utils.options import Options, option
+
+
+@dataclass
+class RunOptions(Options):
+    output_folder: str = option("runs", "folder that holds the run folders")
+    run_name: str | None = option(None, "run folder name (default: method, model, lr, seed, time, pid)")
+    resume: str | None = option(None, "continue the run in RUN_DIR from its latest checkpoint "
+                                "(its args.json is used)")
+
+
+@dataclass
+class MethodChoice(Options):
+    peft_type: str = option("knowhira", "the fine-tuning method (README 'Methods')")
+
+
+TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptions,
+                "optimisation": LoopConfig, "run": RunOptions}
+
+
+def default_run_name(values: dict) -> str:
+    """Collision-free: two runs started in the same second differ by process id."""
+    model = Path(values["model_name"]).name.replace(".gguf", "")
+    return (f"{values['peft_type']}_{model}_lr{values['lr']}_s{values['seed']}_"
+            f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+
+
+class TrainRecipe:
+    """A training run: options (set at construction), then state (set by `setup`)."""
+
+    def __init__(self, model: ModelOptions, method_cfg, data: DataOptions, loop: LoopConfig,
+                 run: RunOptions, peft_type: str):
+        self.model_opts, self.method_cfg, self.data, self.loop, self.run = model, method_cfg, data, loop, run
+        self.method = get_method(peft_type)
+        if type(method_cfg) is not self.method.config_cls:
+            raise ValueError(f"{type(method_cfg).__name__} is not the config of {peft_type}")
+
+    @classmethod
+    def from_values(cls, values: dict) -> "TrainRecipe":
+        """From flat option values (parsed flags or a run's args.json); missing ones take defaults,
+        keys of no group are ignored."""
+        method = get_method(values.get("peft_type", MethodChoice.peft_type))
+        return cls(ModelOptions.from_values(values), method.config_from_saved(values),
+                   DataOptions.from_values(values), LoopConfig.from_values(values),
+                   RunOptions.from_values(values), method.name)
+
+    def values(self) -> dict:
+        """The flat option values of this run (what args.json records)."""
+        return {**asdict(self.model_opts), "peft_type": self.method.name, **asdict(self.method_cfg),
+                **asdict(self.data), **asdict(self.loop), **asdict(self.run)}
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_folder) / self.run.run_name
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def setup(self) -> "TrainRecipe":
+        """Everything that can fail on bad input happens here, before the run folder exists."""
+        import torch
+        from accelerate import Accelerator
+        from tqdm.auto import tqdm
+
+        from data.commonsense import load_train_data, split_validation
+        from data.tokenize import tokenize_record
+        from models.adapter import count_trainable
+        from models.get_models import load_base_model
+
+        # cpu=True without a GPU so that torchrun on CPU runs DDP (or FSDP2) over gloo
+        self.accelerator = Accelerator(mixed_precision=self.loop.mixed_precision,
+                                       cpu=not torch.cuda.is_available())
+        records = load_train_data(self.data.data_dir, self.data.dataset)
+        train_records, val_records = split_validation(records, self.data.val_size, seed=42)
+        torch.manual_seed(self.loop.seed)
+        m = self.model_opts
+        self.model, self.tokenizer = load_base_model(m.model_name, m.gguf_file, m.load_bit, m.enable_grad_ckpt)
+        self.model.to(self.accelerator.device)  # so the SVDs below run on the accelerator
+
+        def tokenize(recs, desc):
+            return [tokenize_record(self.tokenizer, r, self.data.cutoff_len, self.data.train_on_inputs)
+                    for r in tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2)]
+
+        self.train_features = tokenize(train_records, "train")
+        self.val_features = tokenize(val_records, "validation")
+        # after from_pretrained: σ_norm (KnowHiRA) and the truncation (KaSA) see the pretrained weights
+        self.model = self.method.build(self.model, self.method_cfg)
+        message = self.initialise()
+        if message:
+            self.accelerator.print(message)
+        self.n_trainable = count_trainable(self.model)
+        return self
+
+    def initialise(self) -> str | None:
+        """The method's data-dependent initialisation (HiRA-SB's gradient pass), on a sample of
+        training batches apart from epoch 0's order; the loss is the token mean over all of them."""
+        n_batches = self.method.init_batches(self.method_cfg)
+        if not n_batches:
+            return None
+        from data.tokenize import Collator
+
+        collate, b, device = Collator(self.tokenizer), self.loop.batch, self.accelerator.device
+        order = epoch_order(len(self.train_features), self.loop.seed, epoch=-1)
+        batches = [{k: v.to(device) for k, v in collate([self.train_features[i] for i in order[j:j + b]]).items()}
+                   for j in range(0, n_batches * b, b)]
+        total = sum(int((x["labels"][:, 1:] != -100).sum()) for x in batches)
+        return self.method.initialise(self.model, self.method_cfg, batches,
+                                      lambda model, batch: task_loss_sum(model, batch)[0] / total)
+
+    def trainer(self) -> Trainer:
+        return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
+                       self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg))
+
+    def save(self, model, out_dir, write: bool = True) -> None:
+        self.method.save(model, self.method_cfg, out_dir, write)
+
+    # ---- train ---------------------------------------------------------------------------------
+    def train(self):
+        from utils.atomic import atomic_write_json
+
+        acc = self.accelerator
+        trainer = self.trainer()  # checks the batch against the data before the folder exists
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "args.json",
+                              {**self.values(), "resume": None, "trainable_params": self.n_trainable,
+                               "n_train": len(self.train_features), "n_val": len(self.val_features)})
+        total = sum(p.numel() for p in self.model.parameters())
+        acc.print(f"run dir: {self.run_dir}\ntrainable parameters: {self.n_trainable:,} "
+                  f"({100 * self.n_trainable / total:.3f}%)")
+        result = trainer.run()
+        if acc.is_main_process:
+            summary = train_summary(self.run_dir, result, acc.device)
+            atomic_write_json(self.run_dir / "train_summary.json", summary)
+            acc.print(f"done: {result.steps} steps, best validation loss {result.best_val_loss}, "
+                      f"median step {summary['median_step_s']:.2f} s, "
+                      f"peak memory {summary['peak_memory_gib']:.2f} GiB ({summary['memory_kind']})")
+        return result
+
+
+def train_summary(run_dir, result, device) -> dict:
+    """Median optimizer-step time (from the log's wall times) and peak memory of this process."""
+    import resource
+    import statistics
+
+    import torch
+
+    from training.logger import read_log
+
+    log = [r for r in read_log(run_dir) if "time" in r]
+    times, steps = [r["time"] for r in log], [r["step"] for r in log]
+    per_step = [(t1 - t0) / (s1 - s0) for t0, t1, s0, s1 in zip(times, times[1:], steps, steps[1:]) if s1 > s0]
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "CUDA max allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
+    return {"steps": result.steps, "best_val_loss": result.best_val_loss,
+            "stopped_early": result.stopped_early,
+            "median_step_s": statistics.median(per_step) if per_step else float("nan"),
+            "peak_memory_gib": peak, "memory_kind": kind}

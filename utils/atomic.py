@@ -1,0 +1,67 @@
+"""Atomic file writes: write to a temporary name in the same folder, fsync, rename, fsync the folder.
+
+A reader (or a resumed run) therefore sees either the old complete file or the new complete
+file, never a half-written one, even if the process is killed mid-write or the machine loses
+power after the rename. Files get the mode an ordinary open() would give (0666 minus the umask),
+not mkstemp's 0600.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path) -> None:
+    """Make a rename inside folder `path` durable."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_path(path, write_to) -> None:
+    """Atomically create `path` by calling write_to(temporary path) (for writers that take a file
+    name, e.g. safetensors' save_file, so large files are not held in memory twice)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        write_to(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    atomic_write_path(path, write)
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write `obj` as indented JSON atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically (no pickle)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
