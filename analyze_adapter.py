@@ -30,20 +30,18 @@ effective_rank.png, spectra.png, gates.png (KnowHiRA runs only), forgetting_vs_a
 Layers are processed one at a time; only their singular values are kept.
 """
 import argparse
-import csv
 import gc
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from train_knowhira import positive_int  # noqa: E402  (the CLI's own argument validator)
-
-DEFAULT_DATA_DIR = os.environ.get("KNOWHIRA_DATA_DIR", "data/commonsense")
+from analysis.tables import finite, write_csv  # noqa: E402
+from data.options import DEFAULT_DATA_DIR  # noqa: E402
+from utils.options import argtype, non_negative, positive  # noqa: E402
 SUMMARY_FIELDS = (
     "label", "run", "method", "model", "r", "n_layers", "effective_rank_mean", "effective_rank_median",
     "numerical_rank_mean", "rank_bound_mean", "rank_over_bound_mean", "min_dim_mean",
@@ -55,27 +53,20 @@ SUMMARY_FIELDS = (
 LAYER_FIRST = ("label", "run", "method", "layer")
 
 
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run folders")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max_layers", type=positive_int, default=None,
+    p.add_argument("--max_layers", type=argtype(positive), default=None,
                    help="analyse N adapted layers per run, evenly spaced in model order (default: all)")
-    p.add_argument("--forgetting_texts", type=non_negative_int, default=200,
+    p.add_argument("--forgetting_texts", type=argtype(non_negative), default=200,
                    help="N held-out questions for the forgetting LM loss (0 = skip)")
     p.add_argument("--forgetting_task", default="piqa",
                    help="task whose TEST questions are the stand-in text (default piqa)")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                    help="folder with <task>/test.json (env KNOWHIRA_DATA_DIR)")
-    p.add_argument("--max_len", type=positive_int, default=128, help="tokens per forgetting text")
-    p.add_argument("--batch", type=positive_int, default=8, help="batch size of the forgetting pass")
+    p.add_argument("--max_len", type=argtype(positive), default=128, help="tokens per forgetting text")
+    p.add_argument("--batch", type=argtype(positive), default=8, help="batch size of the forgetting pass")
     p.add_argument("--model_name", default=None,
                    help="override every run's base model (e.g. when args.json has a stale path)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -96,8 +87,10 @@ def read_run(run_dir: Path) -> dict:
     args_path = run_dir / "args.json"
     if not args_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no args.json (not a run folder)")
+    from models.methods import saved_dir_of
+
     saved = json.loads(args_path.read_text())
-    trained = run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "final"
+    trained = saved_dir_of(run_dir)
     if not trained.is_dir():
         raise FileNotFoundError(f"{run_dir}: no trained adapter (best/ or final/)")
     accs = {}
@@ -117,10 +110,11 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
     from analysis.deltas import iter_deltas, layer_modules, select_layers
     from analysis.forgetting import lm_loss
     from models.get_models import default_targets, load_base_model
-    from models.methods import load_trained
+    from models.methods import get_method
 
     info = read_run(run_dir)
     saved, method = info["args"], info["method"]
+    impl = get_method(method)
     model_name = _resolve_model(opts.model_name or saved["model_name"])
     model, tokenizer = load_base_model(model_name, saved.get("gguf_file"), saved.get("load_bit", 32))
     model.to(device).eval()
@@ -132,7 +126,7 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
 
     def run_layers(modules, names):
         for d in iter_deltas(modules, method, names, info["trained"]):
-            row, s = layer_stats(d.dw.to(device), d.w0.to(device), method=method, r=d.r,
+            row, s = layer_stats(d.dw.to(device), d.w0.to(device), rank_bound=impl.rank_bound, r=d.r,
                                  svd_rank_ratio=saved.get("svd_rank_ratio"), base=d.base.to(device),
                                  align_r=d.r or saved.get("r_ab"))
             out["layers"].append({"label": label, "run": run_dir.name, "method": method,
@@ -144,13 +138,13 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
             del d, row, s
 
     with torch.no_grad():
-        if method == "fft":  # compare the base weights with the saved trained ones, then load them
+        if impl.saves == "merged":  # compare the base weights with the saved trained ones, then load them
             targets = saved.get("target_modules") or default_targets(model.config.model_type)
             modules = layer_modules(model, method, targets)
             run_layers(modules, select_layers(list(modules), opts.max_layers))
-            model = load_trained(model, method, info["trained"])
+            model = impl.load(model, info["trained"])
         else:
-            model = load_trained(model, method, info["trained"])
+            model = impl.load(model, info["trained"])
             modules = layer_modules(model, method)
             run_layers(modules, select_layers(list(modules), opts.max_layers))
         model.eval()
@@ -200,27 +194,6 @@ def summary_row(res: dict) -> dict:
     return row
 
 
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return ""
-        return repr(v)
-    return str(v)
-
-
-def write_csv(path: Path, rows: list[dict], first=()) -> None:
-    fields = list(first)
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _cell(r.get(k)) for k in fields})
-
-
 def _fmt(v, digits=3, pct=False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
@@ -252,12 +225,12 @@ def markdown(summary: list[dict], opts, n_texts: int, notes: list[str]) -> str:
             f"| {_fmt(r['acc_avg'], pct=True)} ({r['n_tasks']}) |")
     lines += ["", "Runs: " + "; ".join(f"**{r['label']}** = `{r['run']}` ({r['model']})"
                                        for r in summary), ""]
-    know = [r for r in summary if _finite(r.get("gate_mean")) or _finite(r.get("core_mean"))]
+    know = [r for r in summary if finite(r.get("gate_mean")) or finite(r.get("core_mean"))]
     if know:
         lines += ["KnowHiRA: " + "; ".join(f"{r['label']}: mean sigmoid(g) {_fmt(r['gate_mean'])}, "
                                            f"mean core m {_fmt(r['core_mean'])}" for r in know)
                   + " (per layer and rank index: gates.csv, gates.png).", ""]
-    kasa = [r for r in summary if _finite(r.get("kasa_dropped_rel_mean"))]
+    kasa = [r for r in summary if finite(r.get("kasa_dropped_rel_mean"))]
     if kasa:
         lines += ["KaSA: ΔW and ‖ΔW‖/‖W0'‖ are relative to the TRUNCATED base W0' (the r smallest "
                   "singular components of W0 removed); " + "; ".join(
@@ -294,10 +267,6 @@ def markdown(summary: list[dict], opts, n_texts: int, notes: list[str]) -> str:
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def labels_for(methods: list[str]) -> list[str]:
@@ -374,9 +343,10 @@ def main(argv=None) -> int:
         for run_dir, label in zip(run_dirs, labels_for(methods)):
             print(f"[{label}] {run_dir}", flush=True)
             res = analyze_run(run_dir, label, opts, texts, device)
-            if res["method"] == "kasa":
-                notes.append(f"{label}: KaSA truncated W0 to min(out, in) − r components before training; "
-                             "ΔW is added to that truncated W0'.")
+            from models.methods import get_method
+
+            if get_method(res["method"]).analysis_note:
+                notes.append(f"{label}: {get_method(res['method']).analysis_note}")
             results.append(res)
         summary = write_outputs(results, out_dir, opts, len(texts or []), notes)
     except (ValueError, FileNotFoundError, KeyError) as e:

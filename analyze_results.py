@@ -20,7 +20,6 @@ Writes DIR/summary.md, DIR/summary.csv and DIR/<task>.png, and prints the markdo
 A missing folder or no usable results is a one-line error with exit status 2.
 """
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -28,13 +27,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from analysis.tables import write_csv  # noqa: E402
 from data.tasks import TASKS  # noqa: E402
+from utils.options import defaults_of  # noqa: E402
 
 DASH = "—"
 HYPERPARAM_KEYS = ("r_ab", "lr", "knowledge_alpha", "epoch", "max_steps")
-# hyperparameters that mean nothing for a method (train_knowhira.py saves every flag in args.json)
-UNUSED_HPARAMS = {"fft": {"r_ab", "r", "knowledge_alpha"}, "ia3": {"r_ab", "r", "knowledge_alpha"},
-                  **{m: {"knowledge_alpha"} for m in ("lora", "dora", "hira", "kasa", "hira_sb")}}
+COMMON_HPARAMS = ("lr", "epoch", "max_steps")  # the rest are shown only for methods whose config has them
+
+
+def run_hparams(method: str, meta: dict) -> dict:
+    """The hyperparameters shown for a run: HYPERPARAM_KEYS that mean something for `method` (its
+    config's fields and the common ones), then its other config fields where they differ from the
+    method's defaults (e.g. an ablation's --adaptive_gating false)."""
+    from models.methods import REGISTRY
+
+    fields = REGISTRY[method].config_cls.option_fields() if method in REGISTRY else []
+    own = {f.name for f in fields}
+    shown = {k: meta[k] for k in HYPERPARAM_KEYS if meta.get(k) is not None and (k in own or k in COMMON_HPARAMS)}
+    defaults = defaults_of(REGISTRY[method].config_cls) if method in REGISTRY else {}
+    shown.update({k: meta[k] for k in own - shown.keys() - {"target_modules"}
+                  if k in meta and meta[k] != defaults.get(k)})
+    return shown
 
 
 class ResultsError(Exception):
@@ -106,8 +120,7 @@ def load_run(path: Path) -> dict:
         "name": path.parent.name,
         "method": method,
         "model": _short_model(meta.get("model_name")),
-        "hparams": {key: meta[key] for key in HYPERPARAM_KEYS if meta.get(key) is not None
-                    and key not in UNUSED_HPARAMS.get(method, ())},
+        "hparams": run_hparams(method, meta),
         "trainable": meta.get("trainable_params"),
         "val_loss": None if val_loss is None else float(val_loss),
         "tasks": tasks,
@@ -182,7 +195,7 @@ def build_tables(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dic
     base = baselines(runs, tasks)
     header = ["run", "method", "model", "hyperparameters", "trainable params", "best val loss",
               *tasks, average_header(common)]
-    hparam_keys = [k for k in HYPERPARAM_KEYS if any(k in run["hparams"] for run in runs)]
+    hparam_keys = list(dict.fromkeys(k for run in runs for k in run["hparams"]))
 
     md_rows, csv_rows = [], []
     for run in runs:
@@ -222,14 +235,6 @@ def to_markdown(header: list[str], rows: list[list[str]]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)]) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 # ------------------------------------------------------------------------------------ plots

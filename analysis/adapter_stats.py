@@ -27,9 +27,6 @@ import torch
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)  # 2^-23
 
-# how the rank of ΔW is bounded for each method (see rank_bound)
-LOW_RANK = ("lora", "kasa")  # ΔW = B A (scaled) or ΔU diag(Δσ) ΔVᵀ: rank <= r
-HADAMARD = ("hira", "knowhira", "hira_sb")  # ΔW = s·W0 ⊙ (B M A): rank <= rank(W0)·r
 
 
 def _values(s) -> np.ndarray:
@@ -88,27 +85,6 @@ def random_expectation(k: int, out_f: int, in_f: int) -> tuple[float, float, flo
     return k / out_f, k / in_f, k * k / (out_f * in_f)
 
 
-def rank_bound(method: str, r: int | None, shape, w0_rank: int) -> int:
-    """An upper bound on rank(ΔW) for the method (min(out, in) where nothing better holds).
-
-    lora, kasa: r. hira, knowhira, hira_sb: rank(W0 ⊙ BMA) <= rank(W0) · rank(BMA) <= rank(W0) · r
-    (the Hadamard product of rank-a and rank-b matrices has rank <= a·b), capped by min(out, in).
-    dora: ΔW = diag(c) W0 + diag(m/‖W0 + ΔW_lora‖) ΔW_lora with c = m/‖·‖ − 1: the magnitude
-    rescaling of W0's rows is generally full rank, so rank(ΔW) <= min(rank(W0) + r, min(out, in)).
-    ia3: W0 scaled row- or column-wise: rank <= rank(W0). fft and anything else: min(out, in).
-    """
-    min_dim = min(shape)
-    if method in LOW_RANK and r:
-        return min(r, min_dim)
-    if method in HADAMARD and r:
-        return min(w0_rank * r, min_dim)
-    if method == "dora" and r:
-        return min(w0_rank + r, min_dim)
-    if method == "ia3":
-        return min(w0_rank, min_dim)
-    return min_dim
-
-
 def alignment_k(r: int | None, svd_rank_ratio: float | None, min_dim: int) -> int:
     """k = models.spectrum.top_k(r, ratio, min(out, in)) with r capped by min(out, in) and the ratio
     defaulting to 0.5 (KnowHiRA's default) for runs that have none."""
@@ -119,14 +95,15 @@ def alignment_k(r: int | None, svd_rank_ratio: float | None, min_dim: int) -> in
 
 
 @torch.no_grad()
-def layer_stats(dw: torch.Tensor, w0: torch.Tensor, *, method: str, r: int | None,
+def layer_stats(dw: torch.Tensor, w0: torch.Tensor, *, rank_bound, r: int | None,
                 svd_rank_ratio: float | None, base: torch.Tensor | None = None,
                 align_r: int | None = None) -> tuple[dict, np.ndarray]:
     """All per-layer numbers for one update; returns (row, singular values of ΔW descending).
 
     dw: ΔW (out x in); w0: the PRETRAINED W0 (knowledge subspace, rank bound); base: the weight ΔW is
     added to, for the relative update (W0 itself except for KaSA's truncated W0'); align_r: the r in
-    k = top_k(r, ratio, min(out, in)) (default: r; fft has no r of its own). Everything float32.
+    k = top_k(r, ratio, min(out, in)) (default: r; fft has no r of its own); rank_bound(r, shape,
+    rank(W0)): the method's upper bound on rank(ΔW) (Method.rank_bound). Everything float32.
     """
     dw, w0 = dw.float(), w0.float()
     base = w0 if base is None else base.float()
@@ -141,7 +118,7 @@ def layer_stats(dw: torch.Tensor, w0: torch.Tensor, *, method: str, r: int | Non
     w0_rank = numerical_rank(s_w0, shape)
     dw_fro = s_dw.double().pow(2).sum().sqrt().item()
     base_fro = base.double().pow(2).sum().sqrt().item()
-    bound = rank_bound(method, r, shape, w0_rank)
+    bound = rank_bound(r, shape, w0_rank)
     n_rank = numerical_rank(s_dw, shape)
     row = {
         "out": out_f, "in": in_f, "r": r, "min_dim": min(shape), "k": k,

@@ -6,7 +6,6 @@ positions; for GPT-Neo, GPT-2 and Llama, `model.generate` derives position ids f
 so a prompt's continuation does not depend on what else is in its batch (tested:
 batch size 1 and 8 give identical strings).
 """
-import torch
 from tqdm.auto import tqdm
 
 from data.prompt import encode_prompt

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from analysis.adapter_stats import (effective_rank, layer_stats, numerical_rank, random_expectation,
-                                    rank_bound, subspace_shares)
+                                    subspace_shares)
 from analysis.forgetting import question_from_instruction
 from models.hadamard import base_weight
 
@@ -65,13 +65,21 @@ def test_tolerance_is_matrix_rank_default():
     assert numerical_rank(_svals(dw), dw.shape) == np.linalg.matrix_rank(dw.numpy()) == 5
 
 
+def bound(method):
+    from models.methods import get_method
+
+    return get_method(method).rank_bound
+
+
 def test_rank_bounds():
-    assert rank_bound("lora", 8, (64, 32), 32) == 8
-    assert rank_bound("kasa", 8, (64, 32), 32) == 8
-    assert rank_bound("knowhira", 8, (64, 32), 3) == 24  # rank(W0) · r
-    assert rank_bound("hira", 8, (64, 32), 32) == 32  # capped by min(out, in)
-    assert rank_bound("dora", 8, (64, 32), 10) == 18
-    assert rank_bound("fft", None, (64, 32), 32) == 32
+    assert bound("lora")(8, (64, 32), 32) == 8
+    assert bound("kasa")(8, (64, 32), 32) == 8
+    assert bound("knowhira")(8, (64, 32), 3) == 24  # rank(W0) · r
+    assert bound("hira")(8, (64, 32), 32) == 32  # capped by min(out, in)
+    assert bound("hira_sb")(8, (64, 32), 3) == 24
+    assert bound("dora")(8, (64, 32), 10) == 18
+    assert bound("ia3")(None, (64, 32), 20) == 20  # W0 rescaled: rank(W0)
+    assert bound("fft")(None, (64, 32), 32) == 32
 
 
 # ---- knowledge-subspace shares -----------------------------------------------------------------
@@ -110,7 +118,7 @@ def test_layer_stats_uses_pretrained_top_k(w0_basis):
     w0, _, _, _, gen = w0_basis
     u, s, vh = torch.linalg.svd(w0, full_matrices=False)
     dw = 0.01 * u[:, :2] @ torch.diag(torch.tensor([2.0, 1.0])) @ vh[:2]
-    row, s_dw = layer_stats(dw, w0, method="lora", r=4, svd_rank_ratio=0.2)
+    row, s_dw = layer_stats(dw, w0, rank_bound=bound("lora"), r=4, svd_rank_ratio=0.2)
     assert row["k"] == round(0.2 * IN)
     assert row["numerical_rank"] == 2 and row["rank_bound"] == 4
     assert (row["share_left"], row["share_right"], row["share_both"]) == pytest.approx((1, 1, 1), abs=1e-5)
@@ -134,12 +142,12 @@ def test_kasa_delta_against_truncated_base_and_pretrained_w0():
     from torch import nn
 
     from analysis.deltas import iter_deltas
-    from models.kasa import KaSALinear
+    from models.methods.kasa import KaSAConfig, KaSALinear
 
     torch.manual_seed(0)
     base = nn.Linear(30, 40)
     w0 = base.weight.detach().clone()
-    layer = KaSALinear(base, r=3, alpha=6.0)
+    layer = KaSALinear(base, KaSAConfig(r_ab=3, kasa_alpha=6.0))
     with torch.no_grad():
         layer.kasa_dU.normal_()
     (d,) = iter_deltas({"l": layer}, "kasa", ["l"])
@@ -147,7 +155,7 @@ def test_kasa_delta_against_truncated_base_and_pretrained_w0():
     assert torch.allclose(d.dw, expected.detach(), atol=1e-6)
     assert torch.allclose(d.w0, w0, atol=1e-5)  # pretrained, not truncated
     assert torch.allclose(d.base, base_weight(layer.base), atol=0)  # truncated W0'
-    row, _ = layer_stats(d.dw, d.w0, method="kasa", r=d.r, svd_rank_ratio=None, base=d.base)
+    row, _ = layer_stats(d.dw, d.w0, rank_bound=bound("kasa"), r=d.r, svd_rank_ratio=None, base=d.base)
     assert row["numerical_rank"] == 3 and row["rank_bound"] == 3
     assert row["rel_update"] == pytest.approx(expected.norm().item() / d.base.norm().item(), rel=1e-5)
     dropped = layer.dropped_weight().double()
@@ -172,7 +180,7 @@ def test_dora_delta_includes_magnitude():
             layer.lora_magnitude_vector["default"].weight.copy_(c * w0.norm(dim=1))
     for d in iter_deltas(modules, "dora", list(modules)):
         assert torch.allclose(d.dw, (c - 1) * d.w0, rtol=1e-5, atol=1e-6)
-        row, _ = layer_stats(d.dw, d.w0, method="dora", r=d.r, svd_rank_ratio=0.5)
+        row, _ = layer_stats(d.dw, d.w0, rank_bound=bound("dora"), r=d.r, svd_rank_ratio=0.5)
         assert row["rel_update"] == pytest.approx(c - 1, rel=1e-5)
         assert row["numerical_rank"] == row["w0_rank"] == 48
 
@@ -205,8 +213,10 @@ def _write_run(run, base_dir, peft_type, **extra):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, base_dir):
     """Three fake runs with known updates, and what the analysis must report for them."""
-    from models.adapter import AdapterConfig, add_adapters, adapter_layers, save_adapter
-    from models.methods import build, peft_library_config
+    from models.adapter import adapter_layers
+    from models.methods import build, get_method
+    from models.methods.knowhira import KnowHiRAConfig
+    from models.methods.peft_lib import LoRAConfig
 
     root = tmp_path_factory.mktemp("runs")
     expected = {}
@@ -214,8 +224,8 @@ def runs(tmp_path_factory, base_dir):
     # KnowHiRA: B M A = c_l · 1 1ᵀ (B's first column 1/m_0, A's first row c_l) -> ΔW = c_l · W0,
     # so ΔW has W0's rank and spectrum; gate logits set per layer and rank index
     model = tiny_model("llama")
-    cfg = AdapterConfig(peft_type="knowhira", r=R, target_modules=TARGETS)
-    add_adapters(model, cfg)
+    cfg = KnowHiRAConfig(r_ab=R, target_modules=TARGETS)
+    model = build(model, cfg)
     know = {}
     with torch.no_grad():
         for i, (name, layer) in enumerate(adapter_layers(model).items()):
@@ -237,7 +247,7 @@ def runs(tmp_path_factory, base_dir):
                           "share": (s[:k] ** 2).sum().item() / (s ** 2).sum().item()}
     run = root / "knowhira_run"
     _write_run(run, base_dir, "knowhira")
-    save_adapter(model, cfg, run / "best")
+    get_method("knowhira").save(model, cfg, run / "best")
     (run / "results.json").write_text(json.dumps({"meta": {}, "tasks": {
         "boolq": {"accuracy": 0.6}, "piqa": {"accuracy": 0.7}}}))
     expected["knowhira"] = know
@@ -245,8 +255,8 @@ def runs(tmp_path_factory, base_dir):
     # LoRA (peft): B = U_2 diag(2, 1), A = V_2ᵀ (W0's top-2 singular vectors) -> rank 2 <= r,
     # shares 1, effective rank exp(H(2/3, 1/3)); unused columns of B zero
     model = tiny_model("llama")
-    peft_cfg = peft_library_config("lora", R, 8.0, 0.0, TARGETS, "llama")
-    model, save, _ = build(model, "lora", peft_cfg=peft_cfg)
+    lora_cfg = LoRAConfig(r_ab=R, lora_alpha=8.0, target_modules=TARGETS)
+    model = build(model, lora_cfg)
     lora = {}
     with torch.no_grad():
         for name, mod in model.named_modules():
@@ -263,7 +273,7 @@ def runs(tmp_path_factory, base_dir):
                 lora[name.removeprefix("base_model.model.")] = dw.norm().item() / w0.norm().item()
     run = root / "lora_run"
     _write_run(run, base_dir, "lora")
-    save(model, run / "best")
+    get_method("lora").save(model, lora_cfg, run / "best")
     expected["lora"] = lora
 
     # fft: one target layer trained by a known rank-3 update, every other target unchanged

@@ -14,9 +14,10 @@ from data.tasks import ANSWER_WORDS
 from eval.choices import offered_choices
 from eval.evaluate import evaluate_task, select_ids, update_results_json
 from eval.extract import extract_answer
-from eval.generate import generate_answers, left_pad
+from eval.generate import generate_answers
 from eval.loglik import candidate_response, loglik_predict, score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
+from utils.batching import pad, pad_token_id
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -123,9 +124,28 @@ def test_majority_accuracy():
 # ------------------------------------------------------------------- generation and scoring
 
 def test_left_pad():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    # eval.generate.left_pad became utils.batching.pad(seqs, pad_id, "left"): the one padding helper
+    ids, mask = pad([[5, 6, 7], [8]], 0, "left")
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype == mask.dtype == torch.long
+    # right padding (loglik scoring, the collator) and an explicit width
+    ids, mask = pad([[5, 6, 7], [8]], 9, "right", width=4)
+    assert ids.tolist() == [[5, 6, 7, 9], [8, 9, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    with pytest.raises(ValueError, match="side"):
+        pad([[1]], 0, "middle")
+
+
+def test_pad_token_id_falls_back_to_eos():
+    class Tok:
+        def __init__(self, pad_id, eos_id):
+            self.pad_token_id, self.eos_token_id = pad_id, eos_id
+
+    assert pad_token_id(Tok(3, 7)) == 3
+    assert pad_token_id(Tok(None, 7)) == 7
+    with pytest.raises(ValueError, match="neither a pad nor an EOS"):
+        pad_token_id(Tok(None, None))
 
 
 def test_generate_batch_invariance(model, gpt2_tokenizer, mixed_prompts):

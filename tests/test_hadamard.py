@@ -5,14 +5,27 @@ from torch import nn
 from torch.func import functional_call
 
 from models.hadamard import HadamardLinear, HadamardLinearFn
+from models.methods.hira import HiRAConfig
+from models.methods.hira_sb import HiRASBConfig, HiRASBLinear
+from models.methods.knowhira import KnowHiRAConfig, KnowHiRALinear
 from models.spectrum import sigma_norm_from_values, spectrum_row_scale, top_k
+
+# the three layers of the Hadamard family and their configs (the method files' own pairs)
+LAYERS = {"hira": (HadamardLinear, HiRAConfig), "knowhira": (KnowHiRALinear, KnowHiRAConfig),
+          "hira_sb": (HiRASBLinear, HiRASBConfig)}
+
+
+def new_layer(variant, base, r=4, **kw):
+    """The `variant` layer around `base`, configured by its method's config (r_ab = r, **kw)."""
+    layer_cls, cfg_cls = LAYERS[variant]
+    return layer_cls(base, cfg_cls(r_ab=r, **kw))
 
 
 def make_layer(variant, out_f=20, in_f=12, r=4, seed=0, bias=True, **kw):
-    """An fp64 HadamardLinear with random non-zero factors, gate and σ_norm."""
+    """An fp64 Hadamard-family layer with random non-zero factors, gate and σ_norm."""
     torch.manual_seed(seed)
     base = nn.Linear(in_f, out_f, bias=bias).double()
-    layer = HadamardLinear(base, variant, r, **kw).double()
+    layer = new_layer(variant, base, r, **kw).double()
     with torch.no_grad():
         layer.hira_B.normal_()
         layer.hira_A.normal_()
@@ -28,19 +41,21 @@ def closed_form_weight(layer):
     """W = W0 + s · W0 ⊙ (B M A), with M written out as a full r x r matrix."""
     w0, a, b, s, r = layer.base.weight, layer.hira_A, layer.hira_B, layer.scale, layer.r
     eye = torch.eye(r, dtype=torch.float64)
-    if layer.variant == "hira":
+    if type(layer) is HadamardLinear:  # HiRA
         m = eye
-    elif layer.variant == "knowhira":
+    elif type(layer) is KnowHiRALinear:
         g = layer.sigma_norm * torch.sigmoid(layer.gate) if layer.adaptive_gating else layer.sigma_norm
         m = (1 - layer.knowledge_alpha) * eye + layer.knowledge_alpha * torch.diag(g)
     else:
+        assert type(layer) is HiRASBLinear
         m = layer.hira_R
     return w0 + s * w0 * (b @ m @ a)
 
 
 CASES = [("hira", {}), ("knowhira", {"knowledge_alpha": 0.7}),
          ("knowhira", {"knowledge_alpha": 0.3, "adaptive_gating": False}),
-         ("knowhira", {"knowledge_alpha": 1.0, "scale": 2.5}), ("hira_sb", {})]
+         ("knowhira", {"knowledge_alpha": 1.0, "hira_scale": 2.5}), ("hira_sb", {}),
+         ("hira_sb", {"hira_scale": 0.5})]
 
 
 @pytest.mark.parametrize("variant,kw", CASES)
@@ -57,7 +72,7 @@ def test_forward_equals_closed_form(variant, kw, shape):
 
 
 def test_dropout_path_equals_closed_form_in_eval_and_differs_in_train():
-    layer = make_layer("knowhira", dropout=0.5)
+    layer = make_layer("knowhira", adapter_dropout=0.5)
     x = torch.randn(4, 12, dtype=torch.float64)
     layer.eval()
     ref = x @ closed_form_weight(layer).t() + layer.base.bias
@@ -89,7 +104,7 @@ def test_matches_peft_hira(shape):
     torch.manual_seed(0)
     net = nn.Sequential()
     net.add_module("lin", nn.Linear(shape[1], shape[0]).double())
-    ours = HadamardLinear(nn.Linear(shape[1], shape[0]).double(), "hira", r=4).double()
+    ours = HadamardLinear(nn.Linear(shape[1], shape[0]).double(), HiRAConfig(r_ab=4)).double()
     ours.base.load_state_dict(net.lin.state_dict())
     with torch.no_grad():
         ours.hira_B.normal_()
@@ -140,6 +155,20 @@ def test_hira_sb_trains_only_r():
     assert trainable == {"hira_R"}
 
 
+@pytest.mark.parametrize("variant,kw,trains", [
+    ("hira", {}, {"hira_A", "hira_B"}), ("knowhira", {}, {"hira_A", "hira_B", "gate"}),
+    ("knowhira", {"adaptive_gating": False}, {"hira_A", "hira_B"}), ("hira_sb", {}, {"hira_R"})])
+def test_layer_class_sets_trainable_and_saved_tensors(variant, kw, trains):
+    """The layer class (not a variant string) decides what trains and what the adapter file holds:
+    `saved_tensors` is exactly the adapter's own state (parameters and buffers outside the base)."""
+    layer = make_layer(variant, **kw)
+    assert isinstance(layer, HadamardLinear) and type(layer) is LAYERS[variant][0]
+    assert {n for n, p in layer.named_parameters() if p.requires_grad} == trains
+    own = {n for n, _ in [*layer.named_parameters(), *layer.named_buffers()] if not n.startswith("base.")}
+    assert set(layer.saved_tensors) == own
+    assert type(layer).__name__ in repr(layer)
+
+
 def test_ortho_loss_matches_hand_computation():
     layer = make_layer("knowhira", r=3)
     a, b = layer.hira_A.detach(), layer.hira_B.detach()
@@ -156,7 +185,7 @@ def test_low_precision_base_matches_merged_weight():
     """bf16 base, fp32 adapter: forward = one bf16 GEMM with the fp32-built W rounded once (as a
     merged bf16 model), close to the fp32 result, and factor gradients stay fp32."""
     torch.manual_seed(0)
-    layer = HadamardLinear(nn.Linear(64, 48), "knowhira", r=4)
+    layer = KnowHiRALinear(nn.Linear(64, 48), KnowHiRAConfig(r_ab=4))
     with torch.no_grad():
         layer.hira_B.normal_(std=0.1)
     x = torch.randn(16, 64)
@@ -191,7 +220,7 @@ def test_spectrum_row_scale_keeps_norm_and_orders_rows():
 
 def _fp32_layer(variant="knowhira", out_f=48, in_f=64, r=4, seed=0):
     torch.manual_seed(seed)
-    layer = HadamardLinear(nn.Linear(in_f, out_f), variant, r)
+    layer = new_layer(variant, nn.Linear(in_f, out_f), r)
     with torch.no_grad():
         layer.hira_B.normal_(std=0.3)
         layer.hira_A.normal_(std=0.3)
@@ -242,11 +271,10 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     """A tiny RANDOM Llama with KnowHiRA: HF gradient checkpointing (non-reentrant, as
     --enable_grad_ckpt sets it) recomputes the fused layers' forward and changes nothing."""
     from conftest import tiny_model
-    from models.adapter import AdapterConfig, add_adapters
+    from models.methods import build
 
     model = tiny_model("llama", vocab_size=300).train()
-    add_adapters(model, AdapterConfig(peft_type="knowhira", r=4, target_modules=["q_proj", "v_proj",
-                                                                                 "down_proj"]))
+    build(model, KnowHiRAConfig(r_ab=4, target_modules=["q_proj", "v_proj", "down_proj"]))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "hira_B" in n:

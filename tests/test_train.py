@@ -17,8 +17,10 @@ from conftest import tiny_model
 from data.commonsense import load_train_data
 from data.prompt import encode_prompt, encode_response, generate_prompt
 from data.tokenize import IGNORE_INDEX, Collator, tokenize_record
-from models.adapter import (AdapterConfig, add_adapters, adapter_layers, ortho_loss, regularizer,
-                            save_adapter)
+from models.adapter import adapter_layers
+from models.methods import Regularizer, build, get_method, method_of
+from models.methods.hira import ortho_loss
+from models.methods.knowhira import KnowHiRAConfig
 from training.checkpoint import latest_checkpoint
 from training.logger import read_log
 from training.loop import LoopConfig, NonFiniteLoss, epoch_order, task_loss_sum, train
@@ -48,20 +50,19 @@ def adapted_neo(r=4, lam=1e-3, embed_scale=1.0, seed=0):
     if embed_scale != 1.0:
         with torch.no_grad():
             model.transformer.wte.weight.mul_(embed_scale)
-    cfg = AdapterConfig(r=r, target_modules=TARGETS, ortho_lambda=lam)
-    add_adapters(model, cfg)
+    cfg = KnowHiRAConfig(r_ab=r, target_modules=TARGETS, ortho_lambda=lam)
+    model = build(model, cfg)
     return model, cfg
 
 
 def run_loop(run_dir, model, cfg, tokenizer, train_f, val_f=(), accelerator=None, **kw):
-    """training.loop.train as train_knowhira.py calls it: the method's (regulariser, weight)."""
-    reg = regularizer(cfg)
-    settings = {"batch": 2, "lr": 1e-2, "save_steps": 1000, "eval_strategy": "no",
-                "reg_weight": reg[1] if reg else 0.0, **kw}
+    """training.loop.train as TrainRecipe.trainer() calls it: the method's save and its
+    Regularizer(fn, weight)."""
+    method = method_of(cfg)
+    settings = {"batch": 2, "lr": 1e-2, "save_steps": 1000, "eval_strategy": "no", **kw}
     return train(accelerator or Accelerator(cpu=True), model, tokenizer, list(train_f), list(val_f),
                  LoopConfig(**settings), run_dir,
-                 save_best=lambda m, d, write: save_adapter(m, cfg, d, write),
-                 extra_loss=reg[0] if reg else None)
+                 lambda m, d, write: method.save(m, cfg, d, write), method.regularizer(cfg))
 
 
 def trainable(model):
@@ -92,12 +93,15 @@ def test_ortho_loss_gradient_reaches_A_and_B(tmp_path, features, gpt2_tokenizer)
         for layer in adapter_layers(base).values():
             layer.hira_B.copy_(0.3 * torch.randn(layer.hira_B.shape, generator=g))
     lam = 0.25
-    assert regularizer(AdapterConfig(r=4, target_modules=TARGETS, ortho_lambda=lam)) == (ortho_loss, lam)
-    assert regularizer(AdapterConfig(r=4, target_modules=TARGETS, ortho_lambda=0.0)) is None
+    knowhira = get_method("knowhira")
+    reg_lam = knowhira.regularizer(KnowHiRAConfig(r_ab=4, target_modules=TARGETS, ortho_lambda=lam))
+    assert isinstance(reg_lam, Regularizer) and reg_lam == (ortho_loss, lam)
+    assert reg_lam.fn is ortho_loss and reg_lam.weight == lam
+    assert knowhira.regularizer(KnowHiRAConfig(r_ab=4, target_modules=TARGETS, ortho_lambda=0.0)) is None
     grads, logs = {}, {}
     for run_lam in (0.0, lam):
         model = copy.deepcopy(base)
-        cfg = AdapterConfig(r=4, target_modules=TARGETS, ortho_lambda=run_lam)
+        cfg = KnowHiRAConfig(r_ab=4, target_modules=TARGETS, ortho_lambda=run_lam)
         acc = Accelerator(cpu=True)
         seen = {}
 

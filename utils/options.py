@@ -168,5 +168,19 @@ def add_arguments(group, cls, seen: dict) -> None:
                                metavar="{" + ",".join(map(str, choices)) + "}" if choices else None)
 
 
+def argtype(check=None, parse=parse_int):
+    """An argparse `type` for tools with hand-written parsers: parse, check, one-line error."""
+    def typed(text):
+        try:
+            value = parse(text)
+            problem = check(value) if check else None
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    return typed
+
+
 def defaults_of(cls) -> dict:
     return {f.name: _default(f) for f in cls.option_fields()}

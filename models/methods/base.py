@@ -93,6 +93,7 @@ class Method:
     summary: ClassVar[str]
     # "merged": the saved result is a whole model; "adapter": tensors on top of the base
     saves: ClassVar[str] = "adapter"
+    analysis_note: ClassVar[str | None] = None  # printed under the adapter analysis table
 
     def build(self, model: nn.Module, cfg) -> nn.Module:
         """Make `model` trainable for this method (after the pretrained weights are loaded)."""

@@ -186,6 +186,8 @@ class KaSA(AdapterMethod):
     name = "kasa"
     config_cls = KaSAConfig
     summary = "SVD-truncated W0 (drop the r smallest components) + (α/r) ΔU diag(Δσ) ΔVᵀ (KaSA paper)"
+    analysis_note = ("KaSA truncated W0 to min(out, in) − r components before training; "
+                     "ΔW is added to that truncated W0'.")
 
     def make_layer(self, base, cfg, compute):
         return KaSALinear(base, cfg, compute_svd=compute)
