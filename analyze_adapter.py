@@ -116,7 +116,7 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
     saved, method = info["args"], info["method"]
     impl = get_method(method)
     model_name = _resolve_model(opts.model_name or saved["model_name"])
-    model, tokenizer = load_base_model(model_name, saved.get("gguf_file"), saved.get("load_bit", 32))
+    model, tokenizer = load_base_model(model_name, **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
     model.to(device).eval()
     out = {"label": label, "run": str(run_dir), "method": method, "model": Path(str(model_name)).name,
            "accs": info["accs"], "layers": [], "gates": [], "spectra": {}, "shapes": {}}

@@ -42,10 +42,10 @@ def run_hparams(method: str, meta: dict) -> dict:
     method's defaults (e.g. an ablation's --adaptive_gating false)."""
     from models.methods import REGISTRY
 
-    fields = REGISTRY[method].config_cls.option_fields() if method in REGISTRY else []
-    own = {f.name for f in fields}
+    impl = REGISTRY.get(method)  # None for the zero-shot rows
+    own = {f.name for f in impl.config_cls.option_fields()} if impl else set()
     shown = {k: meta[k] for k in HYPERPARAM_KEYS if meta.get(k) is not None and (k in own or k in COMMON_HPARAMS)}
-    defaults = defaults_of(REGISTRY[method].config_cls) if method in REGISTRY else {}
+    defaults = defaults_of(impl.config_cls) if impl else {}
     shown.update({k: meta[k] for k in own - shown.keys() - {"target_modules"}
                   if k in meta and meta[k] != defaults.get(k)})
     return shown

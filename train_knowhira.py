@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from eval.recipe import EvalOptions, EvalRecipe
+from models.get_models import ModelOptions
 from models.methods import REGISTRY
 from training.recipe import TRAIN_GROUPS, TrainRecipe, default_run_name
 from utils.options import add_arguments, defaults_of
@@ -30,10 +31,19 @@ RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop
                "keep_checkpoints")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A command-line error is one line on stderr and exit status 2 (the usage of ~80 flags would
+    bury it; --help prints them)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every flag, with no defaults filled in: the namespace holds only what was given."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
+    p = OneLineErrorParser(prog="train_knowhira.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           argument_default=argparse.SUPPRESS)
     seen = {}
     for title, cls in TRAIN_GROUPS.items():
         add_arguments(p.add_argument_group(title), cls, seen)
@@ -104,8 +114,8 @@ def eval_recipe(given: dict, parser) -> EvalRecipe:
     shared = {k: v for cls in TRAIN_GROUPS.values() for k, v in defaults_of(cls).items() if k in EVAL_SHARED}
     shared.update({k: v for k, v in given.items() if k in EVAL_SHARED})
     return EvalRecipe(EvalOptions(**values), tasks=shared["dataset"], data_dir=shared["data_dir"],
-                      seed=shared["seed"], model_name=shared["model_name"], gguf_file=shared["gguf_file"],
-                      load_bit=shared["load_bit"], output_folder=shared["output_folder"])
+                      seed=shared["seed"], base=ModelOptions.from_values(shared),
+                      output_folder=shared["output_folder"])
 
 
 def main(argv=None) -> int:

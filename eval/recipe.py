@@ -4,10 +4,11 @@ model zero-shot, merged to plain weights, evaluated task by task into results.js
     EvalRecipe(EvalOptions(ckpt="runs/RUN"), data_dir=..., tasks="all").run()
 """
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eval.evaluate import MODES
+from models.get_models import ModelOptions
 from utils.options import Options, option, positive
 
 
@@ -39,12 +40,11 @@ def eval_tasks(spec: str, data_dir) -> tuple[list[str], list[str]]:
 class EvalRecipe:
     """Options, then `setup` (tasks, model, merge), then `run` (per task: evaluate, write)."""
 
-    def __init__(self, opts: EvalOptions, *, tasks: str, data_dir: str, seed: int = 42,
-                 model_name: str | None = None, gguf_file: str | None = None, load_bit: int = 32,
-                 output_folder: str = "runs"):
+    def __init__(self, opts: EvalOptions, *, tasks: str, data_dir: str, seed: int, base: ModelOptions,
+                 output_folder: str):
+        """`base`: the model evaluated zero-shot (--ckpt none); a run's own comes from its args.json."""
         self.opts, self.tasks_spec, self.data_dir, self.seed = opts, tasks, data_dir, seed
-        self.model_name, self.gguf_file, self.load_bit = model_name, gguf_file, load_bit
-        self.output_folder = output_folder
+        self.base, self.output_folder = base, output_folder
 
     def setup(self) -> "EvalRecipe":
         import torch
@@ -60,10 +60,10 @@ class EvalRecipe:
         if not self.tasks:
             raise FileNotFoundError(f"no test files for {self.tasks_spec!r} in {self.data_dir}")
         if self.opts.ckpt == "none":
-            model, self.tokenizer = load_base_model(self.model_name, self.gguf_file, self.load_bit)
-            self.meta = {"method": "zero-shot", "model_name": self.model_name, "trainable_params": 0}
-            self.out_dir = Path(self.opts.results_dir or
-                                Path(self.output_folder) / f"zeroshot_{Path(self.model_name).name}")
+            model, self.tokenizer = load_base_model(**asdict(self.base))
+            name = self.base.model_name
+            self.meta = {"method": "zero-shot", "model_name": name, "trainable_params": 0}
+            self.out_dir = Path(self.opts.results_dir or Path(self.output_folder) / f"zeroshot_{Path(name).name}")
         else:
             run_dir = Path(self.opts.ckpt)
             args_file = run_dir / "args.json"
@@ -77,7 +77,8 @@ class EvalRecipe:
             if not adapter_dir.is_dir():
                 raise FileNotFoundError(f"{run_dir} has no trained adapter (best/ or final/)")
             method = get_method(saved["peft_type"])
-            model, self.tokenizer = load_base_model(saved["model_name"], saved.get("gguf_file"), saved["load_bit"])
+            model, self.tokenizer = load_base_model(
+                saved["model_name"], **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
             model = method.load(model, adapter_dir)
             # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
             # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call)

@@ -55,16 +55,17 @@ def split_gguf(model_name: str, gguf_file: str | None) -> tuple[str, str | None]
     return model_name, gguf_file
 
 
-def load_base_model(model_name: str, gguf_file: str | None = None, load_bit: int = 32,
-                    enable_grad_ckpt: bool = False):
-    """(model, tokenizer) from a hub name (online users), a local folder, or a GGUF file.
+def load_base_model(model_name: str, **options):
+    """(model, tokenizer) from a hub name (online users), a local folder, or a GGUF file; `options`
+    are the other ModelOptions fields (gguf_file, load_bit, enable_grad_ckpt), defaults as there.
 
     GGUF weights are dequantised by transformers to the requested dtype. The tokenizer gets
     pad = eos when it has no pad token (GPT-2, GPT-Neo, Llama).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_name, gguf_file = split_gguf(model_name, gguf_file)
+    opts = ModelOptions(model_name=model_name, **options)
+    model_name, gguf_file = split_gguf(opts.model_name, opts.gguf_file)
     if gguf_file is not None and not (Path(model_name) / gguf_file).is_file():
         raise FileNotFoundError(f"GGUF file {Path(model_name) / gguf_file} does not exist "
                                 f"(scripts/fetch_smollm2.sh fetches SmolLM2-135M-Instruct)")
@@ -72,31 +73,30 @@ def load_base_model(model_name: str, gguf_file: str | None = None, load_bit: int
     tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(load_bit), **kwargs)
-    if enable_grad_ckpt:
+    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs)
+    if opts.enable_grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model, tokenizer
 
 
-def get_knowhira_models(model_name: str, r_ab: int = 32, target_modules=None,
-                        knowledge_alpha: float = 0.5, ortho_lambda: float = 1e-3,
-                        svd_rank_ratio: float = 0.5, spectrum_init_scale: float = 1.0,
-                        adaptive_gating: bool = True, init_ab: str = "spectrum",
-                        g_init: float = -1.0, hira_scale: float = 1.0, adapter_dropout: float = 0.0,
-                        peft_type: str = "knowhira", gguf_file: str | None = None,
-                        load_bit: int = 32, enable_grad_ckpt: bool = False):
-    """The documented Python API: load the PRETRAINED model, then build the method on it (so
-    σ_norm sees the real weights). Returns (model, tokenizer, config), the config being the
-    method's dataclass (KnowHiRAConfig for the default peft_type). Options the method does not
-    have are ignored (e.g. knowledge_alpha for peft_type="hira")."""
+def get_knowhira_models(model_name: str, peft_type: str = "knowhira", **options):
+    """The documented Python API: load the PRETRAINED model, then build the method on it (so σ_norm
+    sees the real weights). `options` are ModelOptions fields (gguf_file, load_bit,
+    enable_grad_ckpt) and the method's config fields (r_ab, target_modules, knowledge_alpha,
+    ortho_lambda, svd_rank_ratio, spectrum_init_scale, adaptive_gating, init_ab, g_init, ...), with
+    the same defaults as the command line. Returns (model, tokenizer, config), the config being the
+    method's dataclass (KnowHiRAConfig for the default peft_type)."""
+    from dataclasses import fields
+
     from models.methods import build, get_method
 
-    model, tokenizer = load_base_model(model_name, gguf_file, load_bit, enable_grad_ckpt)
-    cfg = get_method(peft_type).config_cls.from_values(dict(
-        r_ab=r_ab, target_modules=target_modules, knowledge_alpha=knowledge_alpha,
-        ortho_lambda=ortho_lambda, svd_rank_ratio=svd_rank_ratio,
-        spectrum_init_scale=spectrum_init_scale, adaptive_gating=adaptive_gating, init_ab=init_ab,
-        g_init=g_init, hira_scale=hira_scale, adapter_dropout=adapter_dropout))
-    model = build(model, cfg)
-    return model, tokenizer, cfg
+    config_cls = get_method(peft_type).config_cls
+    known = {f.name for f in fields(ModelOptions)} | {f.name for f in fields(config_cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{peft_type} has no option {unknown[0]!r}")
+    model_fields = {f.name for f in fields(ModelOptions)}
+    model, tokenizer = load_base_model(model_name, **{k: v for k, v in options.items() if k in model_fields})
+    cfg = config_cls.from_values(options)
+    return build(model, cfg), tokenizer, cfg

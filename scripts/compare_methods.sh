@@ -21,17 +21,14 @@ LR_OVERRIDE=${LR_OVERRIDE:-}   # one LR for every method (used by scripts/sweep_
 SKIP_EVAL=${SKIP_EVAL:-0}      # 1: train only (validation loss), no test-set evaluation
 # Learning rate per method (README "Learning rates"); re-tune with scripts/sweep_lr.sh.
 declare -A LR=([fft]=2e-5 [lora]=5e-4 [dora]=5e-4 [ia3]=3e-3 [hira]=1e-3 [kasa]=5e-4 [hira_sb]=1e-3 [knowhira]=1e-3)
-MIX=${MIX:-}
-if [ -z "$MIX" ]; then
-  for t in boolq piqa social_i_qa hellaswag winogrande ARC-Easy ARC-Challenge openbookqa; do
-    [ -f "$DATA_DIR/$t/train.json" ] && MIX="$MIX${MIX:+,}$t"
-  done
-fi
+# per-method flags: plain HiRA has no orthogonality term (fft and ia3 report --r_ab as unused)
+declare -A EXTRA=([hira]="--ortho_lambda 0")
+source scripts/common.sh
+MIX=${MIX:-$(train_mix "$DATA_DIR")}
 PY=.venv/bin/python
 export TOKENIZERS_PARALLELISM=false
 for m in $METHODS; do
-  extra=()
-  [ "$m" = hira ] && extra=(--ortho_lambda 0)   # plain HiRA: no orthogonality term
+  read -ra extra <<< "${EXTRA[$m]:-}"
   "$PY" train_knowhira.py --model_name "$MODEL" --data_dir "$DATA_DIR" --dataset "mix:$MIX" \
     --peft_type "$m" --r_ab "$R" --target_modules "$TARGETS" --lr "${LR_OVERRIDE:-${LR[$m]}}" --warmup 4 \
     --batch "$BATCH" --grad_acc "$GRAD_ACC" --max_steps "$MAX_STEPS" --seed "$SEED" \

@@ -22,6 +22,8 @@ MODELS = {
     "Llama-2-7B": dict(h=4096, L=32, a=32, ff=11008, V=32000),
 }
 GiB = 1024 ** 3
+# what sets each method's memory: which parameters train, and the Hadamard layers' transient buffers
+PROFILES = {"knowhira": dict(trains_all=False, hadamard=True), "fft": dict(trains_all=True, hadamard=False)}
 
 
 def counts(m, r):
@@ -34,18 +36,15 @@ def counts(m, r):
     return total, knowhira, largest
 
 
-def estimate(name, m, r, b, s, gpus, method, grad_ckpt, fsdp):
+def estimate(name, m, r, b, s, gpus, profile, grad_ckpt, fsdp):
     total, trainable, largest = counts(m, r)
     h, L, a = m["h"], m["L"], m["a"]
     shard = gpus if fsdp else 1
-    if method == "fft":
-        weights, state = 2 * total / shard, 16 * total / shard
-    else:
-        weights, state = 2 * total / shard, 16 * trainable / shard
+    weights, state = 2 * total / shard, 16 * (total if profile["trains_all"] else trainable) / shard
     per_layer = s * b * h * (34 + 5 * a * s / h)
     act = (L * 2 * s * b * h + per_layer) if grad_ckpt else L * per_layer
     act += 4 * s * b * m["V"]  # fp32 logits
-    transient = 16 * largest if method == "knowhira" else 0
+    transient = 16 * largest if profile["hadamard"] else 0
     return weights, state, act, transient
 
 
@@ -63,9 +62,9 @@ def main():
               ("8 GPUs FSDP full-shard, grad ckpt", 8, True, True)]
     for name, m in MODELS.items():
         total, trainable, _ = counts(m, args.r)
-        for method in ("knowhira", "fft"):
+        for method, profile in PROFILES.items():
             for label, gpus, ckpt, fsdp in setups:
-                w, st, act, tr = estimate(name, m, args.r, args.batch, args.seq, gpus, method, ckpt, fsdp)
+                w, st, act, tr = estimate(name, m, args.r, args.batch, args.seq, gpus, profile, ckpt, fsdp)
                 print(f"| {name} ({total / 1e9:.2f}B; KnowHiRA {trainable / 1e6:.1f}M trainable) | {method} "
                       f"| {label} | {w / GiB:.1f} | {st / GiB:.2f} | {act / GiB:.1f} | {tr / GiB:.2f} "
                       f"| {(w + st + act + tr) / GiB:.1f} |")

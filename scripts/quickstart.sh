@@ -19,10 +19,8 @@ if [ ! -d "$DATA_DIR" ]; then
 fi
 bash scripts/setup_env.sh
 GGUF=$(bash scripts/fetch_smollm2.sh)
-MIX=""
-for t in boolq piqa social_i_qa hellaswag winogrande ARC-Easy ARC-Challenge openbookqa; do
-  [ -f "$DATA_DIR/$t/train.json" ] && MIX="$MIX${MIX:+,}$t"
-done
+source scripts/common.sh
+MIX=$(train_mix "$DATA_DIR")
 [ -n "$MIX" ] || { echo "error: no <task>/train.json under $DATA_DIR" >&2; exit 2; }
 echo "training mix: $MIX"
 export TOKENIZERS_PARALLELISM=false

@@ -23,6 +23,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 METHODS = ("knowhira", "hira", "hira_sb", "kasa", "lora", "dora", "ia3", "fft")
 TASKS = ("boolq", "openbookqa")
 LOG_KEYS = ("step", "loss_task", "loss_reg", "loss_total", "lr", "grad_norm", "val_loss")
+# per-method flags of the recorded runs (fft: a smaller rate; fft and ia3 have no rank)
+FLAGS = {"fft": ["--lr", "1e-3"], "ia3": [], "hira_sb": ["--r_ab", "4", "--sb_init_batches", "2"]}
 
 
 def make_inputs(work: Path, data_dir: Path, tokenizer_dir: Path) -> tuple[Path, Path]:
@@ -45,15 +47,10 @@ def make_inputs(work: Path, data_dir: Path, tokenizer_dir: Path) -> tuple[Path, 
 def run_method(method: str, model_dir: Path, data: Path, out: Path) -> dict:
     import train_knowhira
 
-    lr = "1e-3" if method == "fft" else "1e-2"
     train = ["--model_name", str(model_dir), "--data_dir", str(data), "--dataset", "mix:boolq,openbookqa",
              "--peft_type", method, "--max_steps", "3", "--batch", "2", "--val_size", "4",
-             "--eval_steps", "3", "--save_steps", "3", "--warmup", "1", "--lr", lr,
-             "--output_folder", str(out), "--run_name", method]
-    if method not in ("fft", "ia3"):
-        train += ["--r_ab", "4"]
-    if method == "hira_sb":
-        train += ["--sb_init_batches", "2"]
+             "--eval_steps", "3", "--save_steps", "3", "--warmup", "1", "--lr", "1e-2",
+             "--output_folder", str(out), "--run_name", method, *FLAGS.get(method, ["--r_ab", "4"])]
     assert train_knowhira.main(train) == 0, method
     log = [json.loads(line) for line in (out / method / "log.jsonl").read_text().splitlines()]
     result = {"log": [{k: r[k] for k in LOG_KEYS if k in r} for r in log], "eval": {}}

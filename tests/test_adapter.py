@@ -1,16 +1,20 @@
 """Injection, σ_norm from the PRETRAINED weights, save/load, merge/export (tiny RANDOM models,
 plus the real SmolLM2 spectrum when KNOWHIRA_SMOLLM2_GGUF is set)."""
+import json
 import os
+from dataclasses import asdict
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
-from models.adapter import (AdapterConfig, add_adapters, adapter_layers, count_trainable,
-                            export_merged, load_adapter, merge_adapters, ortho_loss, save_adapter,
-                            unmerge_adapters)
+from models.adapter import (ADAPTER_CONFIG, adapter_layers, count_trainable, export_merged,
+                            merge_adapters, read_adapter_config, unmerge_adapters)
 from models.hadamard import base_weight, layer_shape
+from models.methods import build, get_method, method_of
+from models.methods.hira import ortho_loss
+from models.methods.knowhira import KnowHiRAConfig
 from models.spectrum import sigma_norm_from_values
 
 IDS = torch.tensor([[15496, 995, 11, 428, 318, 257, 1332, 13], [40, 588, 262, 3797, 290, 13, 50256, 50256]])
@@ -21,8 +25,8 @@ ARCH_TARGETS = [("gpt_neo", ["q_proj", "v_proj", "out_proj"]), ("gpt2", ["c_attn
 
 def adapted(arch, targets, variant="knowhira", r=4, seed=0, **kw):
     model = tiny_model(arch, seed=seed)
-    cfg = AdapterConfig(peft_type=variant, r=r, target_modules=targets, **kw)
-    add_adapters(model, cfg)
+    cfg = get_method(variant).config_cls(r_ab=r, target_modules=targets, **kw)
+    build(model, cfg)
     return model, cfg
 
 
@@ -66,30 +70,47 @@ def test_step0_logits_equal_base(arch, targets):
 def test_unknown_target_is_a_clear_error():
     model = tiny_model("gpt_neo")
     with pytest.raises(ValueError) as e:
-        add_adapters(model, AdapterConfig(target_modules=["q_proj", "o_proj"]))
+        build(model, KnowHiRAConfig(target_modules=["q_proj", "o_proj"]))
     msg = str(e.value)
     assert "o_proj" in msg and "out_proj" in msg and "available" in msg
     with pytest.raises(ValueError, match="not linear"):
-        add_adapters(tiny_model("gpt_neo"), AdapterConfig(target_modules=["attn"]))
+        build(tiny_model("gpt_neo"), KnowHiRAConfig(target_modules=["attn"]))
     with pytest.raises(ValueError, match="matches no linear"):
-        add_adapters(tiny_model("llama"), AdapterConfig(target_modules=r".*nothing.*"))
+        build(tiny_model("llama"), KnowHiRAConfig(target_modules="re:.*nothing.*"))
+    with pytest.raises(ValueError, match="matches no linear"):  # a regex as saved (no 're:')
+        build(tiny_model("llama"), KnowHiRAConfig(target_modules=r".*nothing.*"))
 
 
 def test_regex_and_all_linear_targets():
-    model, _ = adapted("llama", r".*\.self_attn\.(q|k)_proj")
-    assert sorted(adapter_layers(model)) == [f"model.layers.{i}.self_attn.{p}_proj"
-                                             for i in range(2) for p in "kq"]
+    expected = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "kq"]
+    for targets in (r"re:.*\.self_attn\.(q|k)_proj", r".*\.self_attn\.(q|k)_proj"):  # CLI form, saved form
+        model, cfg = adapted("llama", targets)
+        assert cfg.target_modules == r".*\.self_attn\.(q|k)_proj"
+        assert sorted(adapter_layers(model)) == expected
+    model, cfg = adapted("llama", "q_proj, down_proj")  # a comma list given as text
+    assert cfg.target_modules == ["q_proj", "down_proj"] and len(adapter_layers(model)) == 2 * 2
     model, _ = adapted("llama", "all-linear")
     assert len(adapter_layers(model)) == 2 * 7  # lm_head is never adapted
     assert "lm_head" not in adapter_layers(model)
 
 
 def test_bad_hyperparameters_fail():
-    for kw, msg in [({"r": 0}, "r must"), ({"svd_rank_ratio": 1.5}, "svd_rank_ratio"),
-                    ({"knowledge_alpha": -0.1}, "knowledge_alpha"), ({"g_init": 0.5}, "g_init"),
-                    ({"init_ab": "xavier"}, "init_ab"), ({"peft_type": "lora"}, "peft_type")]:
+    """The checks run when the config is built (the layers take a checked config)."""
+    for kw, msg in [({"r_ab": 0}, "r_ab: must be > 0"), ({"svd_rank_ratio": 1.5}, "svd_rank_ratio"),
+                    ({"svd_rank_ratio": 0.0}, "svd_rank_ratio"),
+                    ({"knowledge_alpha": -0.1}, "knowledge_alpha"), ({"knowledge_alpha": 1.1}, "knowledge_alpha"),
+                    ({"g_init": 0.5}, "g_init"), ({"init_ab": "xavier"}, "init_ab"),
+                    ({"spectrum_init_scale": -1.0}, "spectrum_init_scale"),
+                    ({"adapter_dropout": 1.0}, r"adapter_dropout: must be in \[0, 1\)"),
+                    ({"adapter_dropout": -0.1}, "adapter_dropout"), ({"ortho_lambda": -1e-3}, "ortho_lambda"),
+                    ({"target_modules": []}, "target_modules: is empty"),
+                    ({"target_modules": "re:"}, "empty regex"), ({"target_modules": "re:(q"}, "invalid regex")]:
         with pytest.raises(ValueError, match=msg):
-            AdapterConfig(**kw).validate()
+            KnowHiRAConfig(**kw)
+    with pytest.raises(ValueError, match="unknown method 'lora2'"):
+        get_method("lora2")
+    with pytest.raises(ValueError, match="config of no registered method"):
+        method_of(object())
     with pytest.raises(ValueError, match="r <= min"):
         adapted("llama", ["k_proj"], r=40)  # k_proj is 24 x 48
 
@@ -105,7 +126,7 @@ def test_sigma_norm_follows_the_loaded_pretrained_weights(tmp_path):
                 p.copy_(u @ torch.diag(torch.logspace(0, -3, len(_))) @ vh)
     src.save_pretrained(tmp_path / "pretrained")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "pretrained")
-    add_adapters(model, AdapterConfig(r=4, target_modules=["q_proj", "down_proj"], svd_rank_ratio=0.5))
+    build(model, KnowHiRAConfig(r_ab=4, target_modules=["q_proj", "down_proj"], svd_rank_ratio=0.5))
     fresh = tiny_model("llama", seed=0)  # same architecture, random init weights
     for name, layer in adapter_layers(model).items():
         w = dict(src.named_modules())[name].weight
@@ -125,12 +146,15 @@ def test_save_load_roundtrip_restores_gate_and_logits(tmp_path):
     with torch.no_grad():
         for layer in adapter_layers(model).values():
             layer.gate.copy_(torch.linspace(-3, 2, 4))  # a trained-looking gate
-    save_adapter(model, cfg, tmp_path / "adapter")
+    method = get_method("knowhira")
+    method.save(model, cfg, tmp_path / "adapter")
     with torch.no_grad():
         ref = model(IDS).logits
+    saved = read_adapter_config(tmp_path / "adapter")
+    assert saved == {"peft_type": "knowhira", **asdict(cfg)}
+    assert method.config_from_saved(saved) == cfg
     fresh = tiny_model("gpt_neo")  # same base weights, new process-like start
-    cfg2 = load_adapter(fresh, tmp_path / "adapter")
-    assert cfg2 == cfg
+    assert method.load(fresh, tmp_path / "adapter") is fresh
     for name, layer in adapter_layers(fresh).items():
         assert torch.equal(layer.gate, torch.linspace(-3, 2, 4))
         assert torch.equal(layer.sigma_norm, adapter_layers(model)[name].sigma_norm)
@@ -141,9 +165,45 @@ def test_save_load_roundtrip_restores_gate_and_logits(tmp_path):
 
 def test_load_onto_wrong_base_fails(tmp_path):
     model, cfg = adapted("gpt_neo", ["q_proj"])
-    save_adapter(model, cfg, tmp_path / "a")
+    get_method("knowhira").save(model, cfg, tmp_path / "a")
     with pytest.raises(ValueError, match="wrong base model"):
-        load_adapter(tiny_model("gpt_neo", seed=3), tmp_path / "a")
+        get_method("knowhira").load(tiny_model("gpt_neo", seed=3), tmp_path / "a")
+
+
+def test_regex_targets_survive_save_and_load(tmp_path):
+    """A regex target is saved as the pattern (adapter_config.json, args.json) and read back as
+    the same regex, not as a module-name list."""
+    model, cfg = adapted("llama", r"re:model\.layers\.0\..*_proj", variant="hira")
+    randomise_b(model)
+    method = get_method("hira")
+    method.save(model, cfg, tmp_path)
+    assert read_adapter_config(tmp_path)["target_modules"] == r"model\.layers\.0\..*_proj"
+    loaded = method.load(tiny_model("llama"), tmp_path)
+    assert sorted(adapter_layers(loaded)) == sorted(adapter_layers(model))
+    assert len(adapter_layers(loaded)) == 7  # q, k, v, o, gate, up, down of block 0
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, model(IDS).logits)
+
+
+def test_adapter_saved_before_the_redesign_still_loads(tmp_path):
+    """adapter_config.json of runs made before the redesign holds the old AdapterConfig: the
+    layer's names r, scale, dropout (plus fields of other methods); it loads as the same config."""
+    model, cfg = adapted("gpt_neo", ["q_proj", "c_fc"], knowledge_alpha=0.3, hira_scale=2.0,
+                         adapter_dropout=0.1, g_init=-2.0)
+    randomise_b(model)
+    method = get_method("knowhira")
+    method.save(model, cfg, tmp_path)
+    old = {"peft_type": "knowhira", "r": 4, "target_modules": ["q_proj", "c_fc"],
+           "knowledge_alpha": 0.3, "adaptive_gating": True, "g_init": -2.0, "svd_rank_ratio": 0.5,
+           "init_ab": "spectrum", "spectrum_init_scale": 1.0, "scale": 2.0, "dropout": 0.1,
+           "ortho_lambda": 1e-3, "kasa_alpha": 16.0, "kasa_beta": 1e-4, "kasa_gamma": 1e-3}
+    (tmp_path / ADAPTER_CONFIG).write_text(json.dumps(old))
+    assert method.config_from_saved(old) == cfg
+    loaded = method.load(tiny_model("gpt_neo"), tmp_path).eval()
+    layer = adapter_layers(loaded)["transformer.h.0.mlp.c_fc"]
+    assert (layer.r, layer.scale, layer.dropout.p, layer.knowledge_alpha) == (4, 2.0, 0.1, 0.3)
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, model.eval()(IDS).logits)
 
 
 @pytest.mark.parametrize("arch,targets", ARCH_TARGETS)

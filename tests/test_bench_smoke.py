@@ -1,33 +1,34 @@
-"""Smoke test of scripts/bench.py at toy sizes: it runs, prints its tables and writes its JSON.
-It asserts nothing about speed (timings on a shared CPU are noise)."""
-import importlib.util
+"""Smoke test of the benchmark package (`python -m scripts.bench`) at toy sizes: it runs sections
+(a) layer, (b) the recipe's training step on a tiny random GPT-Neo-shaped model with real records,
+and (d) singular values, prints its tables and writes its JSON. It asserts nothing about speed
+(timings on a shared CPU are noise), only that every timing is there and positive."""
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts.bench.run import main
 
 
-def test_bench_runs_at_toy_sizes(tmp_path, capsys):
+def test_bench_runs_at_toy_sizes(tmp_path, capsys, data_dir, gpt2_tokenizer, single_thread):
     out = tmp_path / "bench.json"
-    results = _bench().main([
+    results = main([
         "--sections", "a,b,d", "--smollm2", "none", "--out", str(out),
+        "--data_dir", str(data_dir), "--tokenizer", gpt2_tokenizer.name_or_path,
         "--layer_dim", "32", "--tokens", "16", "--layer_batch", "2", "--r", "4",
         "--repeats", "1", "--warmup", "0", "--infer_repeats", "1",
         "--gptneo_shaped", "--neo_hidden", "32", "--neo_heads", "2", "--neo_layers", "1",
-        "--step_batch", "1", "--step_seq", "8", "--step_repeats", "1", "--step_warmup", "0",
-        "--methods", "knowhira,peft-hira",
+        "--step_batch", "2", "--step_data", "boolq", "--step_records", "4", "--cutoff_len", "48",
+        "--step_repeats", "1", "--step_warmup", "0", "--methods", "knowhira,peft-hira",
         "--svd_layers", "1", "--neo_total_layers", "3"])
     saved = json.loads(out.read_text())
-    assert set(saved["layer"]["median_s"]) == {"fused-knowhira", "fused-hira", "peft-hira",
-                                                "peft-lora", "fft", "frozen"}
-    assert set(saved["step"]["gptneo_shaped"]["median_s"]) == {"knowhira", "peft-hira"}
+    assert {"meta", "layer", "step", "svd", "checks"} <= set(saved)
+    layer = saved["layer"]["median_s"]
+    assert set(layer) == {"fused-knowhira", "fused-hira", "peft-hira", "peft-lora", "fft", "frozen"}
+    assert all(t > 0 for t in layer.values())
+    step = saved["step"]["gptneo_shaped"]
+    assert set(step["median_s"]) == {"knowhira", "peft-hira"}
+    assert all(t > 0 for t in step["median_s"].values()) and step["tokens"] > 0
+    assert step["step_kind"]["knowhira"].startswith("recipe: training.loop.Trainer.train_step")
+    assert step["step_kind"]["peft-hira"].startswith("HF mean loss, peft HiRA")
+    assert step["data"]["records"] == {"boolq": 4}
     assert saved["svd"]["gptneo_shaped"]["EXTRAPOLATED_3_layers_s"] > 0
     assert [c["check"] for c in results["checks"]][:2] == [
         "Layer (a): fused KnowHiRA / fft", "Layer (a): fused KnowHiRA / peft HiRA"]

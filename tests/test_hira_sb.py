@@ -7,11 +7,16 @@ import torch
 
 from conftest import tiny_model
 from data.commonsense import load_task_split
-from data.tokenize import IGNORE_INDEX, Collator, tokenize_record
-from models.adapter import AdapterConfig, add_adapters, adapter_layers, count_trainable
+from data.tokenize import Collator, tokenize_record
+from models.adapter import adapter_layers, count_trainable
 from models.hadamard import _is_conv1d, base_weight
-from models.hira_sb import (accumulate_full_gradients, hira_sb_initialise, sb_factors, sb_solve_r)
+from models.hira_sb import (accumulate_full_gradients, hira_sb_initialise, sb_factors, sb_layers,
+                            sb_solve_r)
+from models.methods import build
+from models.methods.hira import HiRAConfig
+from models.methods.hira_sb import HiRASBConfig, HiRASBLinear
 from training.loop import task_loss_sum
+from utils.batching import IGNORE_INDEX
 
 TARGETS = {"gpt2": ["c_attn", "mlp.c_proj"], "llama": ["q_proj", "down_proj"],
            "gpt_neo": ["q_proj", "v_proj"]}
@@ -56,8 +61,9 @@ def sb_model(arch, r=4, scale=1.0, seed=0, double=True):
     if double:
         base = base.double()
     model = copy.deepcopy(base)
-    add_adapters(model, AdapterConfig(peft_type="hira_sb", r=r, target_modules=TARGETS[arch],
-                                      scale=scale))
+    build(model, HiRASBConfig(r_ab=r, target_modules=TARGETS[arch], hira_scale=scale))
+    assert sb_layers(model) == adapter_layers(model)
+    assert all(type(m) is HiRASBLinear for m in sb_layers(model).values())
     if double:
         model = model.double()
     return base, model
@@ -167,6 +173,11 @@ def test_gradient_pass_cleans_up_on_error(batches):
         assert not layer._forward_hooks and not layer.merged
     with pytest.raises(ValueError, match="no batches"):
         accumulate_full_gradients(model, [], normalised_loss(batches))
+    # sb_layers picks the layers with a core R: a HiRA model (M = I) has none
+    hira = build(tiny_model("gpt_neo"), HiRAConfig(r_ab=4, target_modules=TARGETS["gpt_neo"]))
+    assert adapter_layers(hira) and not sb_layers(hira)
+    with pytest.raises(ValueError, match="no hira_sb adapter layers"):
+        accumulate_full_gradients(hira, batches, normalised_loss(batches))
 
 
 # ---- c. the factors are the truncated SVD of H = W0 ⊙ G ----------------------------------------

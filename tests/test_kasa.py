@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 from models.hadamard import base_weight
-from models.kasa import KASA_TENSORS, KaSALinear
+from models.methods.kasa import KASA_TENSORS, KaSAConfig, KaSALinear
 
 from conftest import tiny_model
 
@@ -32,10 +32,15 @@ def linear(out_f, in_f, dtype=torch.float64, seed=0):
     return nn.Linear(in_f, out_f).to(dtype)
 
 
+def kasa(base, r, compute_svd=True, **kw):
+    """KaSALinear(base, KaSAConfig(r_ab=r, **kw)) (kw: kasa_alpha, adapter_dropout, ...)."""
+    return KaSALinear(base, KaSAConfig(r_ab=r, **kw), compute_svd=compute_svd)
+
+
 def make_layer(base, r=4, seed=1, nonzero=True, std=1.0, **kw):
     """A KaSALinear in the base's dtype; with `nonzero` the factors are N(0, std²) (ΔU ≠ 0)."""
     torch.manual_seed(seed)
-    layer = KaSALinear(base, r, **kw).to(base.weight.dtype)
+    layer = kasa(base, r, **kw).to(base.weight.dtype)
     if nonzero:
         with torch.no_grad():
             layer.kasa_dU.normal_(std=std)
@@ -56,7 +61,7 @@ def test_truncated_weight_has_rank_min_minus_r(which):
     out_f, in_f = w0.shape
     r = 4
     k = min(out_f, in_f) - r
-    layer = KaSALinear(base, r)
+    layer = kasa(base, r)
     w_trunc = base_weight(layer.base)
     assert layer.base_truncated and w_trunc.dtype == torch.float64
     u, s, vh = torch.linalg.svd(w0, full_matrices=False)
@@ -84,7 +89,7 @@ def test_truncated_weight_has_rank_min_minus_r(which):
 def test_truncation_fp32_and_restore_base():
     base = linear(20, 12, dtype=torch.float32)
     w0 = base.weight.detach().clone()
-    layer = KaSALinear(base, 3)
+    layer = kasa(base, 3)
     s_trunc = torch.linalg.svdvals(base.weight.double())
     assert s_trunc[9:].max().item() < 1e-5 * s_trunc[0].item()  # 12 - 3 = 9 kept, fp32 rounding
     layer.restore_base()  # W0 = W0' + U_r S_r V_rᵀ, up to fp32 rounding
@@ -111,7 +116,7 @@ def test_step0_equals_truncated_base(which):
 @pytest.mark.parametrize("alpha", [16.0, 3.0])
 def test_forward_equals_closed_form(which, alpha):
     base = BASES[which]()
-    layer = make_layer(base, r=4, alpha=alpha)
+    layer = make_layer(base, r=4, kasa_alpha=alpha)
     w_trunc = base_weight(layer.base).detach()
     u, v, s = layer.kasa_dU.detach(), layer.kasa_dV.detach(), layer.kasa_dS.detach()
     dw = (alpha / 4) * u @ torch.diag(s) @ v.t()  # ΔW = (α/r) ΔU diag(Δσ) ΔVᵀ
@@ -124,7 +129,7 @@ def test_forward_equals_closed_form(which, alpha):
 
 
 def test_dropout_acts_on_adapter_path_only():
-    layer = make_layer(linear(20, 12), dropout=0.5)
+    layer = make_layer(linear(20, 12), adapter_dropout=0.5)
     x = torch.randn(4, 12, dtype=torch.float64)
     layer.eval()
     ref = layer.base(x) + x @ layer.delta_weight().t()
@@ -138,7 +143,7 @@ def test_dropout_acts_on_adapter_path_only():
 
 def test_dv_kaiming_bound_uses_fan_in_of_in_features():
     torch.manual_seed(0)
-    layer = KaSALinear(nn.Linear(400, 300), r=8)
+    layer = kasa(nn.Linear(400, 300), r=8)
     bound = 1 / math.sqrt(400)  # nn.Linear(in, r): U(-1/√in, 1/√in)
     dv = layer.kasa_dV
     assert dv.shape == (400, 8)
@@ -238,7 +243,7 @@ def test_rebuild_from_buffers(which):
     pretrained = BASES[which]().float()
     first = make_layer(copy.deepcopy(pretrained))
     fresh = copy.deepcopy(pretrained)
-    second = KaSALinear(fresh, first.r, alpha=first.alpha, compute_svd=False)
+    second = kasa(fresh, first.r, kasa_alpha=first.alpha, compute_svd=False)
     assert not second.base_truncated
     assert torch.equal(fresh.weight, pretrained.weight)  # no SVD, base untouched
     assert all(torch.count_nonzero(getattr(second, n)) == 0 for n in KASA_TENSORS[3:])
@@ -279,14 +284,18 @@ def test_merge_unmerge(which):
 @pytest.mark.parametrize("shape,r", [((20, 12), 12), ((12, 20), 12), ((12, 20), 30)])
 def test_rank_too_large(shape, r):
     with pytest.raises(ValueError, match=rf"r={r}.*{shape[0]}x{shape[1]}"):
-        KaSALinear(linear(*shape), r)
+        kasa(linear(*shape), r)
 
 
 def test_rank_too_large_conv1d_and_bad_args():
     with pytest.raises(ValueError, match="144x48"):
-        KaSALinear(gpt2_c_attn(), 48)
-    KaSALinear(linear(20, 12), 11)  # r = min - 1 keeps one component: allowed
-    with pytest.raises(ValueError, match="positive"):
-        KaSALinear(linear(20, 12), 0)
-    with pytest.raises(ValueError, match="dropout"):
-        KaSALinear(linear(20, 12), 2, dropout=1.0)
+        kasa(gpt2_c_attn(), 48)
+    kasa(linear(20, 12), 11)  # r = min - 1 keeps one component: allowed
+    # the config's own checks (they ran in the layer before the redesign)
+    with pytest.raises(ValueError, match="r_ab: must be > 0"):
+        KaSAConfig(r_ab=0)
+    with pytest.raises(ValueError, match=r"adapter_dropout: must be in \[0, 1\)"):
+        KaSAConfig(r_ab=2, adapter_dropout=1.0)
+    for name in ("kasa_beta", "kasa_gamma"):
+        with pytest.raises(ValueError, match=f"{name}: must be >= 0"):
+            KaSAConfig(**{name: -1e-3})

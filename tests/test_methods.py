@@ -1,14 +1,21 @@
-"""Every method behind `--peft_type` (models/methods.py), on tiny RANDOMLY INITIALISED Llama and
-GPT-Neo models: trainable-parameter counts against closed-form formulas, step-0 outputs, one
-optimiser step touches only trainable tensors, save -> load round trips, merge for export, and a
-CLI smoke (train + evaluate; four methods by default, all eight with KNOWHIRA_TEST_CLI_ALL=1).
+"""Every method of the registry (models/methods/), on tiny RANDOMLY INITIALISED Llama and GPT-Neo
+models: trainable-parameter counts against closed-form formulas, step-0 outputs, one optimiser step
+touches only trainable tensors, the methods' regularisers, save -> load round trips, merge for
+export, the configs' checks, and a CLI smoke (train + evaluate; four methods by default, all eight
+with KNOWHIRA_TEST_CLI_ALL=1).
 
-Configs are built exactly as the CLI builds them: train_knowhira.parse_args + method_configs.
+Configs are built exactly as the CLI builds them: train_knowhira.build_parser + train_values ->
+training.recipe.TrainRecipe.from_values (the recipe's .method and .method_cfg); the model is built,
+initialised (HiRA-SB), saved and regularised through that method's own operations.
 """
 import json
+import math
 import os
 import subprocess
 import sys
+import time
+import traceback
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -20,10 +27,16 @@ from transformers import AutoModelForCausalLM
 
 import train_knowhira
 from conftest import tiny_model
-from models.adapter import (ADAPTER_WEIGHTS, PEFT_TYPES, adapter_layers, count_trainable,
-                            export_merged)
-from models.hira_sb import hira_sb_initialise
-from models.methods import METHODS, PEFT_LIBRARY, build, load_trained
+from data.options import DataOptions
+from models.adapter import (ADAPTER_WEIGHTS, adapter_layers, count_trainable, export_merged,
+                            read_adapter_config)
+from models.get_models import ModelOptions, default_targets
+from models.methods import REGISTRY, AdapterMethod, Regularizer, build, get_method, method_of, register
+from models.methods.hira import HiRAConfig, ortho_loss
+from models.methods.knowhira import KnowHiRAConfig
+from models.methods.peft_lib import PeftMethod
+from training.loop import LoopConfig
+from training.recipe import RunOptions, TrainRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 R = 4
@@ -35,7 +48,10 @@ TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"],
 # peft's TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING, written out independently
 IA3_FEEDFORWARD = {"llama": {"down_proj"}, "gpt_neo": {"c_proj"}}
 ARCHS = list(TARGETS)
-OURS = [m for m in METHODS if m in PEFT_TYPES]  # knowhira, hira, hira_sb, kasa
+BUILTIN = ("knowhira", "hira", "hira_sb", "kasa", "lora", "dora", "ia3", "fft")
+METHODS = list(REGISTRY)
+OURS = [m for m in METHODS if isinstance(REGISTRY[m], AdapterMethod)]  # knowhira, hira, hira_sb, kasa
+PEFT_LIBRARY = [m for m in METHODS if isinstance(REGISTRY[m], PeftMethod)]  # lora, dora, ia3
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -46,9 +62,11 @@ def base_model(arch, seed=0):
     return tiny_model(arch, seed=seed, vocab_size=VOCAB)
 
 
-def cli_args(method, targets, *extra):
-    return train_knowhira.parse_args(["--peft_type", method, "--r_ab", str(R),
-                                      "--target_modules", ",".join(targets), *extra])
+def cli_recipe(*argv):
+    """The TrainRecipe that `python train_knowhira.py ARGV` trains (train_knowhira.main's steps up
+    to TrainRecipe.from_values; nothing is loaded)."""
+    parser = train_knowhira.build_parser()
+    return TrainRecipe.from_values(train_knowhira.train_values(vars(parser.parse_args(list(argv))), parser))
 
 
 def ce_loss(model, ids=IDS):
@@ -56,22 +74,21 @@ def ce_loss(model, ids=IDS):
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
-def sb_init(model, eta):
-    """HiRA-SB's initialiser on two tiny batches (token-mean CE over both)."""
-    batches = [IDS[:1], IDS[1:]]
-    return hira_sb_initialise(model, batches, lambda m, b: ce_loss(m, b) / len(batches), eta=eta)
-
-
 def make(method, arch, *extra, sb_eta=1e-2, seed=0):
-    """(model, save_fn, regulariser) for `method` on tiny_model(arch), configured as the CLI does;
-    hira_sb is initialised (B, A from the gradient, R for step size sb_eta) unless sb_eta is None."""
-    model = base_model(arch, seed=seed)
-    adapter_cfg, peft_cfg = train_knowhira.method_configs(cli_args(method, TARGETS[arch], *extra),
-                                                          model.config.model_type)
-    model, save, reg = build(model, method, adapter_cfg, peft_cfg)
+    """(model, recipe) for `method` on tiny_model(arch), configured as the CLI does and built by the
+    method; hira_sb is initialised by the method's `initialise` (B, A from the gradient of two tiny
+    batches, R for step size --sb_eta) unless sb_eta is None."""
+    argv = ["--peft_type", method, "--r_ab", str(R), "--target_modules", ",".join(TARGETS[arch]), *extra]
     if method == "hira_sb" and sb_eta is not None:
-        sb_init(model, sb_eta)
-    return model, save, reg
+        argv += ["--sb_eta", str(sb_eta)]
+    recipe = cli_recipe(*argv)
+    model = recipe.method.build(base_model(arch, seed=seed), recipe.method_cfg)
+    if recipe.method.init_batches(recipe.method_cfg) and sb_eta is not None:
+        batches = [IDS[:1], IDS[1:]]  # token-mean CE over both
+        message = recipe.method.initialise(model, recipe.method_cfg, batches,
+                                           lambda m, b: ce_loss(m, b) / len(batches))
+        assert message.startswith("HiRA-SB init: mean relative residual")
+    return model, recipe
 
 
 def target_shapes(model, targets):
@@ -115,7 +132,7 @@ def perturb(model, seed=1, std=0.05):
 
 def truncated_base(arch, targets, r=R):
     """tiny_model(arch) with each target weight replaced by its SVD truncation that drops the r
-    smallest singular components (fp64 SVD here, independent of models/kasa.py)."""
+    smallest singular components (fp64 SVD here, independent of models/methods/kasa.py)."""
     model = base_model(arch)
     with torch.no_grad():
         for n, m in model.named_modules():
@@ -126,11 +143,85 @@ def truncated_base(arch, targets, r=R):
     return model
 
 
+# ---- 0. the registry and the configs -----------------------------------------------------------
+def test_registry_maps_names_and_config_classes():
+    assert set(BUILTIN) <= set(METHODS)
+    assert set(OURS) == {"knowhira", "hira", "hira_sb", "kasa"}
+    assert set(PEFT_LIBRARY) == {"lora", "dora", "ia3"}
+    for name in BUILTIN:
+        method = get_method(name)
+        assert method.name == name and REGISTRY[name] is method
+        assert method_of(method.config_cls()) is method  # found from the config's exact class
+    assert len({m.config_cls for m in REGISTRY.values()}) == len(REGISTRY)
+    with pytest.raises(ValueError, match="unknown method 'lora2'"):
+        get_method("lora2")
+    with pytest.raises(ValueError, match="already registered"):
+        register(type(get_method("hira"))())
+    with pytest.raises(ValueError, match="config of no registered method"):
+        build(base_model("llama"), object())
+    # a recipe whose config is another method's (before the redesign: AdapterConfig(peft_type=...))
+    with pytest.raises(ValueError, match="HiRAConfig is not the config of knowhira"):
+        TrainRecipe(ModelOptions(), HiRAConfig(), DataOptions(), LoopConfig(), RunOptions(), "knowhira")
+    assert type(cli_recipe("--peft_type", "hira").method_cfg) is HiRAConfig
+
+
+# every float option of every method's config, with the flags of the command line
+FLOAT_FIELDS = {"knowhira": {"adapter_dropout", "hira_scale", "ortho_lambda", "knowledge_alpha", "g_init",
+                             "svd_rank_ratio", "spectrum_init_scale"},
+                "hira": {"adapter_dropout", "hira_scale", "ortho_lambda"},
+                "hira_sb": {"adapter_dropout", "hira_scale", "sb_eta"},
+                "kasa": {"adapter_dropout", "kasa_alpha", "kasa_beta", "kasa_gamma"},
+                "lora": {"adapter_dropout", "lora_alpha"}, "dora": {"adapter_dropout", "lora_alpha"},
+                "ia3": set(), "fft": set()}
+
+
+@pytest.mark.parametrize("method", BUILTIN)
+def test_every_config_rejects_non_finite_floats(method):
+    """NaN and ±inf are refused by every float option, in Python (the dataclass) and on the command
+    line (a one-line argparse error, exit 2); finite values of the same options are accepted."""
+    cls = get_method(method).config_cls
+    floats = {f.name for f in fields(cls) if f.type in (float, "float")}
+    assert floats == FLOAT_FIELDS[method]
+    for name in sorted(floats):
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ValueError, match=rf"^{name}: must be a finite number, got {bad}"):
+                cls(**{name: bad})
+        for text in ("nan", "inf", "-inf"):
+            with pytest.raises(SystemExit) as e:
+                cli_recipe("--peft_type", method, f"--{name}={text}")
+            assert e.value.code == 2
+        value = getattr(cls(), name)
+        assert getattr(cls(**{name: value}), name) == value and math.isfinite(value)
+
+
+def test_init_ab_accepts_the_original_pair_form():
+    """'kaiming,zero' (the original project's 'A init,B init') is 'kaiming'; B must start at zero."""
+    assert KnowHiRAConfig(init_ab="kaiming,zero") == KnowHiRAConfig(init_ab="kaiming")
+    assert KnowHiRAConfig(init_ab="kaiming,zero").init_ab == "kaiming"
+    assert KnowHiRAConfig(init_ab="spectrum, zero") == KnowHiRAConfig()
+    with pytest.raises(ValueError, match="^init_ab: B must start at zero.*'gauss'"):
+        KnowHiRAConfig(init_ab="kaiming,gauss")
+    with pytest.raises(ValueError, match="^init_ab: must be one of spectrum, kaiming"):
+        KnowHiRAConfig(init_ab="xavier,zero")
+    assert cli_recipe("--init_ab", "kaiming,zero").method_cfg == cli_recipe("--init_ab", "kaiming").method_cfg
+    with pytest.raises(SystemExit):
+        cli_recipe("--init_ab", "kaiming,gauss")
+    # the built adapters agree: Kaiming A (not scaled by the spectrum), B = 0
+    a = {}
+    for text in ("kaiming,zero", "kaiming", "spectrum"):  # same seed: tiny_model seeds the RNG
+        model, _ = make("knowhira", "llama", "--init_ab", text)
+        a[text] = {n: m.hira_A.detach().clone() for n, m in adapter_layers(model).items()}
+        assert all(torch.count_nonzero(m.hira_B) == 0 for m in adapter_layers(model).values())
+    assert a["kaiming,zero"].keys() == a["kaiming"].keys() == a["spectrum"].keys()
+    assert all(torch.equal(a["kaiming,zero"][n], a["kaiming"][n]) for n in a["kaiming"])
+    assert not any(torch.equal(a["spectrum"][n], a["kaiming"][n]) for n in a["kaiming"])
+
+
 # ---- 1. trainable-parameter counts -------------------------------------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", METHODS)
 def test_trainable_count_equals_formula(method, arch):
-    model, _, _ = make(method, arch)
+    model, _ = make(method, arch)
     assert count_trainable(model) == expected_trainable(method, arch, TARGETS[arch])
     if method == "hira_sb":  # after the initialiser only R trains
         assert {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad} \
@@ -139,7 +230,7 @@ def test_trainable_count_equals_formula(method, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_knowhira_without_gating_count(arch):
-    model, _, _ = make("knowhira", arch, "--no-adaptive_gating")
+    model, _ = make("knowhira", arch, "--no-adaptive_gating")
     assert count_trainable(model) == expected_trainable("knowhira", arch, TARGETS[arch], gating=False)
 
 
@@ -147,14 +238,16 @@ def test_ia3_gpt2_default_targets_scale_mlp_c_proj_input():
     """GPT-2's default targets (c_attn, c_fc, mlp.c_proj; Conv1D layers): peft's IA3 mapping names
     "mlp.c_proj" as GPT-2's feed-forward module, so its IA3 vector scales the INPUT (192 = 4·48)."""
     model = base_model("gpt2")
-    args = train_knowhira.parse_args(["--peft_type", "ia3"])
-    _, peft_cfg = train_knowhira.method_configs(args, "gpt2")
+    recipe = cli_recipe("--peft_type", "ia3")
+    assert recipe.method_cfg.target_modules is None  # the architecture's defaults, at build time
+    peft_cfg = recipe.method.peft_config(recipe.method_cfg, default_targets("gpt2"), "gpt2")
     assert set(peft_cfg.feedforward_modules) == {"mlp.c_proj"}
     conv = {n: m.weight.shape for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
     expected = sum(shape[0] if n.endswith("mlp.c_proj") else shape[1]  # Conv1D weight: in x out
                    for n, shape in conv.items() if n.rsplit(".", 1)[-1] in ("c_attn", "c_fc")
                    or n.endswith("mlp.c_proj"))
-    model, _, _ = build(model, "ia3", None, peft_cfg)
+    model = recipe.method.build(model, recipe.method_cfg)
+    assert set(model.peft_config["default"].feedforward_modules) == {"mlp.c_proj"}
     assert count_trainable(model) == expected == 2 * (144 + 192 + 192)
 
 
@@ -165,7 +258,7 @@ def test_step0_equals_base_exactly(method, arch):
     """B = 0 (HiRA family; LoRA; DoRA with magnitude = ||W||), R = 0 (HiRA-SB before init), IA3
     vectors = 1, FFT untouched: the logits are BIT-IDENTICAL (torch.equal) to the base model's."""
     ref = logits(base_model(arch))
-    model, _, _ = make(method, arch, sb_eta=None)
+    model, _ = make(method, arch, sb_eta=None)
     assert torch.equal(logits(model), ref)
 
 
@@ -173,12 +266,12 @@ def test_step0_equals_base_exactly(method, arch):
 def test_step0_hira_sb_after_init(arch):
     """After hira_sb_initialise: η = 0 gives R = 0 and exactly the base logits; η > 0 does not."""
     ref = logits(base_model(arch))
-    model, _, _ = make("hira_sb", arch, sb_eta=0.0)
+    model, _ = make("hira_sb", arch, sb_eta=0.0)
     layers = adapter_layers(model).values()
     assert all(torch.count_nonzero(m.hira_R) == 0 for m in layers)
     assert all(m.hira_B.abs().sum() > 0 and m.hira_A.abs().sum() > 0 for m in layers)
     assert torch.equal(logits(model), ref)
-    moved, _, _ = make("hira_sb", arch, sb_eta=1e-1)
+    moved, _ = make("hira_sb", arch, sb_eta=1e-1)
     assert (logits(moved) - ref).abs().max() > 1e-4
 
 
@@ -187,7 +280,7 @@ def test_step0_kasa_equals_truncated_base(arch):
     """KaSA starts as the TRUNCATED base (ΔU = 0): allclose (atol 1e-6; the module subtracts the
     dropped fp32-SVD components, the reference keeps the top fp64-SVD components) to the reference,
     and clearly different from the untruncated base."""
-    model, _, _ = make("kasa", arch)
+    model, _ = make("kasa", arch)
     got = logits(model)
     trunc = logits(truncated_base(arch, TARGETS[arch]))
     torch.testing.assert_close(got, trunc, atol=1e-6, rtol=0)
@@ -198,15 +291,16 @@ def test_step0_kasa_equals_truncated_base(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_changes_only_trainable_tensors(method, arch):
-    model, _, reg = make(method, arch)
+    model, recipe = make(method, arch)
+    reg = recipe.method.regularizer(recipe.method_cfg)  # what TrainRecipe.trainer() hands the loop
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     before = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     loss = ce_loss(model)
     if reg is not None:
-        fn, weight = reg
-        loss = loss + weight * fn(model)
+        assert isinstance(reg, Regularizer)
+        loss = loss + reg.weight * reg.fn(model)
     loss.backward()
     opt.step()
     after = model.state_dict()
@@ -228,7 +322,7 @@ def test_one_step_changes_only_trainable_tensors(method, arch):
 
 def test_hira_sb_factors_stay_fixed_over_steps():
     """hira_sb_initialise, then 3 AdamW steps (weight decay on): B and A bit-identical, R moves."""
-    model, _, _ = make("hira_sb", "llama", sb_eta=1e-2)
+    model, _ = make("hira_sb", "llama", sb_eta=1e-2)
     layers = adapter_layers(model)
     b0 = {n: m.hira_B.detach().clone() for n, m in layers.items()}
     a0 = {n: m.hira_A.detach().clone() for n, m in layers.items()}
@@ -243,22 +337,54 @@ def test_hira_sb_factors_stay_fixed_over_steps():
         assert not torch.equal(m.hira_R, r0[n])
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_regularizer_of_every_method(method):
+    """The loop's L = L_task + weight · fn(model): hira / knowhira λ_ortho · mean-layer L_ortho
+    (none at --ortho_lambda 0), kasa Σ_layers β Σ Δσ² + γ (‖ΔUᵀΔU − I‖_F + ‖ΔVᵀΔV − I‖_F) with
+    weight 1, nothing for hira_sb (A, B fixed) and the peft methods and fft."""
+    extra = {"hira": ["--ortho_lambda", "0.25"], "knowhira": ["--ortho_lambda", "0.25"],
+             "kasa": ["--kasa_beta", "0.3", "--kasa_gamma", "0.7"]}.get(method, [])
+    model, recipe = make(method, "llama", *extra, sb_eta=None)
+    perturb(model)
+    reg = recipe.method.regularizer(recipe.method_cfg)
+    layers = adapter_layers(model).values()
+    if method in ("hira", "knowhira"):
+        assert reg.weight == 0.25 and reg.fn is ortho_loss
+        ref = torch.stack([m.ortho_loss() for m in layers]).mean()
+        torch.testing.assert_close(reg.fn(model), ref, rtol=0, atol=0)
+        assert recipe.method.regularizer(cli_recipe("--peft_type", method, "--ortho_lambda", "0")
+                                         .method_cfg) is None
+    elif method == "kasa":
+        assert reg.weight == 1.0
+        ref = sum(0.3 * (m.kasa_dS ** 2).sum()
+                  + 0.7 * (torch.linalg.matrix_norm(m.kasa_dU.t() @ m.kasa_dU - torch.eye(R))
+                           + torch.linalg.matrix_norm(m.kasa_dV.t() @ m.kasa_dV - torch.eye(R)))
+                  for m in layers)
+        torch.testing.assert_close(reg.fn(model), ref, rtol=1e-6, atol=0)
+    else:
+        assert reg is None
+
+
 # ---- 4. save -> load round trip ----------------------------------------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", METHODS)
 def test_save_load_round_trip(method, arch, tmp_path):
-    model, save, _ = make(method, arch)
+    model, recipe = make(method, arch)
     perturb(model)
     ref = logits(model)
     assert (ref - logits(base_model(arch))).abs().max() > 1e-4  # the adapter is non-trivial
-    save(model, tmp_path)
-    loaded = load_trained(base_model(arch), method, tmp_path).eval()
+    recipe.save(model, tmp_path)  # the save the training loop calls (best/, final/)
+    loaded = get_method(method).load(base_model(arch), tmp_path).eval()
     torch.testing.assert_close(logits(loaded), ref, atol=1e-6, rtol=0)
-    if method in PEFT_TYPES:
+    if method in OURS:
+        saved_cfg = read_adapter_config(tmp_path)
+        assert saved_cfg == {"peft_type": method, **asdict(recipe.method_cfg)}
+        assert recipe.method.config_from_saved(saved_cfg) == recipe.method_cfg
         saved = load_file(str(tmp_path / ADAPTER_WEIGHTS))
         for name, layer in adapter_layers(loaded).items():
             src = adapter_layers(model)[name]
             keys = [k.rsplit(".", 1)[-1] for k in saved if k.rsplit(".", 1)[0] == name]
+            assert set(keys) == {*layer.saved_tensors, "w0_fro"}
             for key in keys:
                 if key != "w0_fro":
                     assert torch.equal(getattr(layer, key), getattr(src, key)), (name, key)
@@ -272,7 +398,7 @@ def test_save_load_round_trip(method, arch, tmp_path):
 @pytest.mark.parametrize("method", OURS)
 def test_export_merged_equals_adapted(method, arch, tmp_path):
     """Our methods: export_merged -> plain AutoModelForCausalLM.from_pretrained (atol 1e-5)."""
-    model, _, _ = make(method, arch)
+    model, _ = make(method, arch)
     perturb(model)
     ref = logits(model)
     export_merged(model, None, tmp_path)
@@ -283,15 +409,18 @@ def test_export_merged_equals_adapted(method, arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", PEFT_LIBRARY)
-def test_peft_merge_and_unload(method, arch):
-    """lora / dora / ia3: peft's merge_and_unload gives a plain transformers model (atol 1e-5)."""
-    model, _, _ = make(method, arch)
+@pytest.mark.parametrize("method", METHODS)
+def test_merge_and_unload(method, arch):
+    """Every method's merge_and_unload (what evaluation's --merge uses; peft's own for lora / dora /
+    ia3) gives a plain transformers model computing the adapted logits (atol 1e-5)."""
+    model, recipe = make(method, arch)
     perturb(model)
     ref = logits(model)
-    merged = model.merge_and_unload()
+    merged = recipe.method.merge_and_unload(model)
     assert type(merged) is type(base_model(arch))
-    assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())
+    assert not adapter_layers(merged)
+    assert not any("lora_" in n or "ia3_" in n or "hira_" in n or "kasa_" in n
+                   for n, _ in merged.named_parameters())
     torch.testing.assert_close(logits(merged), ref, atol=1e-5, rtol=0)
 
 
@@ -302,43 +431,33 @@ CLI_TARGETS = ["q_proj", "v_proj", "c_fc"]
 # representative four run (KnowHiRA, HiRA-SB, KaSA, LoRA); KNOWHIRA_TEST_CLI_ALL=1 runs all eight.
 CLI_METHODS = METHODS if os.environ.get("KNOWHIRA_TEST_CLI_ALL") == "1" else \
     ("knowhira", "hira_sb", "kasa", "lora")
-# One fresh interpreter (imports paid once) runs train_knowhira.main(argv) for every command line;
-# for hira_sb it then repeats the CLI's HiRA-SB initialisation (same process, same thread count, so
-# bit-identical) and stores the initial B, A and R for comparison with the trained adapter.
-DRIVER = r'''
-import json, sys, time, traceback
-t0 = time.time()
-import torch
-from safetensors.torch import save_file
-import train_knowhira as T
+# One fresh interpreter (imports paid once) runs train_knowhira.main(argv) for every command line
+# (`_cli_driver`: this file run as a script); for hira_sb it then runs the CLI's setup again for the
+# same command line (TrainRecipe.setup: load, tokenize, build, initialise; same process, same thread
+# count, so bit-identical) and stores the initial B, A and R for comparison with the trained adapter.
+def _sb_init_state(argv, out) -> int:
+    """The adapter tensors the CLI's training of `argv` starts from."""
+    from safetensors.torch import save_file
 
-def sb_init_state(argv, out):
-    from data.commonsense import load_train_data, split_validation
-    from models.adapter import adapter_layers
-    from models.get_models import load_base_model
-    from models.methods import build
-    args = T.parse_args(argv)
-    train_records, _ = split_validation(load_train_data(args.data_dir, args.dataset), args.val_size, seed=42)
-    torch.manual_seed(args.seed)
-    model, tok = load_base_model(args.model_name, args.gguf_file, args.load_bit)
-    adapter_cfg, peft_cfg = T.method_configs(args, model.config.model_type)
-    feats = T.tokenize_all(tok, train_records, args, "train")
-    model, _, _ = build(model, args.peft_type, adapter_cfg, peft_cfg)
-    T.hira_sb_init(model, tok, feats, args, torch.device("cpu"))
-    save_file({f"{n}.{k}": getattr(m, k).detach().contiguous() for n, m in adapter_layers(model).items()
-               for k in ("hira_A", "hira_B", "hira_R")}, out)
+    recipe = cli_recipe(*argv).setup()
+    save_file({f"{n}.{k}": getattr(m, k).detach().contiguous() for n, m in adapter_layers(recipe.model).items()
+               for k in m.saved_tensors}, out)
     return 0
 
-calls, status = json.loads(sys.argv[1]), {}
-for name, kind, argv in calls:
-    try:
-        status[name] = T.main(argv) if kind == "main" else sb_init_state(argv, kind)
-    except BaseException as e:
-        traceback.print_exc()
-        status[name] = f"{type(e).__name__}: {e}"
-    print(f"=== {name}: {status[name]} ({time.time() - t0:.1f} s)", flush=True)
-json.dump(status, open(sys.argv[2], "w"))
-'''
+
+def _cli_driver(calls_json: str, status_path: str) -> int:
+    """[(name, kind, argv)]: kind "main" -> train_knowhira.main(argv), else _sb_init_state(argv, kind);
+    each call's exit status (or error) goes to the JSON file `status_path`."""
+    t0, status = time.time(), {}
+    for name, kind, argv in json.loads(calls_json):
+        try:
+            status[name] = train_knowhira.main(argv) if kind == "main" else _sb_init_state(argv, kind)
+        except BaseException as e:
+            traceback.print_exc()
+            status[name] = f"{type(e).__name__}: {e}"
+        print(f"=== {name}: {status[name]} ({time.time() - t0:.1f} s)", flush=True)
+    Path(status_path).write_text(json.dumps(status))
+    return 0
 
 
 def _env_dir(var):
@@ -387,11 +506,11 @@ def cli_background(request, tmp_path_factory):
                                             "--data_dir", str(data_dir), "--max_examples", "4",
                                             "--eval_mode", "loglik", "--eval_batch", "4"]))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     with open(out / "console.txt", "w") as log:  # a file, not a pipe: nobody reads it meanwhile
-        proc = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(calls),
-                                 str(out / "status.json")], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, __file__, json.dumps(calls), str(out / "status.json")],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     yield {"proc": proc, "out": out, "runs": runs}
     if proc.poll() is None:  # the module ended early (e.g. -x): do not leave it running
         proc.kill()
@@ -446,3 +565,6 @@ def test_cli_hira_sb_keeps_b_and_a_fixed(cli_runs):
         else:
             assert not torch.equal(final[key], value), key
 
+
+if __name__ == "__main__":  # the CLI driver of `cli_background` (a fresh interpreter)
+    sys.exit(_cli_driver(sys.argv[1], sys.argv[2]))

@@ -5,10 +5,13 @@ cleanly before anything is written, and a diverging run stops keeping its last g
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 import train_knowhira
+from data.options import DataOptions
+from models.get_models import ModelOptions
+from models.methods.knowhira import KnowHiRAConfig
 from training.checkpoint import FAULT_ENV
+from training.loop import LoopConfig
+from training.recipe import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_knowhira.py"
@@ -24,6 +32,11 @@ TARGETS = "q_proj,v_proj,out_proj,c_fc,c_proj"
 R = 4
 STEPS = 10
 TIMEOUT = 300
+
+
+def run_option_names() -> set[str]:
+    """Fields of the model, data, loop and run option groups (every training run's args.json)."""
+    return {f.name for cls in (ModelOptions, DataOptions, LoopConfig, RunOptions) for f in fields(cls)}
 
 
 def cli_env(**extra):
@@ -161,11 +174,19 @@ def test_run_dir_contents(runs, tiny_neo_dir):
     assert saved["trainable_params"] == layers * sum(R * (i + o) + R for i, o in shapes) == 4648
     assert saved["n_train"] == 76 and saved["n_val"] == 4  # 40 boolq + 40 openbookqa - 4 held out
     assert saved["r_ab"] == R and saved["target_modules"] == TARGETS.split(",")
+    # args.json: the model/data/loop/run options, only the chosen method's config fields, and counts
+    assert saved.keys() == {*run_option_names(), "peft_type", *asdict(KnowHiRAConfig()),
+                            "trainable_params", "n_train", "n_val"}
+    assert saved["peft_type"] == "knowhira" and saved["resume"] is None and saved["run_name"] == "A"
+    assert "kasa_alpha" not in saved and "lora_alpha" not in saved and "sb_eta" not in saved
     for sub in ("best", "final"):
         assert sorted(p.name for p in (run / sub).iterdir()) == \
             ["adapter_config.json", "adapter_model.safetensors"]
         adapter_cfg = json.loads((run / sub / "adapter_config.json").read_text())
-        assert adapter_cfg["r"] == R and adapter_cfg["target_modules"] == TARGETS.split(",")
+        # {"peft_type": name, **the method's config fields} (r_ab, not the layer's r)
+        assert adapter_cfg == {"peft_type": "knowhira",
+                               **{k: saved[k] for k in asdict(KnowHiRAConfig())}}
+        assert adapter_cfg["r_ab"] == R and adapter_cfg["target_modules"] == TARGETS.split(",")
     weights = load_file(str(run / "final" / "adapter_model.safetensors"))
     assert sum(v.numel() for k, v in weights.items()
                if k.rsplit(".", 1)[-1] in ("hira_A", "hira_B", "gate")) == 4648
@@ -223,7 +244,7 @@ BAD = {
     "empty_file": ("[]", "boolq", [], ["no records", "train.json"]),
     "unknown_task": (None, "mix:boolq,nosuchtask", [], ["nosuchtask", "known tasks"]),
     "missing_data_dir": ("missing", "boolq", [], ["does not exist", "no_such_folder"]),
-    "r_ab_zero": (None, "mix:boolq,openbookqa", ["--r_ab", "0"], ["--r_ab", "positive"]),
+    "r_ab_zero": (None, "mix:boolq,openbookqa", ["--r_ab", "0"], ["--r_ab", "must be > 0, got 0"]),
     "svd_rank_ratio": (None, "mix:boolq,openbookqa", ["--svd_rank_ratio", "1.5"],
                        ["--svd_rank_ratio", "1.5", "(0, 1]"]),
     "knowledge_alpha": (None, "mix:boolq,openbookqa", ["--knowledge_alpha", "2"],
@@ -311,3 +332,173 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, ti
     assert len(load_file(str(ckpt / "trainable.safetensors"))) == 30  # A, B, gate x 10 layers
     assert not list(run.rglob("*.tmp"))
     assert not (run / "final").exists()  # no adapter is published from a diverged run
+
+
+# ---- the redesigned command line: modes, method flags, --epoch, parse-time checks, --resume ----
+def tiny_train_args(model_dir, data_dir, out, *extra):
+    """A few-second in-process run: boolq only (40 records, 4 held out -> 36), batch 12 -> 3 steps
+    per epoch; no validation, checkpoints only at the end."""
+    return ["--model_name", model_dir, "--data_dir", data_dir, "--dataset", "boolq", "--val_size", 4,
+            "--cutoff_len", 128, "--batch", 12, "--r_ab", R, "--target_modules", TARGETS, "--lr", "1e-2",
+            "--seed", 3, "--eval_strategy", "no", "--save_steps", 1000, "--output_folder", out, *extra]
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def threads1():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_neo_dir, small_data_dir):
+    """A finished 2-step KnowHiRA run (in-process), to evaluate and to copy for resuming."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("tiny_run")
+        assert train_knowhira.main([str(a) for a in tiny_train_args(
+            tiny_neo_dir, small_data_dir, out, "--max_steps", 2, "--run_name", "tiny")]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return out / "tiny"
+
+
+@pytest.mark.parametrize("epoch,steps", [("3.0", 9), ("0.5", 2)])  # 3 steps/epoch; ceil(0.5 x 3) = 2
+def test_fractional_epoch(epoch, steps, tmp_path, capsys, tiny_neo_dir, small_data_dir, threads1):
+    out = tmp_path / "out"
+    rc, err = run_main(tiny_train_args(tiny_neo_dir, small_data_dir, out, "--epoch", epoch), capsys)
+    assert rc == 0, err
+    (run,) = out.iterdir()  # the default run name: {method}_{model}_lr{lr}_s{seed}_{time}-{pid}
+    assert re.fullmatch(rf"knowhira_{re.escape(tiny_neo_dir.name)}_lr0\.01_s3_\d{{8}}-\d{{6}}-{os.getpid()}",
+                        run.name), run.name
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["epoch"] == float(epoch) and saved["max_steps"] == -1 and saved["n_train"] == 36
+    log = read_log(run)
+    assert [r["step"] for r in log] == list(range(1, steps + 1))
+    assert [r["epoch"] for r in log] == pytest.approx([s / 3 for s in range(1, steps + 1)])
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == steps
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{steps:06d}"
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_eval_mode_rejects_a_training_flag(tiny_run, data_dir, tmp_path, capsys):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    rc, err = run_main(["--ckpt", tiny_run, "--dataset", "boolq", "--data_dir", data_dir, "--lr", "1e-3",
+                        "--results_dir", tmp_path / "res"], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert "error" in line and "--lr" in line and "training flag" in line
+    assert not (tmp_path / "res").exists() and sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+@pytest.mark.parametrize("flag", [["--model_name", "gpt2"], ["--load_bit", "16"], ["--gguf_file", "x.gguf"]])
+def test_eval_mode_model_flags_only_for_zero_shot(flag, tiny_run, capsys):
+    rc, err = run_main(["--ckpt", tiny_run, "--dataset", "boolq", *flag], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert flag[0] in line and "--ckpt none" in line
+
+
+def test_eval_mode_batch_is_the_eval_batch(tiny_run, data_dir, tmp_path, capsys, threads1):
+    res = tmp_path / "res"
+    rc, err = run_main(["--ckpt", tiny_run, "--dataset", "boolq", "--eval_strategy", "no", "--batch", 8,
+                        "--data_dir", data_dir, "--max_examples", 10, "--max_new_tokens", 4,
+                        "--results_dir", res], capsys)
+    assert rc == 0, err
+    results = json.loads((res / "results.json").read_text())
+    assert list(results["tasks"]) == ["boolq"]
+    assert results["tasks"]["boolq"]["batch_size"] == 8 and results["tasks"]["boolq"]["n"] == 10
+    assert results["meta"]["method"] == "knowhira" and results["meta"]["r_ab"] == R
+    assert len((res / "eval" / "boolq.jsonl").read_text().splitlines()) == 10
+
+
+@pytest.mark.parametrize("flag", [["--max_examples", "4"], ["--eval_mode", "loglik"], ["--eval_batch", "8"],
+                                  ["--max_new_tokens", "4"], ["--beam_size", "2"], ["--results_dir", "x"]])
+def test_training_mode_rejects_an_evaluation_flag(flag, tmp_path, capsys, tiny_neo_dir, small_data_dir):
+    out = tmp_path / "out"
+    rc, err = run_main(tiny_train_args(tiny_neo_dir, small_data_dir, out, "--max_steps", 1, *flag), capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert flag[0] in line and "evaluation flag" in line
+    assert not out.exists()
+
+
+def test_a_flag_of_another_method_is_noted_and_ignored(tmp_path, capsys, tiny_neo_dir, small_data_dir,
+                                                       threads1):
+    out = tmp_path / "out"
+    rc, err = run_main(tiny_train_args(tiny_neo_dir, small_data_dir, out, "--max_steps", 2, "--run_name", "lora",
+                                       "--peft_type", "lora", "--knowledge_alpha", "0.7"), capsys)
+    assert rc == 0, err
+    assert "note: --knowledge_alpha not used by lora; ignored" in err.splitlines()
+    run = out / "lora"
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["peft_type"] == "lora" and saved["lora_alpha"] == 16.0 and saved["r_ab"] == R
+    assert "knowledge_alpha" not in saved and "ortho_lambda" not in saved
+    assert [r["step"] for r in read_log(run)] == [1, 2]
+    assert all(r["loss_reg"] == 0.0 for r in read_log(run))  # LoRA has no regulariser
+    peft_cfg = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert peft_cfg["peft_type"] == "LORA" and peft_cfg["r"] == R  # peft's own format
+
+
+@pytest.mark.parametrize("flag,needle", [
+    (["--lr", "nan"], "argument --lr: must be a finite number"),
+    (["--g_init", "inf"], "argument --g_init: must be a finite number"),
+    (["--epoch=-inf"], "argument --epoch: must be a finite number"),
+    (["--epoch", "0"], "argument --epoch: must be > 0"),
+    (["--target_modules", "re:(q_proj"], "argument --target_modules: invalid regex '(q_proj'"),
+    (["--target_modules", "re:"], "argument --target_modules: empty regex"),
+])
+def test_bad_value_is_a_one_line_parse_error(flag, needle, tmp_path, capsys, tiny_neo_dir, small_data_dir):
+    out = tmp_path / "out"
+    rc, err = run_main(tiny_train_args(tiny_neo_dir, small_data_dir, out, "--max_steps", 1, *flag), capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert "error" in line and needle in line, line
+    assert not out.exists()  # no run folder
+
+
+def copy_run(run, tmp_path):
+    """A copy of a finished run to resume (resume takes the folder from the path it is given)."""
+    dst = tmp_path / "runs" / run.name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_resume_rejects_a_configuration_flag(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc, err = run_main(["--resume", run, "--lr", "1"], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert "--lr" in line and "cannot change in a resumed run" in line and "args.json" in line
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files  # nothing touched
+
+
+def test_resume_with_more_max_steps_continues(tiny_run, tmp_path, capsys, threads1):
+    run = copy_run(tiny_run, tmp_path)
+    rc = train_knowhira.main(["--resume", str(run), "--max_steps", "5"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "note: resuming with --max_steps 5 (the run had 2)" in printed.err.splitlines()
+    assert "resumed from" in printed.out and "step_000002" in printed.out
+    log = read_log(run)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["max_steps"] == 5 and saved["run_name"] == run.name
+    assert saved["output_folder"] == str(run.parent)
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 5
+    assert (run / "checkpoints" / "latest").read_text() == "step_000005"
+    # steps 1-2 are the original run's, unchanged
+    ref = read_log(tiny_run)
+    assert [r["loss_task"] for r in log[:2]] == [r["loss_task"] for r in ref]
+    a = load_file(str(tiny_run / "final" / "adapter_model.safetensors"))
+    b = load_file(str(run / "final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a if k.endswith("hira_A"))

@@ -91,8 +91,7 @@ class TrainRecipe:
         records = load_train_data(self.data.data_dir, self.data.dataset)
         train_records, val_records = split_validation(records, self.data.val_size, seed=42)
         torch.manual_seed(self.loop.seed)
-        m = self.model_opts
-        self.model, self.tokenizer = load_base_model(m.model_name, m.gguf_file, m.load_bit, m.enable_grad_ckpt)
+        self.model, self.tokenizer = load_base_model(**asdict(self.model_opts))
         self.model.to(self.accelerator.device)  # so the SVDs below run on the accelerator
 
         def tokenize(recs, desc):

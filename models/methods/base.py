@@ -19,13 +19,21 @@ from models import adapter as io
 from utils.options import Options, in_range, option, positive
 
 
+# characters of a regex that no module name has (names are identifiers, digits and dots)
+_REGEX_CHARS = frozenset("\\^$*+?()[]{}|")
+
+
 def parse_targets(text: str):
     """'q_proj,v_proj' -> list of suffixes; 'all-linear'; 're:<regex>' -> the regex (compiled here,
-    so a bad one is a one-line error at parse time)."""
+    so a bad one is a one-line error at parse time).
+
+    The parsed regex is stored without 're:' (adapter_config.json, args.json, and so in runs made
+    before the redesign), and a stored value is parsed again when it is read back; so text with a
+    regex character that no module name can hold is that regex too, and parsing is idempotent."""
     if text == "all-linear":
         return text
-    if text.startswith("re:"):
-        pattern = text[3:]
+    if text.startswith("re:") or _REGEX_CHARS & set(text):
+        pattern = text[3:] if text.startswith("re:") else text
         if not pattern:
             raise ValueError("empty regex after 're:'")
         try:

@@ -1,0 +1,190 @@
+"""The benchmark's flags and section dispatch: `python -m scripts.bench [flags]` calls main()."""
+import argparse
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import scripts.bench as package
+from scripts.bench.common import DEFAULT_SMOLLM2, DTYPES, SMOLLM2_TARGETS, load_smollm2, pick_device
+from scripts.bench.step import STEP_METHODS
+from scripts.bench.targets import target_checks
+
+
+def parse_args(argv=None):
+    from data.options import DEFAULT_DATA_DIR
+
+    p = argparse.ArgumentParser(prog="python -m scripts.bench",
+                                description=package.__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--sections", default="a,b,c,d,e", help="comma list of a,b,c,d,e")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="device of (a), (d), (e); (b)/(c) train where the recipe does (the GPU if any)")
+    p.add_argument("--out", default="bench_results.json", help="JSON file for all results")
+    p.add_argument("--smollm2", default=DEFAULT_SMOLLM2,
+                   help="SmolLM2 GGUF file (or HF folder), env KNOWHIRA_SMOLLM2_GGUF; 'none' skips "
+                        "what needs it")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
+                   help="LLM-Adapters data folder, env KNOWHIRA_DATA_DIR: (b)/(c) train on its "
+                        "<task>/train.json records, (e) reads boolq/test.json")
+    p.add_argument("--r", type=int, default=32)
+    g = p.add_argument_group("(a) layer")
+    g.add_argument("--layer_dim", type=int, default=1024, help="in = out features")
+    g.add_argument("--layer_in", type=int, default=None, help="override in features")
+    g.add_argument("--layer_out", type=int, default=None, help="override out features")
+    g.add_argument("--tokens", type=int, default=2048, help="tokens = layer_batch x seq")
+    g.add_argument("--layer_batch", type=int, default=4)
+    g.add_argument("--layer_dtype", default="fp32", choices=list(DTYPES))
+    g.add_argument("--repeats", type=int, default=10)
+    g.add_argument("--warmup", type=int, default=2)
+    g.add_argument("--infer_repeats", type=int, default=50,
+                   help="repeats of the decode-shaped (1 token) forward")
+    g = p.add_argument_group("(b)/(c) training step (the recipe's Trainer.train_step)")
+    g.add_argument("--methods", default=",".join(STEP_METHODS))
+    g.add_argument("--targets", default=SMOLLM2_TARGETS, help="SmolLM2 targets")
+    g.add_argument("--dtype", default="auto", choices=["auto"] + list(DTYPES),
+                   help="model dtype for (b)/(c) (the recipe's --load_bit: fp32 -> 32, bf16/fp16 -> "
+                        "16); auto = fp32 on cpu, bf16 on cuda")
+    g.add_argument("--step_batch", type=int, default=4, help="the recipe's --batch")
+    g.add_argument("--cutoff_len", "--step_seq", dest="cutoff_len", type=int, default=256,
+                   help="the recipe's --cutoff_len: records are as long as they are, up to this")
+    g.add_argument("--step_data", default="boolq,openbookqa",
+                   help="tasks whose train.json records (b)/(c) train on (the recipe's mix:...)")
+    g.add_argument("--step_records", type=int, default=64,
+                   help="first records taken of each --step_data task")
+    g.add_argument("--step_repeats", type=int, default=5)
+    g.add_argument("--step_warmup", type=int, default=1)
+    g.add_argument("--mem_steps", type=int, default=2, help="(c) steps per child (1st allocates AdamW)")
+    g.add_argument("--child_timeout", type=float, default=1800)
+    g.add_argument("--gptneo_shaped", action="store_true",
+                   help="also run (b)/(c) on a random GPT-Neo-1.3B-shaped model with --neo_layers")
+    g.add_argument("--tokenizer", default=os.environ.get("KNOWHIRA_TOKENIZER_DIR"),
+                   help="GPT-2 tokenizer folder for the GPT-Neo-shaped model, env KNOWHIRA_TOKENIZER_DIR")
+    g.add_argument("--peak_tflops", type=float, default=790.0,
+                   help="GPU bf16 dense peak for the utilisation share (issue: ~790 on H100/H200)")
+    g = p.add_argument_group("GPT-Neo-1.3B shapes ((b), (c), (d))")
+    g.add_argument("--neo_hidden", type=int, default=2048)
+    g.add_argument("--neo_ffn", type=int, default=None, help="(d) only; default 4 x hidden")
+    g.add_argument("--neo_heads", type=int, default=16)
+    g.add_argument("--neo_layers", type=int, default=2, help="layers of the (b)/(c) model")
+    g.add_argument("--neo_total_layers", type=int, default=24, help="(d) extrapolation target")
+    g = p.add_argument_group("(d) singular values")
+    g.add_argument("--svd_layers", type=int, default=4, help="GPT-Neo-shaped layers measured")
+    g.add_argument("--svd_repeats", type=int, default=1)
+    g = p.add_argument_group("(e) evaluation")
+    g.add_argument("--eval_n", type=int, default=32)
+    g.add_argument("--gen_tokens", type=int, default=32, help="max_new_tokens (protocol default)")
+    g.add_argument("--eval_batches", default="1,16")
+    g.add_argument("--eval_methods", default="base,knowhira")
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = set(args.sections) - set("abcde")
+    if bad:
+        p.error(f"unknown sections {sorted(bad)}; choose from a,b,c,d,e")
+    if args.tokens % args.layer_batch:
+        p.error("--tokens must be a multiple of --layer_batch")
+    if args.step_repeats < 1 or args.step_warmup < 0 or args.step_records < args.step_batch:
+        p.error("need --step_repeats >= 1, --step_warmup >= 0, --step_records >= --step_batch")
+    return args
+
+
+def train_sections(args, results: dict, smol, tok, save) -> None:
+    """(b) and (c): one temporary folder holds the records and the model folders both load."""
+    from data.commonsense import DataError
+    from scripts.bench.memory import MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, bench_memory_model
+    from scripts.bench.step import bench_step_model, prepare_data, prepare_models, recipe_device
+
+    if args.device == "cpu" and recipe_device().type == "cuda":
+        print("note: (b)/(c) run on the GPU: the recipe's Accelerator takes it when there is one")
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        try:
+            data = prepare_data(args, Path(tmp) / "data")
+        except DataError as e:
+            print(f"(b)/(c) skipped: they train on real records: {e}")
+            return
+        models = prepare_models(args, smol, tok, Path(tmp) / "models")
+        runs = Path(tmp) / "runs"
+        if "b" in args.sections:
+            results["step"] = {}
+            for kind, model in models.items():
+                results["step"][kind] = bench_step_model(args, kind, model, data, runs)
+                if "layers" in model:
+                    results["step"][kind]["layers"] = model["layers"]
+                gc.collect()
+                save()
+        if "c" in args.sections:
+            results["memory"] = {}
+            for kind, model in models.items():
+                results["memory"][kind] = bench_memory_model(args, kind, model, data, runs)
+                save()
+            print("  method: " + (MEMORY_METHOD_CUDA if recipe_device().type == "cuda"
+                                  else MEMORY_METHOD_CPU))
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    meta = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "host": platform.node(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args),
+            "loadavg_start": os.getloadavg()}
+    if device.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(device)
+    print(f"bench: device {device}{' (' + meta.get('gpu', '') + ')' if 'gpu' in meta else ''}, "
+          f"torch {torch.__version__}, {meta['threads']} threads, load average "
+          f"{meta['loadavg_start'][0]:.2f}")
+    results: dict = {"meta": meta}
+
+    def save():
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+
+    if "a" in args.sections:
+        from scripts.bench.layer import bench_layer
+
+        results["layer"] = bench_layer(args, device)
+        save()
+
+    need_smol = any(s in args.sections for s in "bcde")
+    smol, tok = load_smollm2(args.smollm2, device) if need_smol else (None, None)
+
+    if "b" in args.sections or "c" in args.sections:
+        train_sections(args, results, smol, tok, save)
+
+    if "d" in args.sections:
+        from scripts.bench.svd import bench_svd
+
+        results["svd"] = bench_svd(args, device, smol)
+        save()
+
+    if "e" in args.sections:
+        from data.commonsense import task_file
+
+        if smol is None or not task_file(args.data_dir, "boolq", "test").is_file():
+            print(f"(e) skipped: needs SmolLM2 and {task_file(args.data_dir, 'boolq', 'test')}")
+        else:
+            from scripts.bench.evaluation import bench_eval
+
+            results["eval"] = bench_eval(args, device, smol, tok)
+            save()
+
+    results["checks"] = target_checks(results)
+    results["meta"]["loadavg_end"] = os.getloadavg()
+    print("\n== target checks (issue)")
+    for c in results["checks"]:
+        print(f"{c['result']}  {c['check']} = {c['value']:.3g} (target {c['op']} {c['limit']}): "
+              f"{c['detail']}")
+    if not results["checks"]:
+        print("(none of the checked sections ran)")
+    print(f"\nload average at start {meta['loadavg_start'][0]:.2f}, at end "
+          f"{results['meta']['loadavg_end'][0]:.2f} on {meta['cpus']} cpus"
+          + (": the machine was busy, timings are indicative" if device.type == "cpu" and
+             max(meta['loadavg_start'][0], results['meta']['loadavg_end'][0]) > 0.5 * (meta['cpus'] or 1)
+             else ""))
+    save()
+    print(f"wrote {args.out}")
+    return results
