@@ -87,9 +87,9 @@ def read_run(run_dir: Path) -> dict:
     args_path = run_dir / "args.json"
     if not args_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no args.json (not a run folder)")
-    from models.methods import saved_dir_of
+    from utils.runs import read_json, saved_dir_of
 
-    saved = json.loads(args_path.read_text())
+    saved = read_json(args_path)
     trained = saved_dir_of(run_dir)
     if not trained.is_dir():
         raise FileNotFoundError(f"{run_dir}: no trained adapter (best/ or final/)")

@@ -12,7 +12,6 @@ flags from its config in models/methods/). A flag the chosen mode does not use i
 method flag the chosen method does not use is reported and ignored.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from models.get_models import ModelOptions
 from models.methods import REGISTRY
 from training.recipe import TRAIN_GROUPS, TrainRecipe, default_run_name
 from utils.options import add_arguments, defaults_of
+from utils.runs import run_args
 
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
@@ -82,12 +82,7 @@ def resume_values(given: dict, parser) -> dict:
     """The run's saved values, with the flags that may change safely applied (and printed)."""
     run_dir = Path(given["resume"])
     args_file = run_dir / "args.json"
-    if not args_file.is_file():
-        raise FileNotFoundError(f"--resume {run_dir}: no args.json there (not a run folder)")
-    try:
-        saved = json.loads(args_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{args_file}: not valid JSON ({e})") from None
+    saved = run_args(run_dir, "--resume")
     others = sorted(set(given) - {"resume", *RESUME_SAFE})
     if others:
         parser.error(f"--resume takes its configuration from {args_file}; {', '.join('--' + o for o in others)} "

@@ -7,7 +7,6 @@ module selects the layers and adds what is computed the same way for every metho
 """
 from analysis.adapter_stats import pearson
 from models.methods import get_method
-from models.methods.base import LayerDelta  # noqa: F401  (re-exported for the analysis)
 
 
 def layer_modules(model, method: str, targets=None) -> dict:

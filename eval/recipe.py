@@ -3,7 +3,6 @@ model zero-shot, merged to plain weights, evaluated task by task into results.js
 
     EvalRecipe(EvalOptions(ckpt="runs/RUN"), data_dir=..., tasks="all").run()
 """
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +50,8 @@ class EvalRecipe:
         from accelerate import PartialState
 
         from models.get_models import load_base_model
-        from models.methods import get_method, saved_dir_of
+        from models.methods import get_method
+        from utils.runs import run_args, saved_dir_of
 
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.tasks, missing = eval_tasks(self.tasks_spec, self.data_dir)
@@ -66,13 +66,7 @@ class EvalRecipe:
             self.out_dir = Path(self.opts.results_dir or Path(self.output_folder) / f"zeroshot_{Path(name).name}")
         else:
             run_dir = Path(self.opts.ckpt)
-            args_file = run_dir / "args.json"
-            if not args_file.is_file():
-                raise FileNotFoundError(f"--ckpt {run_dir}: no args.json there (not a run folder)")
-            try:
-                saved = json.loads(args_file.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{args_file}: not valid JSON ({e})") from None
+            saved = run_args(run_dir, "--ckpt")
             adapter_dir = saved_dir_of(run_dir)
             if not adapter_dir.is_dir():
                 raise FileNotFoundError(f"{run_dir} has no trained adapter (best/ or final/)")

@@ -23,7 +23,7 @@ from models.methods.hira import ortho_loss
 from models.methods.knowhira import KnowHiRAConfig
 from training.checkpoint import latest_checkpoint
 from training.logger import read_log
-from training.loop import LoopConfig, NonFiniteLoss, epoch_order, task_loss_sum, train
+from training.loop import LoopConfig, NonFiniteLoss, Trainer, epoch_order, task_loss_sum, train
 
 TARGETS = ["q_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 CUTOFF = 128
@@ -296,3 +296,34 @@ def test_early_stopping(tmp_path, features, gpt2_tokenizer, monkeypatch, patienc
         assert torch.equal(best[k], at_best[k])
     final = load_file(str(tmp_path / "final" / "adapter_model.safetensors"))
     assert any(not torch.equal(final[k], best[k]) for k in a_keys) == (best_step != stop_step)
+
+
+# ---- the Trainer object: one step at a time equals run(); fractional epochs round up ----------
+def test_trainer_train_step_equals_run(tmp_path, features, gpt2_tokenizer):
+    def trainer(run_dir, **kw):
+        model, cfg = adapted_neo()
+        method = method_of(cfg)
+        settings = {"batch": 2, "lr": 1e-2, "save_steps": 1000, "eval_strategy": "no", "max_steps": 3, **kw}
+        return Trainer(Accelerator(cpu=True), model, gpt2_tokenizer, features[:8], [], LoopConfig(**settings),
+                       run_dir, lambda m, d, write: method.save(m, cfg, d, write), method.regularizer(cfg))
+
+    t = trainer(tmp_path / "steps")
+    assert (t.steps_per_epoch, t.total_steps, t.step, t.reg_weight) == (4, 3, 0, 1e-3)
+    outs = [t.train_step() for _ in range(3)]
+    assert t.step == 3 and not (tmp_path / "steps").exists()  # train_step writes nothing
+    assert all(o.keys() == {"epoch", "loss_task", "loss_reg", "lr", "grad_norm", "tokens"} for o in outs)
+    assert [o["epoch"] for o in outs] == [0.25, 0.5, 0.75]
+    assert all(o["loss_reg"] > 0 and o["tokens"] > 0 for o in outs)
+
+    result = trainer(tmp_path / "run").run()  # the same model, data and settings through run()
+    log = read_log(tmp_path / "run")
+    assert result.steps == 3 and [r["step"] for r in log] == [1, 2, 3]
+    for o, r in zip(outs, log):
+        assert (o["loss_task"], o["loss_reg"], o["lr"]) == (r["loss_task"], r["loss_reg"], r["lr"])
+
+    # --epoch is a float: total steps = ceil(epoch x steps per epoch) (4 steps per epoch here)
+    for epoch, total in [(0.5, 2), (1.1, 5), (3.0, 12), (0.01, 1)]:
+        assert trainer(tmp_path / "e", max_steps=-1, epoch=epoch).total_steps == total
+    assert trainer(tmp_path / "e", max_steps=7, epoch=0.5).total_steps == 7  # --max_steps > 0 overrides
+    with pytest.raises(ValueError, match="fewer than one effective batch"):
+        trainer(tmp_path / "e", batch=3, grad_acc=3)

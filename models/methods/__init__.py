@@ -5,8 +5,7 @@ add a method"). Everything else asks the registry:
     method = get_method("knowhira"); cfg = method.config_cls(r_ab=32, ...)
     model = build(model, cfg)            # the method is found from the config's class
 """
-from models.methods.base import (AdapterMethod, Method, MethodConfig, Regularizer,  # noqa: F401
-                                 saved_dir_of)
+from models.methods.base import AdapterMethod, Method, MethodConfig, Regularizer  # noqa: F401
 
 REGISTRY: dict[str, Method] = {}
 

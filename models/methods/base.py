@@ -9,7 +9,6 @@ Shared option groups (one definition each; a method's config inherits the ones i
 """
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, ClassVar, NamedTuple
 
 import torch
@@ -192,9 +191,3 @@ class AdapterMethod(Method):
         # adapter_config.json of runs made before the redesign used the layer's own names
         renamed = {"r": "r_ab", "scale": "hira_scale", "dropout": "adapter_dropout"}
         return super().config_from_saved({renamed.get(k, k): v for k, v in values.items()})
-
-
-def saved_dir_of(run_dir) -> Path:
-    """best/ if the run kept one, else final/."""
-    run_dir = Path(run_dir)
-    return run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "final"

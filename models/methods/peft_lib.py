@@ -31,7 +31,8 @@ class IA3MethodConfig(TargetsConfig):
 class PeftMethod(Method):
     """Shared by lora, dora and ia3: peft builds, saves, loads and merges."""
 
-    def peft_config(self, cfg, model_type: str):
+    def peft_config(self, cfg, targets, model_type: str):
+        """peft's config for `cfg` on the resolved `targets` of a `model_type` model (what build passes)."""
         raise NotImplementedError
 
     def build(self, model, cfg):

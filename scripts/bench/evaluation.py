@@ -39,13 +39,15 @@ def bench_eval(args, device, smollm2, tokenizer) -> dict:
         elif method != "base":
             raise ValueError(f"unknown eval method {method!r} (base, knowhira)")
         model.eval()
-        runs = {
-            "generate": lambda ps, b: generate_answers(model, tokenizer, ps, batch_size=b,
-                                                       max_new_tokens=args.gen_tokens,
-                                                       show_progress=False),
-            "loglik": lambda ps, b: score_candidates(model, tokenizer, ps, candidates,
-                                                     batch_size=b, show_progress=False),
-        }
+
+        def generate(ps, b, model=model):
+            return generate_answers(model, tokenizer, ps, batch_size=b, max_new_tokens=args.gen_tokens,
+                                    show_progress=False)
+
+        def loglik(ps, b, model=model):
+            return score_candidates(model, tokenizer, ps, candidates, batch_size=b, show_progress=False)
+
+        runs = {"generate": generate, "loglik": loglik}
         out = {}
         for mode, fn in runs.items():
             fn(prompts[:2], 2)  # warm-up

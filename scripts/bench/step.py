@@ -16,6 +16,7 @@ weights with the GPT-2 tokenizer from --tokenizer) and every method loads that f
 import gc
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from scripts.bench.common import (FLOP_FORMULA, LORA_ALPHA, load_bit, matmul_par
 
 STEP_METHODS = ("knowhira", "hira", "peft-hira", "lora", "fft")
 PEFT_HIRA = "peft-hira"
-RECIPE_STEP = "recipe: training.loop.Trainer.train_step (token-normalised loss + regulariser, clip, AdamW, scheduler)"
+RECIPE_STEP = ("recipe: training.loop.Trainer.train_step (token-normalised loss + regulariser, clip, AdamW, "
+               "scheduler)")
 PEFT_HIRA_STEP = ("HF mean loss, peft HiRA: model(**batch).loss + backward + AdamW step, no clipping, "
                   "no scheduler (peft's HiRA is not a registered method, so the recipe cannot build it)")
 
@@ -148,7 +150,8 @@ class RecipeStep:
 
         self.recipe = TrainRecipe.from_values(values).setup()
         self.trainer = self.recipe.trainer()
-        self.device, self.n_trainable, self.tokens = self.recipe.accelerator.device, self.recipe.n_trainable, []
+        self.device, self.n_trainable = self.recipe.accelerator.device, self.recipe.n_trainable
+        self.tokens: list[int] = []
         self.dtype = str(self.recipe.model.dtype)
 
     def __call__(self) -> None:
@@ -174,7 +177,7 @@ class PeftHiraStep:
                           LoopConfig.from_values(values))
         train, _ = split_validation(load_train_data(d.data_dir, d.dataset), d.val_size, seed=42)
         torch.manual_seed(self.cfg.seed)
-        model, tokenizer = load_base_model(m.model_name, m.gguf_file, m.load_bit, m.enable_grad_ckpt)
+        model, tokenizer = load_base_model(**asdict(m))
         self.device = recipe_device()
         self.features = [tokenize_record(tokenizer, r, d.cutoff_len, d.train_on_inputs) for r in train]
         self.collate = Collator(tokenizer)
