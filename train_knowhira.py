@@ -25,7 +25,7 @@ from utils.runs import run_args
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
 EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "dataset", "data_dir", "seed", "batch",
-               "eval_strategy", "output_folder")
+               "eval_strategy", "output_folder", "protocol")
 # flags that may change when a run is resumed (printed; everything else comes from args.json)
 RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
                "keep_checkpoints")
@@ -110,7 +110,7 @@ def eval_recipe(given: dict, parser) -> EvalRecipe:
     shared.update({k: v for k, v in given.items() if k in EVAL_SHARED})
     return EvalRecipe(EvalOptions(**values), tasks=shared["dataset"], data_dir=shared["data_dir"],
                       seed=shared["seed"], base=ModelOptions.from_values(shared),
-                      output_folder=shared["output_folder"])
+                      output_folder=shared["output_folder"], protocol=given.get("protocol"))
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 import os
 from dataclasses import dataclass
 
+from data.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from utils.options import Options, non_negative, option, positive
 
 DEFAULT_DATA_DIR = os.environ.get("KNOWHIRA_DATA_DIR", "data/commonsense")
@@ -14,5 +15,9 @@ class DataOptions(Options):
     data_dir: str = option(DEFAULT_DATA_DIR, "folder with <task>/{train,test}.json (env KNOWHIRA_DATA_DIR)")
     cutoff_len: int = option(256, "maximum tokens of prompt + response (the prompt is cut from the left)",
                              check=positive)
-    train_on_inputs: bool = option(False, "also put loss on the prompt")
+    protocol: str = option(DEFAULT_PROTOCOL, "prompts, tokenisation, masking, decoding and answer extraction, "
+                           "for training and evaluation (README 'Protocols'); evaluation: default the run's",
+                           choices=tuple(PROTOCOLS))
+    train_on_inputs: bool | None = option(None, "also put loss on the prompt (default: the protocol's; on "
+                                          "for llm_adapters)")
     val_size: int = option(120, "held-out validation examples (seed 42)", check=non_negative)

@@ -207,3 +207,30 @@ def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
+
+
+def answer_slot(protocol: Protocol, tokenizer, record: dict, cutoff_len: int) -> tuple[int, list[int], int] | None:
+    """Where a training example's answer is decided, for the validation accuracy: (position t whose
+    logits predict the answer token, the token each offered answer word puts at t + 1, index of the
+    gold word), or None when the record's answer words or gold answer are unknown.
+
+    Each offered word w is put in the record's output in place of the gold one and tokenised as the
+    protocol tokenises training examples; t + 1 is the first token index at which any of them differs
+    from the gold example. For the commonsense vocabularies (true/false, answer1..5, solution1/2,
+    option1/2, ending1..4) the words differ in exactly that one token, so comparing the logits there
+    ranks the whole answers with one forward of the gold example.
+    """
+    from data.choices import answer_words
+
+    words, gold = answer_words(record), record.get("answer")
+    if not words or gold not in words or gold not in record["output"]:
+        return None
+    ids = [protocol.train_example(tokenizer, {**record, "output": record["output"].replace(gold, w)},
+                                  cutoff_len, False)["input_ids"] for w in words]
+    gold_ids = ids[words.index(gold)]
+    diverge = [next((k for k, (a, b) in enumerate(zip(c, gold_ids)) if a != b), None) for c in ids]
+    points = [d for d in diverge if d is not None]
+    if not points:
+        return None
+    d = min(points)
+    return d - 1, [c[d] for c in ids], words.index(gold)

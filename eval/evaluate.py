@@ -2,14 +2,18 @@
 
 Files written under `out_dir` (rank 0 only, each atomically: temp file + os.replace):
     eval/<task>.jsonl   one line per evaluated example, in test-file order:
-                        generate: {"id", "prediction", "extracted", "gold", "correct"}
+                        generate: {"id", "prediction", "extracted", "gold", "correct"} (prediction:
+                                  the protocol's post-processed answer text)
                         loglik:   {"id", "choices", "scores", "extracted", "gold", "correct"}
+                        cloze:    {"id", "choices", "scores", "extracted", "pred_norm", "gold", "correct",
+                                  "correct_norm"} (choices: the choice texts; eval/cloze.py)
     results.json        {"meta": {...}, "tasks": {task: result}} via update_results_json
 
 Example ids are indices into the task's test file. With max_examples=N a fixed, seeded subset is
 evaluated: the first N of torch.randperm(len(records), Generator(seed)), sorted back to file
 order, so the same N and seed always give the same questions whatever the batch size or world
-size. Accuracy counts an unparseable generation (no answer word) as wrong.
+size. Accuracy counts an unparseable generation (no answer word) as wrong. The protocol
+(data/protocols.py) gives the prompt, the post-processing, the extraction and the gold answer.
 """
 import json
 import time
@@ -17,16 +21,16 @@ from pathlib import Path
 
 import torch
 
-from data.prompt import generate_prompt
+from data.protocols import Protocol
 from data.tasks import ANSWER_WORDS, resolve_task
-from eval.choices import record_choices
-from eval.extract import extract_answer
+from data.choices import record_choices
+from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, cloze_rows, parse_record
 from eval.generate import generate_answers
 from eval.loglik import loglik_predict
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
 from utils.atomic import atomic_write_bytes
 
-MODES = ("generate", "loglik")
+MODES = ("generate", "loglik", "cloze")
 
 
 def load_test_records(data_dir, task: str) -> list[dict]:
@@ -75,21 +79,25 @@ def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
 
 
 def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_tokens,
-               beam_size, show_progress) -> list[dict]:
+               beam_size, show_progress, protocol: Protocol) -> list[dict]:
     """Per-example rows for records[ids] (this rank's share)."""
     if not ids:
         return []
+    if mode == "cloze":  # the choice texts as continuations; the protocol's prompt is not used
+        return cloze_rows(model, tokenizer, records, ids, task, batch_size=batch_size,
+                          show_progress=show_progress)
     chosen = [records[i] for i in ids]
-    prompts = [generate_prompt(r["instruction"], r.get("input")) for r in chosen]
+    prompts = [protocol.eval_prompt_ids(tokenizer, r) for r in chosen]
     rows = []
     if mode == "generate":
         texts = generate_answers(model, tokenizer, prompts, batch_size=batch_size,
                                  max_new_tokens=max_new_tokens, beam_size=beam_size,
-                                 show_progress=show_progress)
+                                 show_progress=show_progress,
+                                 decode=lambda p, new: protocol.answer_text(tokenizer, p, new))
         for i, record, text in zip(ids, chosen, texts):
-            extracted = extract_answer(text, task)
+            extracted, gold = protocol.extract(text, task), protocol.gold(record, task)
             rows.append({"id": i, "prediction": text, "extracted": extracted,
-                         "gold": record["answer"], "correct": extracted == record["answer"]})
+                         "gold": gold, "correct": extracted is not None and extracted == gold})
     else:
         choices = [record_choices(r, task) for r in chosen]
         predicted, scores = loglik_predict(model, tokenizer, prompts, choices,
@@ -100,14 +108,25 @@ def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_t
     return rows
 
 
-def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir,
-                  mode: str = "generate", batch_size: int = 8, max_new_tokens: int = 32,
-                  beam_size: int = 1, max_examples: int | None = None, seed: int = 42,
-                  rank: int = 0, world_size: int = 1, show_progress: bool = True) -> dict:
-    """Evaluate `model` on `records` of `task`; write eval/<task>.jsonl (rank 0); return the result.
+def _norm_fields(rows: list[dict]) -> dict:
+    """acc_norm's count, accuracy and 95% Wilson interval (cloze rows)."""
+    correct = sum(row["correct_norm"] for row in rows)
+    low, high = wilson_interval(correct, len(rows))
+    return {"correct_norm": correct, "accuracy_norm": correct / len(rows),
+            "ci95_low_norm": low, "ci95_high_norm": high}
 
-    mode "generate": generate a response, extract the first answer word (eval.extract).
+
+def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, protocol: Protocol,
+                  mode: str, batch_size: int, max_new_tokens: int, beam_size: int,
+                  max_examples: int | None, seed: int, rank: int = 0, world_size: int = 1,
+                  show_progress: bool = True) -> dict:
+    """Evaluate `model` on `records` of `task`; write eval/<task>.jsonl (rank 0); return the result.
+    The options are EvalOptions' (eval/recipe.py) and the protocol's (data/protocols.py).
+
+    mode "generate": generate a response, extract the answer as the protocol does.
     mode "loglik":   pick the offered answer word whose response scores highest (eval.loglik).
+    mode "cloze":    pick the choice whose TEXT scores highest as a continuation, lm-eval style
+                     (eval.cloze); the result adds acc_norm (length-normalised) as accuracy_norm.
     With world_size > 1, rank r evaluates the selected examples r::world_size and the rows are
     gathered on every rank (torch.distributed must be initialised); every rank returns the same
     result, only rank 0 writes.
@@ -120,11 +139,14 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir,
     if not records:
         raise ValueError(f"{task}: no records to evaluate")
     validate_records(records, task)
+    if mode == "cloze":  # every rank checks every record before any runs the model
+        for index, record in enumerate(records):
+            parse_record(record, task, index)
 
     ids = select_ids(len(records), max_examples, seed)
     start = time.perf_counter()
     rows = _run_model(model, tokenizer, records, ids[rank::world_size], task, mode, batch_size,
-                      max_new_tokens, beam_size, show_progress and rank == 0)
+                      max_new_tokens, beam_size, show_progress and rank == 0, protocol)
     rows = _gather_rows(rows, world_size)
     seconds = time.perf_counter() - start
 
@@ -136,12 +158,14 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir,
     result = {
         "task": task,
         "mode": mode,
+        "protocol": CLOZE_PROTOCOL if mode == "cloze" else protocol.name,
         "n": n,
         "n_total": len(records),
         "correct": correct,
         "accuracy": correct / n,
         "ci95_low": low,
         "ci95_high": high,
+        **(_norm_fields(rows) if mode == "cloze" else {}),
         "parse_failures": parse_failures,
         "parse_failure_rate": parse_failures / n,
         "chance_accuracy": chance_accuracy(task, evaluated),

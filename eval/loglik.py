@@ -13,7 +13,7 @@ All (prompt, candidate) pairs are batched together, right-padded (real tokens ke
 import torch
 from tqdm.auto import tqdm
 
-from data.prompt import encode_prompt
+from eval.generate import encoded
 from eval.runtime import eval_mode, model_device
 from utils.batching import pad, pad_token_id
 
@@ -46,13 +46,14 @@ def score_candidates(model, tokenizer, prompts: list[str],
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     per_prompt = _per_prompt_candidates(prompts, candidates)
+    prompts = encoded(tokenizer, prompts)
     pad_id = pad_token_id(tokenizer)
     response_ids: dict[str, list[int]] = {}
 
     # one item per (prompt, candidate): (prompt index, candidate index, prompt ids, response ids)
     items = []
     for i, (prompt, words) in enumerate(zip(prompts, per_prompt)):
-        prompt_ids = encode_prompt(tokenizer, prompt)
+        prompt_ids = prompt
         if not prompt_ids:
             raise ValueError(f"prompt {i} encodes to no tokens; nothing to condition on")
         for j, word in enumerate(words):

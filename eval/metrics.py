@@ -2,7 +2,7 @@
 import math
 from collections import Counter
 
-from eval.choices import record_choices
+from data.choices import record_choices
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

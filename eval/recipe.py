@@ -6,6 +6,7 @@ model zero-shot, merged to plain weights, evaluated task by task into results.js
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data.protocols import DEFAULT_PROTOCOL, get_protocol
 from eval.evaluate import MODES
 from models.get_models import ModelOptions
 from utils.options import Options, option, positive
@@ -17,8 +18,10 @@ class EvalOptions(Options):
     eval_mode: str = option("generate", "generate and extract the answer, or score the candidates",
                             choices=MODES)
     eval_batch: int = option(16, "evaluation batch (--batch in evaluation mode sets it too)", check=positive)
-    max_new_tokens: int = option(32, "generation length", check=positive)
-    beam_size: int = option(1, "beams (1 = greedy)", check=positive)
+    max_new_tokens: int | None = option(None, "generation length (default: the protocol's: 16 hira, 32 "
+                                        "llm_adapters and clean)", check=positive)
+    beam_size: int | None = option(None, "beams (default: the protocol's: 4 hira and llm_adapters, 1 clean)",
+                                   check=positive)
     max_examples: int | None = option(None, "evaluate a fixed seeded subset of N test examples per task",
                                       check=positive)
     results_dir: str | None = option(None, "where evaluation writes (default: the run dir, or "
@@ -40,10 +43,11 @@ class EvalRecipe:
     """Options, then `setup` (tasks, model, merge), then `run` (per task: evaluate, write)."""
 
     def __init__(self, opts: EvalOptions, *, tasks: str, data_dir: str, seed: int, base: ModelOptions,
-                 output_folder: str):
-        """`base`: the model evaluated zero-shot (--ckpt none); a run's own comes from its args.json."""
+                 output_folder: str, protocol: str | None):
+        """`base`: the model evaluated zero-shot (--ckpt none); a run's own comes from its args.json.
+        `protocol`: None = the run's (runs made before protocols existed: clean), zero-shot: the default."""
         self.opts, self.tasks_spec, self.data_dir, self.seed = opts, tasks, data_dir, seed
-        self.base, self.output_folder = base, output_folder
+        self.base, self.output_folder, self.protocol_name = base, output_folder, protocol
 
     def setup(self) -> "EvalRecipe":
         import torch
@@ -61,6 +65,7 @@ class EvalRecipe:
             raise FileNotFoundError(f"no test files for {self.tasks_spec!r} in {self.data_dir}")
         if self.opts.ckpt == "none":
             model, self.tokenizer = load_base_model(**asdict(self.base))
+            trained = {}
             name = self.base.model_name
             self.meta = {"method": "zero-shot", "model_name": name, "trainable_params": 0}
             self.out_dir = Path(self.opts.results_dir or Path(self.output_folder) / f"zeroshot_{Path(name).name}")
@@ -84,9 +89,29 @@ class EvalRecipe:
                          **{f.name: saved.get(f.name) for f in hparams},
                          **{k: saved.get(k) for k in ("lr", "max_steps", "dataset", "seed")}}
             self.out_dir = Path(self.opts.results_dir or run_dir)
+            trained = {"protocol": saved.get("protocol", "clean"), "train_on_inputs": saved.get("train_on_inputs")}
         self.model = model.to(self.state.device).eval()
-        self.meta.update(eval_mode=self.opts.eval_mode, max_examples=self.opts.max_examples)
+        self.protocol = get_protocol(self.protocol_name or trained.get("protocol", DEFAULT_PROTOCOL))
+        self.beam_size = self.opts.beam_size or self.protocol.num_beams
+        self.max_new_tokens = self.opts.max_new_tokens or self.protocol.max_new_tokens
+        self.meta.update(eval_mode=self.opts.eval_mode, max_examples=self.opts.max_examples,
+                         protocol=self.protocol.name, beam_size=self.beam_size, max_new_tokens=self.max_new_tokens,
+                         protocol_deviations=self.deviations(trained))
         return self
+
+    def deviations(self, trained: dict) -> dict:
+        """Settings that differ from the evaluation protocol's, {setting: value used}: a run trained
+        under another protocol, or with other masking; other beams or generation length."""
+        p, out = self.protocol, {}
+        if trained.get("protocol", p.name) != p.name:
+            out["trained_protocol"] = trained["protocol"]
+        if trained.get("train_on_inputs") not in (None, p.train_on_inputs):
+            out["train_on_inputs"] = trained["train_on_inputs"]
+        if self.opts.eval_mode == "generate":
+            out.update({k: v for k, v, ref in (("beam_size", self.beam_size, p.num_beams),
+                                               ("max_new_tokens", self.max_new_tokens, p.max_new_tokens))
+                        if v != ref})
+        return out
 
     def run(self) -> dict:
         from eval.evaluate import evaluate_task, load_test_records, update_results_json
@@ -94,9 +119,10 @@ class EvalRecipe:
         o, results = self.opts, {}
         for task in self.tasks:
             records = load_test_records(self.data_dir, task)
-            result = evaluate_task(self.model, self.tokenizer, records, task, self.out_dir, mode=o.eval_mode,
-                                   batch_size=o.eval_batch, max_new_tokens=o.max_new_tokens,
-                                   beam_size=o.beam_size, max_examples=o.max_examples, seed=self.seed,
+            result = evaluate_task(self.model, self.tokenizer, records, task, self.out_dir,
+                                   protocol=self.protocol, mode=o.eval_mode, batch_size=o.eval_batch,
+                                   max_new_tokens=self.max_new_tokens, beam_size=self.beam_size,
+                                   max_examples=o.max_examples, seed=self.seed,
                                    rank=self.state.process_index, world_size=self.state.num_processes)
             results[task] = result
             if self.state.is_main_process:

@@ -11,9 +11,9 @@ import torch
 from conftest import ROOT, tiny_model
 from data.prompt import encode_prompt, generate_prompt
 from data.tasks import ANSWER_WORDS
-from eval.choices import offered_choices
+from data.choices import offered_choices
 from eval.evaluate import evaluate_task, select_ids, update_results_json
-from eval.extract import extract_answer
+from data.protocols import word_extract as extract_answer
 from eval.generate import generate_answers
 from eval.loglik import candidate_response, loglik_predict, score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval

@@ -122,7 +122,7 @@ def test_analyze_results_without_arguments_reads_runs(run, tiny_neo_dir):
     assert row["method"] == "knowhira" == args["peft_type"]
     assert row["model"] == tiny_neo_dir.name
     assert int(row["trainable_params"]) == args["trainable_params"] > 0
-    assert (row["r_ab"], row["lr"], row["epoch"], row["max_steps"]) == ("4", str(args["lr"]), "1", "2")
+    assert (row["r_ab"], float(row["lr"]), float(row["epoch"]), row["max_steps"]) == ("4", args["lr"], args["epoch"], "2")
     for task, result in results["tasks"].items():
         assert float(row[f"{task}_accuracy"]) == result["accuracy"]
         assert int(row[f"{task}_n"]) == result["n"]

@@ -146,3 +146,40 @@ def bos_tokenizer(gpt2_tokenizer):
     tok.pad_token = tok.eos_token
     assert tok("a")["input_ids"][0] == tok.bos_token_id != tok.eos_token_id
     return tok
+
+
+# ---- through the CLI ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("data")
+    (out / "boolq").mkdir()
+    for split in ("train", "test"):
+        records = json.loads((data_dir / "boolq" / f"{split}.json").read_text())[:20]
+        (out / "boolq" / f"{split}.json").write_text(json.dumps(records))
+    return out
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("protocol", ["hira", "llm_adapters"])
+def test_protocol_recorded_and_used_by_evaluation(protocol, data, tiny_neo_dir, tmp_path):
+    import train_knowhira
+
+    common = ["--data_dir", str(data), "--dataset", "boolq"]
+    assert train_knowhira.main(["--model_name", str(tiny_neo_dir), *common, "--protocol", protocol,
+                                "--r_ab", "4", "--target_modules", "q_proj,v_proj", "--batch", "2",
+                                "--max_steps", "1", "--val_size", "4", "--output_folder", str(tmp_path),
+                                "--run_name", "r"]) == 0
+    run = tmp_path / "r"
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["protocol"] == protocol and saved["train_on_inputs"] == (protocol == "llm_adapters")
+    assert train_knowhira.main(["--ckpt", str(run), *common, "--max_examples", "2"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    p = get_protocol(protocol)
+    assert res["meta"]["protocol"] == protocol and res["meta"]["protocol_deviations"] == {}
+    assert (res["tasks"]["boolq"]["beam_size"], res["tasks"]["boolq"]["max_new_tokens"]) == (p.num_beams, p.max_new_tokens)
+    assert res["tasks"]["boolq"]["protocol"] == protocol
+    # another protocol or decoding at evaluation time is recorded as a deviation
+    assert train_knowhira.main(["--ckpt", str(run), *common, "--max_examples", "2", "--protocol", "clean",
+                                "--results_dir", str(tmp_path / "other")]) == 0
+    other = json.loads((tmp_path / "other" / "results.json").read_text())["meta"]
+    assert other["protocol"] == "clean" and other["protocol_deviations"]["trained_protocol"] == protocol

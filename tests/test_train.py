@@ -270,19 +270,19 @@ def test_eval_strategy(tmp_path, features, gpt2_tokenizer, strategy, eval_steps,
     assert [r["epoch"] for r in log] == pytest.approx([(s + 1) / 3 for s in range(6)])
     assert (tmp_path / "best").is_dir() == bool(expected)
     assert (tmp_path / "final" / "adapter_model.safetensors").is_file()
-    assert (result.best_val_loss is None) == (not expected)
+    assert (result.best_value is None) == (not expected)
 
 
 @pytest.mark.parametrize("patience,stop_step,best_step", [(1, 4, 2), (2, 6, 2), (0, 8, 8)])
 def test_early_stopping(tmp_path, features, gpt2_tokenizer, monkeypatch, patience, stop_step, best_step):
     scripted = iter([2.0, 2.5, 2.4, 1.0])  # evaluations at steps 2, 4, 6, 8
-    monkeypatch.setattr(loop, "validation_loss", lambda *a, **k: next(scripted))
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: {"val_loss": next(scripted)})
     model, cfg = adapted_neo()
     result = run_loop(tmp_path, model, cfg, gpt2_tokenizer, features[:20], features[20:22],
                       max_steps=8, eval_strategy="steps", eval_steps=2, save_steps=2,
                       keep_checkpoints=10, early_stop_patience=patience)
     assert result.steps == stop_step and result.stopped_early == (patience > 0)
-    assert result.best_val_loss == (2.0 if best_step == 2 else 1.0)
+    assert result.best_value == (2.0 if best_step == 2 else 1.0)
     log = read_log(tmp_path)
     assert log[-1]["step"] == stop_step
     assert [r["val_loss"] for r in log if "val_loss" in r] == [2.0, 2.5, 2.4, 1.0][:stop_step // 2]

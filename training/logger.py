@@ -45,7 +45,8 @@ def plot_losses(run_dir) -> Path:
     records = read_log(run_dir)
     train = [r for r in records if "loss_task" in r]
     val = [r for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    acc = [r for r in records if "val_acc" in r]
+    fig, ax = plt.subplots(1, 3 if acc else 2, figsize=(16 if acc else 11, 4))
     ax[0].plot([r["step"] for r in train], [r["loss_task"] for r in train], lw=1, alpha=0.6,
                label="train task loss")
     if val:
@@ -56,6 +57,18 @@ def plot_losses(run_dir) -> Path:
     ax[1].plot([r["step"] for r in train], [r["loss_reg"] for r in train], color="tab:green")
     ax[1].set(xlabel="optimizer step", ylabel="mean over layers", title="regulariser (unweighted; L_ortho for KnowHiRA)")
     ax[1].grid(alpha=0.3)
+    if acc:
+        steps = [r["step"] for r in acc]
+        ax[2].plot(steps, [r["val_acc"] for r in acc], "o-", color="tab:red", label="validation accuracy")
+        ax[2].set(xlabel="optimizer step", ylabel="accuracy at the answer token", ylim=(0, 1),
+                  title=f"Validation accuracy ({acc[-1].get('val_acc_n', '?')} records)")
+        twin = ax[2].twinx()
+        twin.plot(steps, [r["val_answer_loss"] for r in acc], "s--", color="tab:purple", alpha=0.6,
+                  label="answer-token loss")
+        twin.set_ylabel("answer-token cross-entropy")
+        ax[2].legend(loc="upper left")
+        twin.legend(loc="upper right")
+        ax[2].grid(alpha=0.3)
     fig.suptitle(Path(run_dir).name, fontsize=9)
     fig.tight_layout()
     out = Path(run_dir) / "loss.png"

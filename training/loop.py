@@ -49,6 +49,8 @@ class LoopConfig(Options):
     eval_steps: int = option(50, "validate every N steps (--eval_strategy steps)", check=positive)
     early_stop_patience: int = option(0, "validations without improvement before stopping (0 = off)",
                                       check=non_negative)
+    best_metric: str = option("val_loss", "the validation number that picks best/ (and early stopping): "
+                              "lowest val_loss, or highest val_acc", choices=("val_loss", "val_acc"))
     log_steps: int = option(1, "log every N steps", check=positive)
     save_steps: int = option(50, "checkpoint every N steps", check=positive)
     keep_checkpoints: int = option(2, "checkpoints kept", check=positive)
@@ -61,7 +63,8 @@ class LoopConfig(Options):
 @dataclass
 class LoopResult:
     steps: int
-    best_val_loss: float | None
+    best_metric: str  # val_loss or val_acc
+    best_value: float | None  # its best value (lowest loss, highest accuracy); None: never validated
     stopped_early: bool = False
 
 
@@ -98,20 +101,43 @@ def task_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def validation_loss(accelerator, model, features: list[dict], collate, batch: int) -> float:
-    """Token-averaged task loss over the validation set, sharded over ranks."""
+def validate(accelerator, model, features: list[dict], collate, batch: int, slots=None) -> dict:
+    """Validation numbers, sharded over ranks, one forward per record:
+    val_loss         token-averaged task loss (what the training loss measures);
+    val_acc          share of records whose gold answer word scores highest among the offered ones
+                     at the answer position (data.protocols.answer_slot), i.e. argmax of the logits
+                     of the answer tokens there; over the records with a known slot (val_acc_n);
+    val_answer_loss  mean −log p(gold answer token) at that position.
+    `slots[i]` is answer_slot(...) of features[i] (None: not scored)."""
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
-    mine = features[rank::world]
-    total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    mine = list(range(len(features)))[rank::world]
+    total = torch.zeros(5, device=accelerator.device, dtype=torch.float64)  # loss, n, correct, nll, scored
     for i in range(0, len(mine), batch):
-        b = {k: v.to(accelerator.device) for k, v in collate(mine[i:i + batch]).items()}
+        chunk = mine[i:i + batch]
+        b = {k: v.to(accelerator.device) for k, v in collate([features[j] for j in chunk]).items()}
         with accelerator.autocast():
-            loss, n = task_loss_sum(model, b)
-        total += torch.tensor([loss.item(), n], device=accelerator.device, dtype=torch.float64)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            loss, n = shifted_ce_sum(logits, b["labels"])
+        correct = nll = scored = 0.0
+        for row, j in enumerate(chunk):
+            slot = slots[j] if slots else None
+            if slot is None:
+                continue
+            position, token_ids, gold = slot
+            logp = torch.log_softmax(logits[row, position].float(), dim=-1)[token_ids]
+            correct += float(int(logp.argmax()) == gold)
+            nll -= logp[gold].item()
+            scored += 1
+        total += torch.tensor([loss.item(), n, correct, nll, scored], device=accelerator.device,
+                              dtype=torch.float64)
     total = accelerator.reduce(total, "sum")
     model.train()
-    return (total[0] / total[1]).item()
+    out = {"val_loss": (total[0] / total[1]).item()}
+    if total[4] > 0:
+        out.update(val_acc=(total[2] / total[4]).item(), val_answer_loss=(total[3] / total[4]).item(),
+                   val_acc_n=int(total[4]))
+    return out
 
 
 class Trainer:
@@ -123,9 +149,10 @@ class Trainer:
     """
 
     def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
-                 cfg: LoopConfig, run_dir, save, regularizer=None):
+                 cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None):
         self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
         self.train_features, self.val_features, self.save = train_features, val_features, save
+        self.val_slots = val_slots
         self.reg_fn, self.reg_weight = regularizer if regularizer is not None else (None, 0.0)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.global_batch = cfg.batch * cfg.grad_acc * self.world
@@ -237,9 +264,13 @@ class Trainer:
                 (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == total))
                 or (cfg.eval_strategy == "epoch" and (end_of_epoch or step == total)))
             if do_eval:
-                val = validation_loss(acc, self.wrapped, self.val_features, self.collate, cfg.batch)
-                record = record or {"step": step}
-                record["val_loss"] = val
+                numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots)
+                record = {**(record or {"step": step}), **numbers}
+                if cfg.best_metric not in numbers:
+                    raise ValueError(f"--best_metric {cfg.best_metric}: no validation record has a known "
+                                     "answer position (answer words of the records)")
+                # best_val is kept as "lower is better": the loss, or minus the accuracy
+                val = numbers["val_loss"] if cfg.best_metric == "val_loss" else -numbers["val_acc"]
                 if self.best_val is None or val < self.best_val:
                     self.best_val, self.bad_evals = val, 0
                     self.save(self.model, self.run_dir / "best", acc.is_main_process)
@@ -260,11 +291,12 @@ class Trainer:
             logger.close()
             plot_losses(self.run_dir)
         acc.wait_for_everyone()
-        return LoopResult(steps=self.step, best_val_loss=self.best_val, stopped_early=stopped_early)
+        best = self.best_val if self.best_val is None or cfg.best_metric == "val_loss" else -self.best_val
+        return LoopResult(steps=self.step, best_metric=cfg.best_metric, best_value=best, stopped_early=stopped_early)
 
 
 def train(accelerator, model, tokenizer, train_features, val_features, cfg: LoopConfig, run_dir, save,
-          regularizer=None) -> LoopResult:
+          regularizer=None, val_slots=None) -> LoopResult:
     """Run (or resume) training: Trainer(...).run()."""
     return Trainer(accelerator, model, tokenizer, train_features, val_features, cfg, run_dir, save,
-                   regularizer).run()
+                   regularizer, val_slots).run()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data.options import DataOptions
+from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
 from models.methods import get_method
 from training.loop import LoopConfig, Trainer, epoch_order, task_loss_sum
@@ -52,6 +53,9 @@ class TrainRecipe:
                  run: RunOptions, peft_type: str):
         self.model_opts, self.method_cfg, self.data, self.loop, self.run = model, method_cfg, data, loop, run
         self.method = get_method(peft_type)
+        self.protocol = get_protocol(data.protocol)
+        if data.train_on_inputs is None:  # the protocol's (recorded in args.json resolved)
+            data.train_on_inputs = self.protocol.train_on_inputs
         if type(method_cfg) is not self.method.config_cls:
             raise ValueError(f"{type(method_cfg).__name__} is not the config of {peft_type}")
 
@@ -81,7 +85,6 @@ class TrainRecipe:
         from tqdm.auto import tqdm
 
         from data.commonsense import load_train_data, split_validation
-        from data.tokenize import tokenize_record
         from models.adapter import count_trainable
         from models.get_models import load_base_model
 
@@ -95,11 +98,12 @@ class TrainRecipe:
         self.model.to(self.accelerator.device)  # so the SVDs below run on the accelerator
 
         def tokenize(recs, desc):
-            return [tokenize_record(self.tokenizer, r, self.data.cutoff_len, self.data.train_on_inputs)
+            return [self.protocol.train_example(self.tokenizer, r, self.data.cutoff_len, self.data.train_on_inputs)
                     for r in tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2)]
 
         self.train_features = tokenize(train_records, "train")
         self.val_features = tokenize(val_records, "validation")
+        self.val_slots = [answer_slot(self.protocol, self.tokenizer, r, self.data.cutoff_len) for r in val_records]
         # after from_pretrained: σ_norm (KnowHiRA) and the truncation (KaSA) see the pretrained weights
         self.model = self.method.build(self.model, self.method_cfg)
         message = self.initialise()
@@ -126,7 +130,8 @@ class TrainRecipe:
 
     def trainer(self) -> Trainer:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
-                       self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg))
+                       self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
+                       self.val_slots)
 
     def save(self, model, out_dir, write: bool = True) -> None:
         self.method.save(model, self.method_cfg, out_dir, write)
@@ -149,7 +154,7 @@ class TrainRecipe:
         if acc.is_main_process:
             summary = train_summary(self.run_dir, result, acc.device)
             atomic_write_json(self.run_dir / "train_summary.json", summary)
-            acc.print(f"done: {result.steps} steps, best validation loss {result.best_val_loss}, "
+            acc.print(f"done: {result.steps} steps, best {result.best_metric} {result.best_value}, "
                       f"median step {summary['median_step_s']:.2f} s, "
                       f"peak memory {summary['peak_memory_gib']:.2f} GiB ({summary['memory_kind']})")
         return result
@@ -164,14 +169,18 @@ def train_summary(run_dir, result, device) -> dict:
 
     from training.logger import read_log
 
-    log = [r for r in read_log(run_dir) if "time" in r]
+    records = read_log(run_dir)
+    log = [r for r in records if "time" in r]
     times, steps = [r["time"] for r in log], [r["step"] for r in log]
+    val_loss = [r["val_loss"] for r in records if "val_loss" in r]
+    val_acc = [r["val_acc"] for r in records if "val_acc" in r]
     per_step = [(t1 - t0) / (s1 - s0) for t0, t1, s0, s1 in zip(times, times[1:], steps, steps[1:]) if s1 > s0]
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated() / 2**30, "CUDA max allocated"
     else:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
-    return {"steps": result.steps, "best_val_loss": result.best_val_loss,
+    return {"steps": result.steps, "best_val_loss": min(val_loss, default=None),
+            "best_val_acc": max(val_acc, default=None), "best_metric": result.best_metric,
             "stopped_early": result.stopped_early,
             "median_step_s": statistics.median(per_step) if per_step else float("nan"),
             "peak_memory_gib": peak, "memory_kind": kind}

@@ -33,3 +33,13 @@ def offered_choices(instruction: str, task: str) -> list[str]:
 def record_choices(record: dict, task: str) -> list[str]:
     """offered_choices for a data record ({"instruction", "input", "output", "answer"})."""
     return offered_choices(record.get("instruction", ""), task)
+
+
+def answer_words(record: dict) -> list[str] | None:
+    """The answer words a training record offers: its task's (task-tagged records), else the words
+    of its "Answer format:" line (untagged Commonsense-170K records); None when neither is known."""
+    if record.get("task"):
+        return record_choices(record, record["task"])
+    found = _FORMAT_LINE.findall(record.get("instruction") or "")
+    words = [w.strip().lower() for w in found[-1].split("/")] if found else []
+    return [w for w in words if w] or None
