@@ -100,6 +100,14 @@ def _short_model(name) -> str:
     return Path(text).name if text.startswith(("/", ".", "~")) else text
 
 
+def protocol_label(meta: dict, tasks: dict) -> str:
+    """How a run was evaluated: its protocol (results.json meta; runs made before protocols existed
+    used `clean`), with the evaluation mode when it is not generation."""
+    modes = sorted({str(t.get("mode")) for t in tasks.values() if isinstance(t, dict) and t.get("mode")})
+    mode = "/".join(m for m in modes if m != "generate")
+    return f"{meta.get('protocol') or 'clean'}" + (f" ({mode})" if mode else "")
+
+
 def load_run(path: Path) -> dict:
     """One run: {"path", "name", "method", "model", "hparams", "trainable", "tasks"}."""
     try:
@@ -144,6 +152,7 @@ def load_run(path: Path) -> dict:
         "seed": results_meta.get("seed"),
         "raw_tasks": results.get("tasks", {}),  # the full per-task entries (predictions_file, mode, ...)
         "method": method,
+        "protocol": protocol_label(results_meta, results.get("tasks", {})),
         "model": _short_model(meta.get("model_name")),
         "hparams": run_hparams(method, meta),
         "trainable": meta.get("trainable_params"),
@@ -189,7 +198,8 @@ def _group_problem(members: list[dict]) -> str | None:
 
 
 def single_row(run: dict) -> dict:
-    return {"runs": [run], "label": run["name"], "method": run["method"], "model": run["model"],
+    return {"runs": [run], "label": run["name"], "method": run["method"], "protocol": run["protocol"],
+            "model": run["model"],
             "hparams": run["hparams"], "trainable": run["trainable"],
             "val_loss": run["val_loss"], "val_loss_std": None,
             "seeds": [] if run["seed"] is None else [run["seed"]],
@@ -217,7 +227,8 @@ def group_row(members: list[dict]) -> dict:
     label = names.pop() if len(names) == 1 and "" not in names else "_".join(
         [first["method"], first["model"], *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in first["hparams"].items())])
-    return {"runs": members, "label": label, "method": first["method"], "model": first["model"],
+    return {"runs": members, "label": label, "method": first["method"], "protocol": first["protocol"],
+            "model": first["model"],
             "hparams": first["hparams"], "trainable": first["trainable"],
             "val_loss": loss, "val_loss_std": loss_std, "seeds": [m["seed"] for m in members], "tasks": tasks}
 
@@ -320,7 +331,7 @@ def _delta_cell(diff) -> str:
     if diff is None:
         return DASH
     return (f"{_delta(diff.delta)} [{_delta(diff.low)}, {_delta(diff.high)}] "
-            f"(p={format_p(diff.p, diff.p_method)})")
+            f"(p={format_p(diff.p, diff.p_test)})")
 
 
 def _avg_delta_cell(avg) -> str:
@@ -379,11 +390,11 @@ def compare(a: dict, b: dict, tasks: list[str]) -> tuple[str, str, list[dict]]:
     md_rows, csv_rows = [], []
     for t, d in diffs.items():
         md_rows.append([t, d.n, _pct(d.acc_a), _pct(d.acc_b), _delta(d.delta),
-                        f"[{_delta(d.low)}, {_delta(d.high)}]", format_p(d.p, d.p_method), d.p_method,
+                        f"[{_delta(d.low)}, {_delta(d.high)}]", format_p(d.p, d.p_test), d.p_test,
                         d.a_better, d.b_better])
         csv_rows.append({"task": t, "n": d.n, "a": a["label"], "b": b["label"], "a_seeds": d.seeds_a,
                          "b_seeds": d.seeds_b, "a_accuracy": d.acc_a, "b_accuracy": d.acc_b, "delta": d.delta,
-                         "delta_lo": d.low, "delta_hi": d.high, "p": d.p, "p_method": d.p_method,
+                         "delta_lo": d.low, "delta_hi": d.high, "p": d.p, "p_test": d.p_test,
                          "a_better": d.a_better, "b_better": d.b_better})
     mean_delta, low, high = average_difference(list(diffs.values()))
     acc_a = _mean([d.acc_a for d in diffs.values()])
@@ -392,7 +403,7 @@ def compare(a: dict, b: dict, tasks: list[str]) -> tuple[str, str, list[dict]]:
                     f"[{_delta(low)}, {_delta(high)}]", DASH, DASH, DASH, DASH])
     csv_rows.append({"task": "avg", "n": "", "a": a["label"], "b": b["label"], "a_seeds": len(a["runs"]),
                      "b_seeds": len(b["runs"]), "a_accuracy": acc_a, "b_accuracy": acc_b, "delta": mean_delta,
-                     "delta_lo": low, "delta_hi": high, "p": "", "p_method": "", "a_better": "", "b_better": ""})
+                     "delta_lo": low, "delta_hi": high, "p": "", "p_test": "", "a_better": "", "b_better": ""})
     caption = ("A − B per task on the same test examples (matched by example id). A and B accuracy in %"
                " (seed groups: mean over seeds); Δ and its 95% Agresti–Min interval in percentage points; "
                "p: two-sided, by the test named (exact McNemar for two single runs, else the exact sign-flip "
@@ -501,7 +512,7 @@ FILES_NOTE = (
     "chance, majority and every zero-shot run. summary.csv: <task>_accuracy, _ci95_low/_high (those "
     "intervals), _n; for seed groups also <task>_std (sample std over seeds) and _per_seed (one value per "
     "seed, in the order of the seeds column; avg_common likewise); with --baseline <task>_delta, "
-    "_delta_lo/_delta_hi, _p, _p_method, _n_paired and avg_delta (fractions, not %).")
+    "_delta_lo/_delta_hi, _p, _p_test, _n_paired and avg_delta (fractions, not %).")
 
 
 def build_tables(rows: list[dict], deltas: list | None = None,
@@ -511,7 +522,7 @@ def build_tables(rows: list[dict], deltas: list | None = None,
     tasks = ordered_tasks(rows)
     common = common_tasks(rows, tasks)
     base_acc = baselines(rows, tasks)
-    header = ["run", "method", "model", "hyperparameters", "trainable params", "best val loss",
+    header = ["run", "method", "protocol", "model", "hyperparameters", "trainable params", "best val loss",
               *tasks, average_header(common)]
     hparam_keys = list(dict.fromkeys(k for row in rows for k in row["hparams"]))
     any_group = any(len(row["runs"]) > 1 for row in rows)
@@ -524,11 +535,11 @@ def build_tables(rows: list[dict], deltas: list | None = None,
         if row["val_loss_std"] is not None:
             loss += f" ± {row['val_loss_std']:.3f}"
         avg_cell = _pct(avg) if k == 1 or avg is None else f"{_pct(avg)} ± {_pct(avg_std)} ({k} seeds)"
-        md_rows.append([row["label"], row["method"], row["model"], _format_hparams(row["hparams"]),
+        md_rows.append([row["label"], row["method"], row["protocol"], row["model"], _format_hparams(row["hparams"]),
                         _format_count(row["trainable"]), loss,
                         *[_cell(row["tasks"].get(t), k) for t in tasks], avg_cell])
         out = {"run": ";".join(str(run["dir"]) for run in row["runs"]), "label": row["label"],
-               "method": row["method"], "model": row["model"],
+               "method": row["method"], "protocol": row["protocol"], "model": row["model"],
                **{key: row["hparams"].get(key, "") for key in hparam_keys},
                "trainable_params": "" if row["trainable"] is None else row["trainable"],
                "best_val_loss": "" if row["val_loss"] is None else row["val_loss"]}
@@ -549,7 +560,7 @@ def build_tables(rows: list[dict], deltas: list | None = None,
                 d = delta["tasks"].get(t) if delta else None
                 out.update({f"{t}_delta": "" if d is None else d.delta, f"{t}_delta_lo": "" if d is None else d.low,
                             f"{t}_delta_hi": "" if d is None else d.high, f"{t}_p": "" if d is None else d.p,
-                            f"{t}_p_method": "" if d is None else d.p_method,
+                            f"{t}_p_test": "" if d is None else d.p_test,
                             f"{t}_n_paired": "" if d is None else d.n})
         out["avg_common"] = "" if avg is None else avg
         if any_group:
@@ -564,7 +575,7 @@ def build_tables(rows: list[dict], deltas: list | None = None,
 
     for label in ("chance", "majority"):
         avg = _mean([base_acc[t][label] for t in common])
-        md_rows.append([label, label, DASH, DASH, DASH, DASH,
+        md_rows.append([label, label, DASH, DASH, DASH, DASH, DASH,
                         *[_pct(base_acc[t][label]) for t in tasks], _pct(avg)])
         out = {key: "" for key in csv_rows[0]}
         out.update({"run": label, "method": label, "label": label})
@@ -653,7 +664,7 @@ def plot_task(task: str, rows: list[dict], base: dict, out_path: Path) -> None:
 # ------------------------------------------------------------------------------------- main
 
 def summarize(folders: list[str], out_dir, baseline: str | None = None, compares=(),
-              group_seeds: bool = True) -> str:
+              group_seeds: bool = True, mixed_protocols: bool = False) -> str:
     """Write summary.md, summary.csv, <task>.png (and compare_<A>_vs_<B>.md/.csv) into out_dir;
     return the markdown table(s). Everything is computed before anything is written."""
     specs = [s for s in (baseline, *(s for pair in compares for s in pair)) if s]
@@ -662,6 +673,10 @@ def summarize(folders: list[str], out_dir, baseline: str | None = None, compares
     if not paths:
         raise ResultsError(f"no results.json found under {', '.join(folders)}")
     runs = [load_run(p) for p in paths]
+    protocols = sorted({run["protocol"] for run in runs})
+    if len(protocols) > 1 and not mixed_protocols:
+        raise ResultsError(f"runs evaluated under different protocols ({', '.join(protocols)}) do not belong "
+                           "in one comparison; pass --mixed_protocols to tabulate them anyway")
     notes = []
     rows = make_rows(runs, group_seeds, notes)
     for note in notes:
@@ -722,11 +737,14 @@ def main(argv=None) -> int:
                              "p-values (A, B: run folders or row labels; repeatable)")
     parser.add_argument("--no_seed_groups", action="store_true",
                         help="one row per run, also for runs that differ only in their seed")
+    parser.add_argument("--mixed_protocols", action="store_true",
+                        help="allow runs evaluated under different protocols (or modes) in one table")
     args = parser.parse_args(argv)
     try:
         first = Path(args.results_dirs[0])  # a folder, or a results.json file inside one
         table = summarize(args.results_dirs, args.out or (first if first.is_dir() else first.parent) / "summary",
-                          baseline=args.baseline, compares=args.compare, group_seeds=not args.no_seed_groups)
+                          baseline=args.baseline, compares=args.compare, group_seeds=not args.no_seed_groups,
+                          mixed_protocols=args.mixed_protocols)
     except ResultsError as err:
         print(f"analyze_results: {err}", file=sys.stderr)
         return 2

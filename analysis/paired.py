@@ -261,7 +261,7 @@ class PairedDiff:
     high: float
     se: float
     p: float  # two-sided
-    p_method: str  # "exact McNemar", "exact sign-flip" or "MC sign-flip (N draws)"
+    p_test: str  # "exact McNemar", "exact sign-flip" or "MC sign-flip (N draws)"
     a_better: int  # examples with d_i > 0 (n10 for single seeds)
     b_better: int  # examples with d_i < 0 (n01)
     seeds_a: int
@@ -295,7 +295,7 @@ def paired_difference(a: list[Predictions], b: list[Predictions], *, z: float = 
     else:
         p, method = sign_flip_p(ints, draws=draws, seed=seed, exact_limit=exact_limit)
     return PairedDiff(n=n, acc_a=acc_a, acc_b=acc_b, delta=math.fsum(diffs) / n, low=low, high=high, se=se,
-                      p=p, p_method=method, a_better=a_better, b_better=b_better, seeds_a=ka, seeds_b=kb)
+                      p=p, p_test=method, a_better=a_better, b_better=b_better, seeds_a=ka, seeds_b=kb)
 
 
 def average_difference(diffs: list[PairedDiff], z: float = Z95) -> tuple[float, float, float]:

@@ -55,6 +55,11 @@ def split_gguf(model_name: str, gguf_file: str | None) -> tuple[str, str | None]
     return model_name, gguf_file
 
 
+def looks_local(name: str) -> bool:
+    """A path rather than a hub id (org/model): absolute, relative with ./ or ../, ~, or deeper."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
 def load_base_model(model_name: str, **options):
     """(model, tokenizer) from a hub name (online users), a local folder, or a GGUF file; `options`
     are the other ModelOptions fields (gguf_file, load_bit, enable_grad_ckpt), defaults as there.
@@ -69,11 +74,19 @@ def load_base_model(model_name: str, **options):
     if gguf_file is not None and not (Path(model_name) / gguf_file).is_file():
         raise FileNotFoundError(f"GGUF file {Path(model_name) / gguf_file} does not exist "
                                 f"(scripts/fetch_smollm2.sh fetches SmolLM2-135M-Instruct)")
+    if looks_local(model_name) and not Path(model_name).exists():
+        raise FileNotFoundError(f"model {model_name} does not exist (expected a hub name like org/model, "
+                                "a local model folder, or a .gguf file)")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs)
+    except OSError as e:  # not on the hub / offline / a folder without model files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"model {model_name} could not be loaded (a hub name like org/model, a local "
+                                f"model folder, or a .gguf file): {first}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs)
     if opts.enable_grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

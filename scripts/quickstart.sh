@@ -11,6 +11,7 @@ BATCH=${BATCH:-4}
 LR=${LR:-1e-3}
 R=${R:-32}
 EVAL_EXAMPLES=${EVAL_EXAMPLES:-100}
+BEAMS=${BEAMS:-1}
 OUT=${OUT:-runs/quickstart}
 
 if [ ! -d "$DATA_DIR" ]; then
@@ -27,6 +28,11 @@ export TOKENIZERS_PARALLELISM=false
 .venv/bin/python train_knowhira.py --model_name "$GGUF" --data_dir "$DATA_DIR" --dataset "mix:$MIX" \
   --peft_type knowhira --r_ab "$R" --lr "$LR" --warmup 4 --batch "$BATCH" --max_steps "$MAX_STEPS" \
   --eval_steps 10 --save_steps 10 --val_size 60 --output_folder "$OUT" --run_name knowhira_smollm2
+# evaluation under the run's protocol (hira), but greedy (--beam_size 1, recorded as a deviation): 4 beams
+# would take the script past 15 minutes on a 2-core CPU. The untouched model on the same questions is
+# the baseline of the paired Δ / p columns.
 .venv/bin/python train_knowhira.py --ckpt "$OUT/knowhira_smollm2" --data_dir "$DATA_DIR" --dataset all \
-  --max_examples "$EVAL_EXAMPLES" --eval_batch 16
-.venv/bin/python analyze_results.py "$OUT" --out "$OUT/summary"
+  --max_examples "$EVAL_EXAMPLES" --eval_batch 16 --beam_size "$BEAMS"
+.venv/bin/python train_knowhira.py --ckpt none --model_name "$GGUF" --data_dir "$DATA_DIR" --dataset all \
+  --max_examples "$EVAL_EXAMPLES" --eval_batch 16 --beam_size "$BEAMS" --results_dir "$OUT/zeroshot"
+.venv/bin/python analyze_results.py "$OUT" --baseline "$OUT/zeroshot" --out "$OUT/summary"

@@ -117,7 +117,7 @@ def test_paired_difference_single_seeds():
     d = paired_difference([a], [b])
     assert (d.n, d.a_better, d.b_better) == (10, 3, 1)
     assert (d.acc_a, d.acc_b, d.delta) == pytest.approx((0.7, 0.5, 0.2))
-    assert d.p == pytest.approx(2 * (1 + 4) / 2 ** 4) and d.p_method == "exact McNemar"  # n = 4, min = 1
+    assert d.p == pytest.approx(2 * (1 + 4) / 2 ** 4) and d.p_test == "exact McNemar"  # n = 4, min = 1
     se = math.sqrt(5 - 4 / 12) / 12
     assert (d.low, d.high) == pytest.approx((2 / 12 - 1.96 * se, 2 / 12 + 1.96 * se))
 
@@ -128,22 +128,22 @@ def test_paired_difference_refuses_different_ids():
 
 
 def test_sign_flip_equals_mcnemar_on_integer_differences():
-    p, method = sign_flip_p([1] * 8 + [-1] * 2 + [0] * 30)
-    assert method == "exact sign-flip"
+    p, test_used = sign_flip_p([1] * 8 + [-1] * 2 + [0] * 30)
+    assert test_used == "exact sign-flip"
     assert p == pytest.approx(mcnemar_exact_p(2, 8), rel=1e-12) == pytest.approx(0.109375)
 
 
 def test_sign_flip_exact_on_fractional_differences_and_monte_carlo():
     weights = [3, 1, 2, -1, 2, 3, 1, 0, 2, -3, 1, 2]  # d_i in units of 1/3 (3 seeds vs 1)
     exact = brute_force_sign_flip(weights)
-    p, method = sign_flip_p(weights)
-    assert method == "exact sign-flip" and p == pytest.approx(exact, rel=1e-12)
+    p, test_used = sign_flip_p(weights)
+    assert test_used == "exact sign-flip" and p == pytest.approx(exact, rel=1e-12)
     assert 0.01 < exact < 0.2  # a non-trivial case
-    p_mc, method = sign_flip_p(weights, exact_limit=0, draws=20_000, seed=0)
-    assert method == "MC sign-flip (20000 draws)"
+    p_mc, test_used = sign_flip_p(weights, exact_limit=0, draws=20_000, seed=0)
+    assert test_used == "MC sign-flip (20000 draws)"
     assert p_mc == pytest.approx(exact, abs=0.01)
     assert p_mc == sign_flip_p(weights, exact_limit=0, draws=20_000, seed=0)[0]  # seeded: reproducible
-    assert format_p(p_mc, method).endswith(", MC")
+    assert format_p(p_mc, test_used).endswith(", MC")
 
 
 def test_paired_difference_three_seeds_vs_one():
@@ -155,7 +155,7 @@ def test_paired_difference_three_seeds_vs_one():
     diffs = [ai - bi for ai, bi in zip(a, [0, 1, 0, 1, 0, 0, 1, 0])]  # 1, -1/3, 0, -1/3, 2/3, 1, 0, 1/3
     assert d.delta == pytest.approx(sum(diffs) / 8) == pytest.approx((16 / 3 - 3) / 8)
     assert (d.a_better, d.b_better) == (4, 2)
-    assert d.p_method == "exact sign-flip" and d.p == pytest.approx(brute_force_sign_flip(diffs), rel=1e-12)
+    assert d.p_test == "exact sign-flip" and d.p == pytest.approx(brute_force_sign_flip(diffs), rel=1e-12)
     n_star = 10
     mid = sum(diffs) / n_star
     se = math.sqrt(((sum(x * x for x in diffs) + 1) / n_star - mid ** 2) / n_star)
@@ -237,7 +237,7 @@ def test_cli_seed_group_and_baseline(runs, tmp_path, capsys):
     diffs = [ai - bi for ai, bi in zip(a, ZERO_SHOT_CORRECT)]
     assert float(group["boolq_delta"]) == pytest.approx(22 / 30 - 0.4)
     assert float(group["boolq_p"]) == pytest.approx(brute_force_sign_flip(diffs), rel=1e-9)
-    assert group["boolq_p_method"] == "exact sign-flip"
+    assert group["boolq_p_test"] == "exact sign-flip"
     mid = sum(diffs) / 12
     se = math.sqrt(((sum(x * x for x in diffs) + 1) / 12 - mid ** 2) / 12)
     assert float(group["boolq_delta_lo"]) == pytest.approx(mid - 1.96 * se)
@@ -246,7 +246,7 @@ def test_cli_seed_group_and_baseline(runs, tmp_path, capsys):
     hira = rows["hira_tiny"]
     # hira [1,1,1,1,0,0,1,0,1,0] vs zero-shot [1,0,1,0,1,0,1,0,0,0]: hira-only ids 1, 3, 8; zero-shot-only 4
     assert float(hira["boolq_delta"]) == pytest.approx(0.6 - 0.4)
-    assert float(hira["boolq_p"]) == pytest.approx(2 * (1 + 4) / 2 ** 4) and hira["boolq_p_method"] == "exact McNemar"
+    assert float(hira["boolq_p"]) == pytest.approx(2 * (1 + 4) / 2 ** 4) and hira["boolq_p_test"] == "exact McNemar"
     assert float(hira["boolq_n_paired"]) == 10
     assert rows["zeroshot_tiny"]["boolq_delta"] == "" and rows["zeroshot_tiny"]["baseline"] == "zeroshot_tiny"
     md = (out / "summary.md").read_text()
@@ -348,3 +348,17 @@ def test_without_flags_the_table_keeps_its_columns(tmp_path, capsys):
         fields = csv.DictReader(handle).fieldnames
     assert not [f for f in fields if "delta" in f or f.endswith(("_std", "_per_seed"))]
     assert "50.0 ± " in printed and "(4) |" in printed  # accuracy ± Wilson half-width (n)
+
+
+def test_runs_of_different_protocols_are_not_mixed_unless_asked(tmp_path, capsys):
+    import analyze_results
+
+    make_run(tmp_path / "a", {**trained_meta(1), "protocol": "hira"}, {"boolq": [1, 0, 1, 1]})
+    make_run(tmp_path / "b", {**trained_meta(2, method="hira"), "protocol": "llm_adapters"}, {"boolq": [1, 1, 0, 1]})
+    assert analyze_results.main([str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hira, llm_adapters" in err[0] and "--mixed_protocols" in err[0]
+    assert not (tmp_path / "s").exists()
+    assert analyze_results.main([str(tmp_path), "--out", str(tmp_path / "s"), "--mixed_protocols"]) == 0
+    rows = read_csv(tmp_path / "s" / "summary.csv")
+    assert (rows["a"]["protocol"], rows["b"]["protocol"]) == ("hira", "llm_adapters")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from utils.atomic import atomic_save_safetensors, atomic_write_bytes
+from utils.atomic import atomic_save_safetensors, atomic_write_bytes, fsync_dir
 from utils.dist import copy_full_, gather_state, is_sharded
 
 FAULT_ENV = "KNOWHIRA_FAULT_KILL_IN_SAVE"  # fault injection for tests: SIGKILL mid-write at step N
@@ -59,6 +59,10 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, scheduler, extra: di
     optim = optimizer_state(model, optimizer)
     if not write:
         return final
+    bad = [n for n, t in trainable.items() if not torch.isfinite(t).all()]
+    if bad:  # never write a checkpoint a resume could not continue from
+        raise NonFiniteState(f"refusing to checkpoint step {step}: non-finite values in {bad[0]}"
+                             f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}")
     tmp = ckpt_root / f"step_{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -72,32 +76,74 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, scheduler, extra: di
         os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    fsync_dir(ckpt_root)  # the rename survives a power loss
     atomic_write_bytes(ckpt_root / "latest", final.name.encode())
     for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p.suffix != ".tmp")[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(ckpt_root) -> Path | None:
-    """The newest complete checkpoint, or None; removes leftovers of interrupted writes."""
+def complete(path: Path) -> bool:
+    return (path / "trainable.safetensors").is_file() and (path / "state.pt").is_file()
+
+
+def latest_checkpoint(ckpt_root, log=print) -> Path | None:
+    """The newest complete checkpoint, or None; removes leftovers of interrupted writes. When the
+    `latest` pointer or the folder it names is missing, falls back to the newest complete step_*
+    folder and says so."""
     ckpt_root = Path(ckpt_root)
     for tmp in ckpt_root.glob("step_*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
     pointer = ckpt_root / "latest"
-    if not pointer.is_file():
-        return None
-    path = ckpt_root / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if pointer.is_file():
+        path = ckpt_root / pointer.read_text().strip()
+        if complete(path):
+            return path
+    found = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and complete(p))
+    if found:
+        log(f"note: {pointer} is missing or names no complete checkpoint; using the newest complete "
+            f"one, {found[-1]}")
+        return found[-1]
+    return None
 
 
-def load_checkpoint(path, model, optimizer, scheduler) -> dict:
-    """Restore trainable tensors, optimizer, scheduler and RNG; returns the saved state dict."""
+class NonFiniteState(RuntimeError):
+    """A trainable tensor or gradient holds NaN or inf."""
+
+
+def load_checkpoint(path, model, optimizer, scheduler, config: dict | None = None) -> dict:
+    """Restore trainable tensors, optimizer, scheduler and RNG; returns the saved state dict.
+    A damaged file, tensors that do not fit the model, or a checkpoint recorded with another
+    configuration than `config` is a ValueError naming the file (and the differences)."""
     path = Path(path)
-    saved = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
+    if config is not None:
+        try:
+            recorded = torch.load(path / "state.pt", weights_only=True).get("config")
+        except Exception as e:
+            raise ValueError(f"{path / 'state.pt'}: cannot be read ({type(e).__name__}: {e})") from None
+        if recorded is not None and recorded != config:
+            diff = sorted(k for k in recorded.keys() | config.keys() if recorded.get(k) != config.get(k))
+            raise ValueError(f"{path} was made with another configuration than the run's args.json: "
+                             + ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in diff[:6]))
+    weights = path / "trainable.safetensors"
+    try:
+        saved = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{weights}: cannot be read ({type(e).__name__}: {e})") from None
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not fit this run's model (another method or rank?): missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}")
     for name, value in saved.items():
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise ValueError(f"{weights}: {name} has shape {tuple(value.shape)}, the model's is "
+                             f"{tuple(params[name].shape)} (another rank?)")
         copy_full_(params[name], value)  # into this rank's shard under FSDP2
-    state = torch.load(path / "state.pt", weights_only=True)
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path / 'state.pt'}: cannot be read ({type(e).__name__}: {e})") from None
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

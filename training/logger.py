@@ -12,11 +12,12 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(run_dir) / "log.jsonl"
-        if resume_step and self.path.exists():  # drop records written after the checkpoint
+        existed = self.path.exists()
+        if existed:  # a resumed run: drop the records written after the checkpoint (all, from step 0)
             keep = [line for line in self.path.read_text().splitlines()
                     if line and json.loads(line)["step"] <= resume_step]
             atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
-        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step or None)
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step if existed else None)
 
     def log(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -14,6 +14,7 @@ the global slice [k·G, (k+1)·G) with G = batch · grad_acc · world; micro-ste
 batch examples from it. Resuming from step k therefore only needs k (plus the saved RNG states).
 """
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -70,6 +71,47 @@ class LoopResult:
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C (SIGINT): the run stopped after a completed step and a checkpoint."""
+
+
+class StopFlag:
+    """SIGINT sets a flag the loop reads after each completed step (the step finishes, a checkpoint
+    is written, then the run stops); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        import signal
+
+        self.set = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def all_finite(params) -> bool:
+    """Every element of every (local shard of a) parameter is finite."""
+    from torch.distributed.tensor import DTensor
+
+    return all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in params)
 
 
 def lr_lambda(cfg: LoopConfig, total_steps: int):
@@ -149,10 +191,10 @@ class Trainer:
     """
 
     def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
-                 cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None):
+                 cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None):
         self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
         self.train_features, self.val_features, self.save = train_features, val_features, save
-        self.val_slots = val_slots
+        self.val_slots, self.config = val_slots, config  # config: saved with checkpoints, checked on resume
         self.reg_fn, self.reg_weight = regularizer if regularizer is not None else (None, 0.0)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.global_batch = cfg.batch * cfg.grad_acc * self.world
@@ -182,7 +224,7 @@ class Trainer:
         """Continue from the newest complete checkpoint of the run folder, if there is one."""
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is not None:
-            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, self.config)
             self.step, self.best_val = state["step"], state.get("best_val")
             self.bad_evals = state.get("bad_evals", 0)
             self.acc.print(f"resumed from {ckpt} at step {self.step}")
@@ -216,26 +258,48 @@ class Trainer:
         loss_task = acc.reduce(loss_task, "sum") / n_targets
         if not torch.isfinite(loss_task):
             raise NonFiniteLoss(f"non-finite task loss {loss_task.item()} at step {self.step + 1}; "
-                                f"the last good checkpoint is kept in {self.run_dir / 'checkpoints'}")
+                                f"{self.last_good()}")
         grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0
                                         else float("inf"))
+        if not torch.isfinite(full(grad_norm)):
+            raise NonFiniteLoss(f"non-finite gradient norm at step {self.step + 1}; {self.last_good()}")
         lr_now = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        if not self.agree(all_finite(self.params)):  # e.g. a step size so large the weights overflow
+            raise NonFiniteLoss(f"non-finite trainable weights after optimizer step {self.step + 1} "
+                                f"(--lr {cfg.lr} too large?); {self.last_good()}")
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"epoch": epoch + (k + 1) / self.steps_per_epoch, "loss_task": loss_task.item(),
                 "loss_reg": reg_value, "lr": lr_now, "grad_norm": grad_norm, "tokens": tokens}
 
+    def agree(self, ok: bool) -> bool:
+        """True only if `ok` on every rank (one tiny all-reduce when distributed)."""
+        if self.world == 1:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.acc.device)
+        return float(self.acc.reduce(flag, "sum")) == 0.0
+
+    def last_good(self) -> str:
+        """What is left to resume from, for the error message."""
+        ckpt = latest_checkpoint(self.run_dir / "checkpoints", log=lambda *_: None)
+        return (f"the last good checkpoint is {ckpt} (--resume {self.run_dir} continues from it)"
+                if ckpt else "no checkpoint was written")
+
     def checkpoint(self) -> None:
         self.acc.wait_for_everyone()
         save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler,
-                        {"best_val": self.best_val, "bad_evals": self.bad_evals},
+                        {"best_val": self.best_val, "bad_evals": self.bad_evals, "config": self.config},
                         keep=self.cfg.keep_checkpoints, write=self.acc.is_main_process)
         self.acc.wait_for_everyone()
 
     def run(self) -> LoopResult:
         """Train (resuming if the run folder has a checkpoint) to the end or an early stop."""
+        with StopFlag() as stop:
+            return self._run(stop)
+
+    def _run(self, stop: StopFlag) -> LoopResult:
         acc, cfg, total = self.acc, self.cfg, self.total_steps
         self.resume()
         logger = RunLogger(self.run_dir, resume_step=self.step) if acc.is_main_process else None
@@ -244,6 +308,11 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         stopped_early, t_last, tokens_since = False, time.time(), 0
         while self.step < total:
+            if not self.agree(not stop.set):  # Ctrl-C: the last step is complete; keep it and stop
+                if self.step > 0:
+                    self.checkpoint()
+                bar.close()
+                raise Interrupted(f"interrupted at step {self.step}; {self.last_good()}")
             out = self.train_step()
             step = self.step
             tokens_since += out["tokens"]
@@ -289,7 +358,11 @@ class Trainer:
         self.save(self.model, self.run_dir / "final", acc.is_main_process)
         if acc.is_main_process:
             logger.close()
-            plot_losses(self.run_dir)
+            try:
+                plot_losses(self.run_dir)
+            except Exception as e:  # a figure is not worth a failed run
+                print(f"warning: could not write {self.run_dir / 'loss.png'} ({type(e).__name__}: {e})",
+                      file=sys.stderr)
         acc.wait_for_everyone()
         best = self.best_val if self.best_val is None or cfg.best_metric == "val_loss" else -self.best_val
         return LoopResult(steps=self.step, best_metric=cfg.best_metric, best_value=best, stopped_early=stopped_early)

@@ -37,6 +37,10 @@ class MethodChoice(Options):
 
 TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptions,
                 "optimisation": LoopConfig, "run": RunOptions}
+# options that may change when a run is resumed; every other one must equal the checkpoint's
+RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
+               "keep_checkpoints")
+RUN_PLACE = ("output_folder", "run_name", "resume")
 
 
 def default_run_name(values: dict) -> str:
@@ -96,6 +100,10 @@ class TrainRecipe:
         torch.manual_seed(self.loop.seed)
         self.model, self.tokenizer = load_base_model(**asdict(self.model_opts))
         self.model.to(self.accelerator.device)  # so the SVDs below run on the accelerator
+        max_pos = getattr(self.model.config, "max_position_embeddings", None)
+        if max_pos and self.data.cutoff_len > max_pos:
+            raise ValueError(f"--cutoff_len {self.data.cutoff_len} exceeds the {max_pos} positions of "
+                             f"{self.model_opts.model_name} (config max_position_embeddings)")
 
         def tokenize(recs, desc):
             return [self.protocol.train_example(self.tokenizer, r, self.data.cutoff_len, self.data.train_on_inputs)
@@ -128,29 +136,46 @@ class TrainRecipe:
         return self.method.initialise(self.model, self.method_cfg, batches,
                                       lambda model, batch: task_loss_sum(model, batch)[0] / total)
 
+    def config(self) -> dict:
+        """What a checkpoint must have been made with for this run to resume from it."""
+        return {k: v for k, v in self.values().items() if k not in RESUME_SAFE + RUN_PLACE}
+
     def trainer(self) -> Trainer:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
                        self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
-                       self.val_slots)
+                       self.val_slots, config=self.config())
 
     def save(self, model, out_dir, write: bool = True) -> None:
         self.method.save(model, self.method_cfg, out_dir, write)
 
     # ---- train ---------------------------------------------------------------------------------
-    def train(self):
+    def train(self, resuming: bool = False):
+        """Train in the run folder: a new run needs an absent or empty folder, `resuming` an existing
+        one. The folder is locked for the run's duration; a new run that fails before its first
+        checkpoint removes the folder it created."""
         from utils.atomic import atomic_write_json
+        from utils.runs import RunLock
 
         acc = self.accelerator
         trainer = self.trainer()  # checks the batch against the data before the folder exists
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / "args.json",
-                              {**self.values(), "resume": None, "trainable_params": self.n_trainable,
-                               "n_train": len(self.train_features), "n_val": len(self.val_features)})
-        total = sum(p.numel() for p in self.model.parameters())
-        acc.print(f"run dir: {self.run_dir}\ntrainable parameters: {self.n_trainable:,} "
-                  f"({100 * self.n_trainable / total:.3f}%)")
-        result = trainer.run()
+        existed = self.run_dir.exists() and any(self.run_dir.iterdir())
+        if existed and not resuming:
+            raise ValueError(f"run folder {self.run_dir} exists and is not empty: continue it with "
+                             f"--resume {self.run_dir}, or pick another --run_name")
+        with RunLock(self.run_dir, acc.is_main_process):
+            try:
+                if acc.is_main_process:
+                    atomic_write_json(self.run_dir / "args.json",
+                                      {**self.values(), "resume": None, "trainable_params": self.n_trainable,
+                                       "n_train": len(self.train_features), "n_val": len(self.val_features)})
+                total = sum(p.numel() for p in self.model.parameters())
+                acc.print(f"run dir: {self.run_dir}\ntrainable parameters: {self.n_trainable:,} "
+                          f"({100 * self.n_trainable / total:.3f}%)")
+                result = trainer.run()
+            except BaseException:
+                if acc.is_main_process and not existed and not (self.run_dir / "checkpoints" / "latest").exists():
+                    RunLock.remove_on_release(self.run_dir)
+                raise
         if acc.is_main_process:
             summary = train_summary(self.run_dir, result, acc.device)
             atomic_write_json(self.run_dir / "train_summary.json", summary)

@@ -24,3 +24,43 @@ def saved_dir_of(run_dir) -> Path:
     """best/ if the run kept one, else final/."""
     run_dir = Path(run_dir)
     return run_dir / "best" if (run_dir / "best").is_dir() else run_dir / "final"
+
+
+class RunLock:
+    """An exclusive lock on a run folder (RUN_DIR/.lock, fcntl.flock) held while a process trains in
+    it, so a second launch into the same folder is refused with one line instead of interleaving
+    its logs. Only the writing process (rank 0) locks. `remove_on_release` marks the folder for
+    removal when the lock is released (a new run that failed before its first checkpoint)."""
+
+    _remove: set = set()
+
+    def __init__(self, run_dir, active: bool = True):
+        self.run_dir, self.active, self.handle = Path(run_dir), active, None
+
+    def __enter__(self):
+        if self.active:
+            import fcntl
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.run_dir / ".lock", "a")
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.handle.close()
+                raise ValueError(f"another process is training in {self.run_dir} (it holds "
+                                 f"{self.run_dir / '.lock'}); wait for it or pick another --run_name") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()  # releases the lock
+            if self.run_dir in RunLock._remove:
+                import shutil
+
+                RunLock._remove.discard(self.run_dir)
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+        return False
+
+    @classmethod
+    def remove_on_release(cls, run_dir) -> None:
+        cls._remove.add(Path(run_dir))

@@ -26,19 +26,20 @@ def bench_eval(args, device, smollm2, tokenizer) -> dict:
                     "unmerged KnowHiRA adapters on the targets (what the eval CLI runs today). "
                     "examples/s = prompts / wall time; loglik scores 2 candidates per prompt, "
                     "batch counts (prompt, candidate) pairs; generation stops at EOS")}
-    for method in args.eval_methods.split(","):
-        model = copy.deepcopy(smollm2)
-        if method == "knowhira":
-            knowhira = get_method("knowhira")
-            model = build(model, knowhira.config_cls.from_values(
-                {"r_ab": args.r, "target_modules": args.targets}))
-            with torch.no_grad():  # a trained-looking state: non-zero B
-                for m in model.modules():
-                    if hasattr(m, "hira_B"):
-                        m.hira_B.normal_(0, 0.01)
-        elif method != "base":
-            raise ValueError(f"unknown eval method {method!r} (base, knowhira)")
-        model.eval()
+    def with_knowhira(model):
+        model = build(model, get_method("knowhira").config_cls.from_values(
+            {"r_ab": args.r, "target_modules": args.targets}))
+        with torch.no_grad():  # a trained-looking state: non-zero B
+            for m in model.modules():
+                if hasattr(m, "hira_B"):
+                    m.hira_B.normal_(0, 0.01)
+        return model
+
+    setups = {"base": lambda model: model, "knowhira": with_knowhira}
+    for name in args.eval_methods.split(","):
+        if name not in setups:
+            raise ValueError(f"unknown eval configuration {name!r} ({', '.join(setups)})")
+        model = setups[name](copy.deepcopy(smollm2)).eval()
 
         def generate(ps, b, model=model):
             return generate_answers(model, tokenizer, ps, batch_size=b, max_new_tokens=args.gen_tokens,
@@ -62,13 +63,13 @@ def bench_eval(args, device, smollm2, tokenizer) -> dict:
                 out[mode][f"ratio_batch{batches[-1]}_over_batch{batches[0]}"] = ratio(
                     out[mode][f"batch{batches[-1]}_examples_per_s"],
                     out[mode][f"batch{batches[0]}_examples_per_s"])
-        res["per_method"][method] = out
+        res["per_method"][name] = out
         del model
         gc.collect()
     rows = []
-    for method, out in res["per_method"].items():
+    for name, out in res["per_method"].items():
         for mode, vals in out.items():
-            rows.append([method, mode] + [vals[f"batch{b}_examples_per_s"] for b in batches]
+            rows.append([name, mode] + [vals[f"batch{b}_examples_per_s"] for b in batches]
                         + ([vals[f"ratio_batch{batches[-1]}_over_batch{batches[0]}"]]
                            if len(batches) >= 2 else []))
     print_table(f"(e) evaluation throughput, SmolLM2, {len(prompts)} BoolQ test prompts, "

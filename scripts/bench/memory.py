@@ -135,12 +135,12 @@ def bench_memory_model(args, model_kind: str, model: dict, data: dict, out_dir) 
     device = recipe_device()
     dtype_name = step_dtype(args, device)
     rows = {}
-    for method in args.methods.split(","):
-        spec = {"device": device.type, "method": method, "steps": args.mem_steps,
-                "values": recipe_values(args, model_kind, model["dir"], method, data, out_dir)}
-        rows[method] = run_child(spec, args.child_timeout)
-        if "error" in rows[method]:
-            print(f"  (c) {model_kind} {method}: {rows[method]['error']}")
+    for name in args.methods.split(","):
+        spec = {"device": device.type, "method": name, "steps": args.mem_steps,
+                "values": recipe_values(args, model_kind, model["dir"], name, data, out_dir)}
+        rows[name] = run_child(spec, args.child_timeout)
+        if "error" in rows[name]:
+            print(f"  (c) {model_kind} {name}: {rows[name]['error']}")
     methods = [m for m in args.methods.split(",") if "peak_increase_mib" in rows[m]]
     lora = rows.get("lora", {}).get("peak_increase_mib")
     print_table(f"(c) peak memory of a training step, {model_kind}, {dtype_name}, batch "
