@@ -249,7 +249,7 @@ def markdown(summary: list[dict], opts, n_texts: int, notes: list[str]) -> str:
         "below the tolerance count as zeros.",
         "- **shares**: fraction of ‖ΔW‖_F² inside the span of the top-k left (U_k) / right (V_k) / both "
         "singular vectors of the PRETRAINED W0 (KaSA: truncated + dropped parts), k = max(r, "
-        f"round(svd_rank_ratio · min(out, in))) (ratio 0.5 when a run has none). In brackets: the "
+        "round(svd_rank_ratio · min(out, in))) (ratio 0.5 when a run has none). In brackets: the "
         "expectation for an isotropic Gaussian matrix of the same shape, k/out, k/in, k²/(out·in).",
         "- **‖ΔW‖/‖W0‖**: Frobenius norms; W0 is the weight the update is added to (KaSA: W0').",
         f"- **forgetting**: LM loss (mean next-token NLL, nats/token) of the base and the adapted model on "

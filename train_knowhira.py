@@ -4,7 +4,9 @@ Train:     python train_knowhira.py --model_name weights/smollm2/SmolLM2-135M-In
                --dataset mix:boolq,ARC-Easy,ARC-Challenge,openbookqa --max_steps 40
 Resume:    python train_knowhira.py --resume RUN_DIR
 Evaluate:  python train_knowhira.py --ckpt RUN_DIR --dataset all
+           python train_knowhira.py --ckpt PEFT_ADAPTER_DIR --model_name ITS_BASE --dataset all
 Zero-shot: python train_knowhira.py --ckpt none --model_name MODEL --dataset boolq
+Export:    python train_knowhira.py --ckpt RUN_DIR --export peft --export_dir OUT    (or --export merged)
 
 Multi-GPU: the same script under `torchrun --nproc_per_node=N` (accelerate handles DDP).
 Every flag comes from an options dataclass (training/recipe.py lists the groups; each method's own
@@ -16,9 +18,10 @@ import sys
 from pathlib import Path
 
 from eval.recipe import EvalOptions, EvalRecipe
+from models.export import ExportOptions, checkpoint_kind, export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
 from models.methods import REGISTRY
-from training.recipe import TRAIN_GROUPS, TrainRecipe, default_run_name
+from training.recipe import RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
 from utils.options import add_arguments, defaults_of
 from utils.runs import run_args
 
@@ -26,9 +29,8 @@ from utils.runs import run_args
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
 EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "dataset", "data_dir", "seed", "batch",
                "eval_strategy", "output_folder", "protocol")
-# flags that may change when a run is resumed (printed; everything else comes from args.json)
-RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
-               "keep_checkpoints")
+# the base-model flags: with --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR; a run has its own
+MODEL_FLAGS = ("model_name", "gguf_file", "load_bit")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -48,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     for title, cls in TRAIN_GROUPS.items():
         add_arguments(p.add_argument_group(title), cls, seen)
         if title == "method":
-            for name, method in REGISTRY.items():
-                add_arguments(p.add_argument_group(f"{name}: {method.summary}"), method.config_cls, seen)
+            for name, impl in REGISTRY.items():
+                add_arguments(p.add_argument_group(f"{name}: {impl.summary}"), impl.config_cls, seen)
     add_arguments(p.add_argument_group("evaluation (--ckpt)"), EvalOptions, seen)
+    add_arguments(p.add_argument_group("export (--ckpt RUN_DIR --export peft|merged --export_dir OUT)"),
+                  ExportOptions, seen)
     return p
 
 
@@ -60,6 +64,9 @@ def _method_flags() -> set[str]:
 
 def train_values(given: dict, parser) -> dict:
     """Flat training values: defaults, then the given flags; checks mode and method flags."""
+    export = sorted({f.name for f in ExportOptions.option_fields()} & given.keys())
+    if export:
+        parser.error(f"--{export[0]} is an export flag (used with --ckpt RUN_DIR), not a training one")
     eval_only = {f.name for f in EvalOptions.option_fields()} - {"ckpt"}
     wrong = sorted(eval_only & given.keys())
     if wrong:
@@ -100,9 +107,7 @@ def eval_recipe(given: dict, parser) -> EvalRecipe:
     wrong = sorted(set(given) - allowed)
     if wrong:
         parser.error(f"--{wrong[0]} is a training flag; evaluation (--ckpt) does not use it")
-    if given["ckpt"] != "none" and {"model_name", "gguf_file", "load_bit"} & given.keys():
-        parser.error("--model_name/--gguf_file/--load_bit come from the run's args.json with --ckpt RUN_DIR; "
-                     "they are for --ckpt none (zero-shot)")
+    check_model_flags(given, parser)
     values = {**defaults_of(EvalOptions), **{k: v for k, v in given.items() if k in defaults_of(EvalOptions)}}
     if "batch" in given and "eval_batch" not in given:
         values["eval_batch"] = given["batch"]
@@ -113,28 +118,72 @@ def eval_recipe(given: dict, parser) -> EvalRecipe:
                       output_folder=shared["output_folder"], protocol=given.get("protocol"))
 
 
+def check_model_flags(given: dict, parser) -> None:
+    """--model_name/--gguf_file/--load_bit: the base of --ckpt none or of a peft adapter folder
+    (--model_name required there); a run folder's base comes from its args.json."""
+    if given["ckpt"] == "none":
+        return
+    kind = checkpoint_kind(given["ckpt"])  # not a run nor a peft adapter: a one-line error
+    if kind == "run" and set(MODEL_FLAGS) & given.keys():
+        parser.error("--model_name/--gguf_file/--load_bit come from the run's args.json with --ckpt RUN_DIR; "
+                     "they are for --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR (its base model)")
+    if kind == "peft" and "model_name" not in given:
+        parser.error(f"--ckpt {given['ckpt']} is a peft adapter: name its base model with --model_name")
+
+
+def export_run(given: dict, parser) -> str:
+    """--ckpt RUN_DIR (or a peft adapter folder) --export peft|merged --export_dir OUT."""
+    allowed = {"ckpt", *(f.name for f in ExportOptions.option_fields()), *MODEL_FLAGS}
+    wrong = sorted(set(given) - allowed)
+    if wrong:
+        parser.error(f"--{wrong[0]} is not used by --export (it writes the trained model; it does not "
+                     f"train or evaluate)")
+    if "export" not in given or "export_dir" not in given:
+        parser.error("--export and --export_dir go together")
+    if given["ckpt"] == "none":
+        parser.error("--export needs a trained run or peft adapter (--ckpt RUN_DIR); --ckpt none has nothing to export")
+    check_model_flags(given, parser)
+    opts = ExportOptions(export=given["export"], export_dir=given["export_dir"])
+    base = ModelOptions.from_values({k: given[k] for k in MODEL_FLAGS if k in given}) \
+        if "model_name" in given else None
+    return export_checkpoint(open_checkpoint(given["ckpt"], base), opts.export, opts.export_dir)
+
+
 def main(argv=None) -> int:
-    from training.loop import NonFiniteLoss
+    from training.checkpoint import NonFiniteState
+    from training.loop import Interrupted, NonFiniteLoss
 
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     if "ckpt" in given and "resume" in given:
         parser.error("--ckpt (evaluate) and --resume (train) exclude each other")
     try:
+        if "ckpt" in given and {"export", "export_dir"} & given.keys():
+            print(export_run(given, parser))
+            return 0
         if "ckpt" in given:
             eval_recipe(given, parser).setup().run()
             return 0
         values = resume_values(given, parser) if "resume" in given else train_values(given, parser)
         if values["run_name"] is None:
             values["run_name"] = default_run_name(values)
-        TrainRecipe.from_values(values).setup().train()
+        TrainRecipe.from_values(values).setup().train(resuming="resume" in given)
         return 0
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, non-zero exit
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, NonFiniteState) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        print("stopped: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # e.g. a full disk: the path and the system's reason, on one line
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -141,6 +141,19 @@ def load_train_data(data_dir, dataset: str) -> list[dict]:
     return load_task_split(data_dir, task, "train")
 
 
+def record_place(data_dir, dataset: str, records: list, record: dict) -> str:
+    """Where `record` (one of the `records` load_train_data(data_dir, dataset) returned, the same
+    object) comes from: "<file> record <index in that file>", for messages about a record."""
+    spec = dataset.strip()
+    if spec == COMMON_170K:
+        path, mine = Path(data_dir) / COMMON_170K_FILE, records
+    else:  # one task, or a mix: each task's records in file order
+        path = task_file(data_dir, record.get("task", spec), "train")
+        mine = [r for r in records if r.get("task") == record.get("task")]
+    index = next((i for i, r in enumerate(mine) if r is record), None)
+    return f"{path} record {index}" if index is not None else str(path)
+
+
 def split_validation(records: list, n_val: int = 120, seed: int = 42) -> tuple[list, list]:
     """Deterministically hold out `n_val` records for validation; returns (train, val).
 
@@ -152,7 +165,8 @@ def split_validation(records: list, n_val: int = 120, seed: int = 42) -> tuple[l
     if n_val < 0:
         raise DataError(f"n_val must be >= 0, got {n_val}")
     if n_val >= len(records):
-        raise DataError(f"n_val={n_val} leaves no training records (only {len(records)} records)")
+        raise DataError(f"n_val={n_val} (--val_size) leaves no training records: there are only "
+                        f"{len(records)} records")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])

@@ -31,9 +31,13 @@ Scores (lm-eval's HFLM loglikelihood and ConfigurableTask.process_results):
             every option scores the same continuation, that length is the continuation's, so
             acc_norm = acc). Ties go to the first choice (numpy.argmax).
 The pairs of all examples are batched together, right-padded (eval.loglik's scheme); identical
-pairs are scored once, so identical choices tie exactly. Differences to lm-eval's own tasks: the
-questions come from the LLM-Adapters text (hellaswag's "ctx_b" is not re-capitalised, boolq has no
-passage), and openbookqa / social_i_qa use the ARC template above.
+pairs are scored once, so identical choices tie exactly. Nothing is truncated (lm-eval cuts the
+context from the left beyond the model's maximum length; these questions are far shorter).
+
+Differences to lm-eval's own tasks: the text is the LLM-Adapters one (hellaswag's ctx_b is not
+re-capitalised, boolq has no passage); openbookqa (lm-eval: the bare question stem) and social_i_qa
+(lm-eval: "Q: ...\nA:") use the ARC template above. tests/test_cloze.py runs lm-eval's own task
+definitions on the same records (those three with this context) and gets the same numbers.
 """
 import re
 from collections.abc import Mapping
@@ -212,8 +216,14 @@ def cloze_rows(model, tokenizer, records: list[dict], ids: list[int], task: str,
     task = resolve_task(task)
     items = [parse_record(records[i], task, i) for i in ids]
     requests = [cloze_requests(item, task) for item in items]
-    pairs = [encode_pair(tokenizer, context, continuation)
-             for pair_list, _ in requests for context, continuation in pair_list]
+    pairs = []
+    for i, (pair_list, _) in zip(ids, requests):
+        for k, (context, continuation) in enumerate(pair_list):
+            context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+            if not context_ids or not continuation_ids:
+                raise ValueError(f"{task}: record {i}: choice {k + 1} leaves the "
+                                 f"{'context' if not context_ids else 'continuation'} without tokens")
+            pairs.append((context_ids, continuation_ids))
     flat = score_token_pairs(model, pairs, pad_token_id(tokenizer), batch_size, show_progress)
     rows, at = [], 0
     for i, item, (pair_list, lengths) in zip(ids, items, requests):

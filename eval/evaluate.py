@@ -78,16 +78,42 @@ def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
     return sorted(rows, key=lambda row: row["id"])
 
 
+def prompt_room(model, tokenizer, mode: str, max_new_tokens: int, words=()) -> int | None:
+    """Prompt tokens that fit the model's positions (config max_position_embeddings) together with
+    what follows them: max_new_tokens generated tokens, or (loglik) the longest scored response for
+    the answer `words`; None when the model states no limit."""
+    from eval.loglik import candidate_response
+
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not max_pos:
+        return None
+    after = max_new_tokens if mode == "generate" else max(
+        (len(tokenizer(candidate_response(w), add_special_tokens=False)["input_ids"]) for w in words), default=0)
+    if max_pos - after < 2:
+        raise ValueError(f"{'--max_new_tokens ' + str(after) if mode == 'generate' else 'the answer'} leaves "
+                         f"no room for a prompt in the model's {max_pos} positions")
+    return max_pos - after
+
+
+def fit_prompt(ids: list[int], room: int | None, bos_id: int | None) -> list[int]:
+    """The prompt cut from the LEFT to `room` tokens, as training cuts it (the question's end and
+    "### Response:" stay), keeping a leading BOS token."""
+    if room is None or len(ids) <= room:
+        return ids
+    head = ids[:1] if bos_id is not None and ids[:1] == [bos_id] else []
+    return head + ids[len(ids) - (room - len(head)):]
+
+
 def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_tokens,
-               beam_size, show_progress, protocol: Protocol) -> list[dict]:
-    """Per-example rows for records[ids] (this rank's share)."""
+               beam_size, show_progress, protocol: Protocol, room: int | None = None) -> list[dict]:
+    """Per-example rows for records[ids] (this rank's share); protocol prompts cut to `room` tokens."""
     if not ids:
         return []
     if mode == "cloze":  # the choice texts as continuations; the protocol's prompt is not used
         return cloze_rows(model, tokenizer, records, ids, task, batch_size=batch_size,
                           show_progress=show_progress)
     chosen = [records[i] for i in ids]
-    prompts = [protocol.eval_prompt_ids(tokenizer, r) for r in chosen]
+    prompts = [fit_prompt(protocol.eval_prompt_ids(tokenizer, r), room, tokenizer.bos_token_id) for r in chosen]
     rows = []
     if mode == "generate":
         texts = generate_answers(model, tokenizer, prompts, batch_size=batch_size,
@@ -144,9 +170,14 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
             parse_record(record, task, index)
 
     ids = select_ids(len(records), max_examples, seed)
+    room, truncated = None, None  # prompts longer than the model's positions allow are cut (counted)
+    if mode != "cloze":
+        room = prompt_room(model, tokenizer, mode, max_new_tokens, ANSWER_WORDS[task])
+        truncated = 0 if room is None else \
+            sum(len(protocol.eval_prompt_ids(tokenizer, records[i])) > room for i in ids)
     start = time.perf_counter()
     rows = _run_model(model, tokenizer, records, ids[rank::world_size], task, mode, batch_size,
-                      max_new_tokens, beam_size, show_progress and rank == 0, protocol)
+                      max_new_tokens, beam_size, show_progress and rank == 0, protocol, room)
     rows = _gather_rows(rows, world_size)
     seconds = time.perf_counter() - start
 
@@ -177,12 +208,36 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens if mode == "generate" else None,
         "beam_size": beam_size if mode == "generate" else None,
+        "truncated_prompts": truncated,
         "predictions_file": f"eval/{task}.jsonl",
     }
     if rank == 0:
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         atomic_write_bytes(Path(out_dir) / "eval" / f"{task}.jsonl", lines.encode("utf-8"))
     return result
+
+
+def read_results(path) -> dict:
+    """results.json as {"meta": {...}, "tasks": {...}} (empty when absent); ValueError naming the file
+    when it is not valid JSON or not of that shape (it is never overwritten then). EvalRecipe.setup
+    calls this before anything is evaluated or written."""
+    path = Path(path)
+    if not path.exists():
+        return {"meta": {}, "tasks": {}}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); refusing to overwrite it") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{path} holds a JSON {type(results).__name__}, not evaluation results "
+                         '({"meta": {...}, "tasks": {...}}); refusing to overwrite it')
+    results.setdefault("meta", {})
+    results.setdefault("tasks", {})
+    wrong = [k for k in ("meta", "tasks") if not isinstance(results[k], dict)]
+    if wrong:
+        raise ValueError(f"{path}: {wrong[0]!r} is a JSON {type(results[wrong[0]]).__name__}, not an object "
+                         '(expected {"meta": {...}, "tasks": {...}}); refusing to overwrite it')
+    return results
 
 
 def update_results_json(out_dir, task_result: dict, meta: dict) -> dict:
@@ -192,14 +247,7 @@ def update_results_json(out_dir, task_result: dict, meta: dict) -> dict:
     again replaces its old entry; meta keys are updated.
     """
     path = Path(out_dir) / "results.json"
-    results = {"meta": {}, "tasks": {}}
-    if path.exists():
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); refusing to overwrite it") from err
-        results.setdefault("meta", {})
-        results.setdefault("tasks", {})
+    results = read_results(path)
     results["meta"].update(meta)
     results["tasks"][task_result["task"]] = task_result
     atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -8,14 +8,12 @@ shared prefix "the correct answer is" adds the same amount to every candidate of
 the ranking is decided by the answer word; scores are sums, not length-normalised.
 
 All (prompt, candidate) pairs are batched together, right-padded (real tokens keep positions
-0..L-1) with an attention mask; the result equals scoring each pair alone (tested to 1e-4).
+0..L-1) with an attention mask (eval.cloze.score_token_pairs, shared with the cloze mode); the
+result equals scoring each pair alone (tested to 1e-4).
 """
-import torch
-from tqdm.auto import tqdm
-
+from eval.cloze import score_token_pairs
 from eval.generate import encoded
-from eval.runtime import eval_mode, model_device
-from utils.batching import pad, pad_token_id
+from utils.batching import pad_token_id
 
 RESPONSE_PREFIX = "the correct answer is "
 
@@ -47,37 +45,20 @@ def score_candidates(model, tokenizer, prompts: list[str],
         raise ValueError("batch_size must be >= 1")
     per_prompt = _per_prompt_candidates(prompts, candidates)
     prompts = encoded(tokenizer, prompts)
-    pad_id = pad_token_id(tokenizer)
     response_ids: dict[str, list[int]] = {}
-
-    # one item per (prompt, candidate): (prompt index, candidate index, prompt ids, response ids)
-    items = []
-    for i, (prompt, words) in enumerate(zip(prompts, per_prompt)):
-        prompt_ids = prompt
+    pairs = []  # one (prompt ids, response ids) per (prompt, candidate), prompt by prompt
+    for i, (prompt_ids, words) in enumerate(zip(prompts, per_prompt)):
         if not prompt_ids:
             raise ValueError(f"prompt {i} encodes to no tokens; nothing to condition on")
-        for j, word in enumerate(words):
+        for word in words:
             if word not in response_ids:
-                response_ids[word] = tokenizer(candidate_response(word),
-                                               add_special_tokens=False)["input_ids"]
-            items.append((i, j, prompt_ids, response_ids[word]))
-    items.sort(key=lambda item: len(item[2]) + len(item[3]), reverse=True)
-
-    scores = [[0.0] * len(words) for words in per_prompt]
-    device = model_device(model)
-    with eval_mode(model):
-        for start in tqdm(range(0, len(items), batch_size), desc="loglik",
-                          disable=not show_progress):
-            batch = items[start:start + batch_size]
-            input_ids, attention_mask = pad([p + r for _, _, p, r in batch], pad_id, "right")
-            logits = model(input_ids=input_ids.to(device),
-                           attention_mask=attention_mask.to(device), use_cache=False).logits
-            for row, (i, j, p, r) in enumerate(batch):
-                # the token at position t is predicted by the logits at position t - 1
-                positions = torch.arange(len(p) - 1, len(p) + len(r) - 1, device=logits.device)
-                log_probs = torch.log_softmax(logits[row, positions].float(), dim=-1)
-                targets = torch.tensor(r, dtype=torch.long, device=logits.device)
-                scores[i][j] = log_probs.gather(1, targets[:, None]).sum().item()
+                response_ids[word] = tokenizer(candidate_response(word), add_special_tokens=False)["input_ids"]
+            pairs.append((prompt_ids, response_ids[word]))
+    flat = score_token_pairs(model, pairs, pad_token_id(tokenizer), batch_size, show_progress, desc="loglik")
+    scores, at = [], 0
+    for words in per_prompt:
+        scores.append(flat[at:at + len(words)])
+        at += len(words)
     return scores
 
 

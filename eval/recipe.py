@@ -15,8 +15,8 @@ from utils.options import Options, option, positive
 @dataclass
 class EvalOptions(Options):
     ckpt: str | None = option(None, "evaluate a trained run RUN_DIR (or 'none': the base model zero-shot)")
-    eval_mode: str = option("generate", "generate and extract the answer, or score the candidates",
-                            choices=MODES)
+    eval_mode: str = option("generate", "generate and extract the answer (generate), score the answer words "
+                            "(loglik), or score the choice texts as lm-eval does (cloze)", choices=MODES)
     eval_batch: int = option(16, "evaluation batch (--batch in evaluation mode sets it too)", check=positive)
     max_new_tokens: int | None = option(None, "generation length (default: the protocol's: 16 hira, 32 "
                                         "llm_adapters and clean)", check=positive)
@@ -53,9 +53,8 @@ class EvalRecipe:
         import torch
         from accelerate import PartialState
 
+        from models.export import open_checkpoint
         from models.get_models import load_base_model
-        from models.methods import get_method
-        from utils.runs import run_args, saved_dir_of
 
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.tasks, missing = eval_tasks(self.tasks_spec, self.data_dir)
@@ -70,26 +69,30 @@ class EvalRecipe:
             self.meta = {"method": "zero-shot", "model_name": name, "trainable_params": 0}
             self.out_dir = Path(self.opts.results_dir or Path(self.output_folder) / f"zeroshot_{Path(name).name}")
         else:
-            run_dir = Path(self.opts.ckpt)
-            saved = run_args(run_dir, "--ckpt")
-            adapter_dir = saved_dir_of(run_dir)
-            if not adapter_dir.is_dir():
-                raise FileNotFoundError(f"{run_dir} has no trained adapter (best/ or final/)")
-            method = get_method(saved["peft_type"])
-            model, self.tokenizer = load_base_model(
-                saved["model_name"], **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
-            model = method.load(model, adapter_dir)
+            # a run folder (its args.json names method and base) or a stock peft adapter on self.base
+            ckpt = open_checkpoint(self.opts.ckpt, self.base)
+            method = ckpt.method
+            model, self.tokenizer = ckpt.load()
             # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
             # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call)
             model = method.merge_and_unload(model)
             hparams = [f for f in method.config_cls.option_fields() if f.name != "target_modules"]
-            self.meta = {"method": method.name, "model_name": saved["model_name"], "adapter": adapter_dir.name,
-                         # counted at training time: peft loads lora/dora/ia3 frozen (count 0 here)
-                         "trainable_params": saved.get("trainable_params"),
-                         **{f.name: saved.get(f.name) for f in hparams},
-                         **{k: saved.get(k) for k in ("lr", "max_steps", "dataset", "seed")}}
-            self.out_dir = Path(self.opts.results_dir or run_dir)
-            trained = {"protocol": saved.get("protocol", "clean"), "train_on_inputs": saved.get("train_on_inputs")}
+            if ckpt.kind == "run":
+                saved = ckpt.run_args
+                self.meta = {"method": method.name, "model_name": saved["model_name"], "adapter": ckpt.saved_dir.name,
+                             # counted at training time: peft loads lora/dora/ia3 frozen (count 0 here)
+                             "trainable_params": saved.get("trainable_params"),
+                             **{f.name: saved.get(f.name) for f in hparams},
+                             **{k: saved.get(k) for k in ("lr", "max_steps", "dataset", "seed")}}
+                self.out_dir = Path(self.opts.results_dir or ckpt.path)
+                trained = {"protocol": saved.get("protocol", "clean"), "train_on_inputs": saved.get("train_on_inputs")}
+            else:  # trained elsewhere: no training record; results beside the runs, not in the adapter
+                cfg = asdict(ckpt.cfg)
+                name = ckpt.path.resolve().name
+                self.meta = {"method": method.name, "model_name": self.base.model_name, "adapter": f"peft:{name}",
+                             "trainable_params": ckpt.adapter_params(), **{f.name: cfg.get(f.name) for f in hparams}}
+                self.out_dir = Path(self.opts.results_dir or Path(self.output_folder) / f"peft_{name}")
+                trained = {}
         self.model = model.to(self.state.device).eval()
         self.protocol = get_protocol(self.protocol_name or trained.get("protocol", DEFAULT_PROTOCOL))
         self.beam_size = self.opts.beam_size or self.protocol.num_beams
@@ -97,6 +100,9 @@ class EvalRecipe:
         self.meta.update(eval_mode=self.opts.eval_mode, max_examples=self.opts.max_examples,
                          protocol=self.protocol.name, beam_size=self.beam_size, max_new_tokens=self.max_new_tokens,
                          protocol_deviations=self.deviations(trained))
+        from eval.evaluate import read_results
+
+        read_results(self.out_dir / "results.json")  # a damaged results.json: refused before anything is written
         return self
 
     def deviations(self, trained: dict) -> dict:
@@ -128,7 +134,9 @@ class EvalRecipe:
             if self.state.is_main_process:
                 update_results_json(self.out_dir, result, self.meta)
                 lo, hi = result["ci95_low"], result["ci95_high"]
-                print(f"{task:14s} acc {100 * result['accuracy']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+                norm = (f" acc_norm {100 * result['accuracy_norm']:5.1f}% [{100 * result['ci95_low_norm']:.1f}, "
+                        f"{100 * result['ci95_high_norm']:.1f}]" if "accuracy_norm" in result else "")
+                print(f"{task:14s} acc {100 * result['accuracy']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]{norm} "
                       f"n={result['n']} parse-fail {100 * result['parse_failure_rate']:.1f}% "
                       f"chance {100 * result['chance_accuracy']:.1f}% "
                       f"majority {100 * result['majority_accuracy']:.1f}% "

@@ -13,8 +13,15 @@ from models.hadamard import MergeableAdapter, base_weight
 from utils.atomic import atomic_save_safetensors, atomic_write_json
 from utils.dist import full
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+# This project's adapter files. They are NOT peft's names: a folder holding them is not a peft
+# adapter, and `PeftModel.from_pretrained` on it stops at once ("Can't find 'adapter_config.json'")
+# instead of failing deep inside peft on our method names. `--export peft` (models/export.py) writes
+# the stock peft form of the Hadamard family.
+ADAPTER_WEIGHTS = "knowhira_adapter.safetensors"
+ADAPTER_CONFIG = "knowhira_adapter.json"
+# the names runs made before that change used (peft's, with our lowercase method names); still read
+LEGACY_WEIGHTS = "adapter_model.safetensors"
+LEGACY_CONFIG = "adapter_config.json"
 
 
 # ---- target matching ---------------------------------------------------------------------------
@@ -107,25 +114,69 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, config: dict, out_dir, write: bool = True) -> None:
-    """Write `adapter_model.safetensors` + `adapter_config.json` (`config`: the method's name under
-    "peft_type" and its options), each atomically, no pickle. Under FSDP2 every rank calls this (the
-    gather is collective) and only `write=True` writes."""
+    """Write `knowhira_adapter.safetensors` + `knowhira_adapter.json` (`config`: the method's name
+    under "peft_type" and its options), each atomically, no pickle. Under FSDP2 every rank calls this
+    (the gather is collective) and only `write=True` writes. Files of the old names left by a resumed
+    old run are removed, so the folder holds one adapter."""
     state = adapter_state_dict(model)
     if not write:
         return
     out_dir = Path(out_dir)
     atomic_save_safetensors(state, out_dir / ADAPTER_WEIGHTS, metadata={"format": "knowhira"})
     atomic_write_json(out_dir / ADAPTER_CONFIG, config)
+    legacy = out_dir / LEGACY_CONFIG
+    if legacy.is_file() and _json_dict(legacy).get("peft_type") == config.get("peft_type"):
+        legacy.unlink()  # our own old adapter (a peft adapter has an uppercase peft_type)
+        (out_dir / LEGACY_WEIGHTS).unlink(missing_ok=True)
+
+
+def _json_dict(path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def adapter_file(adapter_dir, name: str) -> Path:
+    """`adapter_dir`/name, or the file of the old name (runs made before the rename) when only that
+    exists. name: ADAPTER_CONFIG or ADAPTER_WEIGHTS."""
+    path = Path(adapter_dir) / name
+    legacy = Path(adapter_dir) / {ADAPTER_CONFIG: LEGACY_CONFIG, ADAPTER_WEIGHTS: LEGACY_WEIGHTS}[name]
+    return legacy if not path.is_file() and legacy.is_file() else path
 
 
 def read_adapter_config(adapter_dir) -> dict:
-    path = Path(adapter_dir) / ADAPTER_CONFIG
+    path = adapter_file(adapter_dir, ADAPTER_CONFIG)
     if not path.is_file():
-        raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {adapter_dir}")
+        raise FileNotFoundError(f"no {ADAPTER_CONFIG} (or {LEGACY_CONFIG}) in {adapter_dir}")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object of the adapter's options, got {type(config).__name__}")
+    return config
+
+
+def load_checked(path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `path`; an error naming the file when it is missing,
+    cannot be read (damaged, truncated) or holds NaN or inf (training never saves such values)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        why = " ".join(str(e).split())[:160]
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {why}; damaged or truncated?)") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{path}: non-finite values (NaN or inf) in {bad[0]}"
+                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; damaged?")
+    return tensors
 
 
 def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
@@ -134,9 +185,7 @@ def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
     Checks that each layer's ||W0||_F matches the one seen at training time (rel. 1e-2), so an
     adapter loaded onto the wrong base model fails loudly instead of evaluating garbage.
     """
-    from safetensors.torch import load_file
-
-    saved = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
+    saved = load_checked(adapter_file(adapter_dir, ADAPTER_WEIGHTS))
     expected = adapter_state_dict(model)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
@@ -179,15 +228,39 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     return model
 
 
+def save_plain_model(model: nn.Module, tokenizer, out_dir) -> None:
+    """Write a plain Hugging Face model folder: weights (safetensors), config.json,
+    generation_config.json and the tokenizer's files.
+
+    A model loaded from GGUF carries transformers' GGUF marks (its `hf_quantizer`,
+    `config.quantization_config`), and save_pretrained refuses it; but its weights were dequantised
+    on load and are plain tensors, so the marks are dropped here and the folder is an ordinary
+    model that `from_pretrained` loads without the GGUF file. Other quantisations are refused.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quant = getattr(quantizer.quantization_config, "quant_method", None)
+        quant = getattr(quant, "value", quant)
+        if quant != "gguf":
+            raise ValueError(f"cannot write a plain model from weights quantized with {quant}")
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    if not getattr(model.config, "architectures", None):  # GGUF configs have none
+        model.config.architectures = [type(model).__name__]
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+
+
 def export_merged(model: nn.Module, tokenizer, out_dir) -> None:
     """Merge in place and write a plain Hugging Face model directory (safetensors).
 
     `AutoModelForCausalLM.from_pretrained(out_dir)` loads it with no project code. This consumes
-    the adapted model (its adapters are merged and removed).
+    the adapted model (its adapters are merged and removed). For any method, from a run folder:
+    `models.export.export_checkpoint` (`train_knowhira.py --ckpt RUN --export merged`).
     """
     model = merge_and_unload(model)
     for p in model.parameters():
         p.requires_grad_(True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out_dir))
+    save_plain_model(model, tokenizer, out_dir)

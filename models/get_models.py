@@ -77,12 +77,15 @@ def load_base_model(model_name: str, **options):
     if looks_local(model_name) and not Path(model_name).exists():
         raise FileNotFoundError(f"model {model_name} does not exist (expected a hub name like org/model, "
                                 "a local model folder, or a .gguf file)")
+    if gguf_file is None and Path(model_name).is_dir() and not (Path(model_name) / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {model_name} has no config.json (expected a Hugging Face model "
+                                "folder: config.json, weights and tokenizer files; or a .gguf file)")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs)
-    except OSError as e:  # not on the hub / offline / a folder without model files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (OSError, ValueError) as e:  # not on the hub / offline / a folder without model or tokenizer files
+        first = " ".join(str(e).split())[:300] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"model {model_name} could not be loaded (a hub name like org/model, a local "
                                 f"model folder, or a .gguf file): {first}") from None
     if tokenizer.pad_token is None:

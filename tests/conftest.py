@@ -92,3 +92,16 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def boolq_dir(tmp_path_factory, data_dir):
+    """A data folder with the first 30 real boolq train and test records (training + evaluation)."""
+    import json
+
+    out = tmp_path_factory.mktemp("boolq_data")
+    (out / "boolq").mkdir()
+    for split in ("train", "test"):
+        records = json.loads((data_dir / "boolq" / f"{split}.json").read_text())[:30]
+        (out / "boolq" / f"{split}.json").write_text(json.dumps(records))
+    return out

@@ -171,7 +171,7 @@ def test_load_onto_wrong_base_fails(tmp_path):
 
 
 def test_regex_targets_survive_save_and_load(tmp_path):
-    """A regex target is saved as the pattern (adapter_config.json, args.json) and read back as
+    """A regex target is saved as the pattern (knowhira_adapter.json, args.json) and read back as
     the same regex, not as a module-name list."""
     model, cfg = adapted("llama", r"re:model\.layers\.0\..*_proj", variant="hira")
     randomise_b(model)

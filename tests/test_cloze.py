@@ -395,8 +395,8 @@ def test_same_as_lm_eval_on_smollm2(data_dir, tmp_path):
     from models.get_models import load_base_model
 
     model, tokenizer = load_base_model(path)
-    ours = assert_same_as_lm_eval(model.eval(), tokenizer, {t: load_test(data_dir, t)[:20] for t in ("ARC-Easy", "piqa")},
-                                  tmp_path)
+    records = {task: load_test(data_dir, task)[:20] for task in ("ARC-Easy", "piqa")}
+    ours = assert_same_as_lm_eval(model.eval(), tokenizer, records, tmp_path)
     for task, (result, _) in ours.items():
         print(f"SmolLM2 cloze {task}: acc {result['accuracy']:.2f} acc_norm {result['accuracy_norm']:.2f} "
               f"chance {result['chance_accuracy']:.2f}")
@@ -409,15 +409,15 @@ def test_token_split_is_lm_evals(gpt2_tokenizer):
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=tiny_model("gpt2"), tokenizer=gpt2_tokenizer, batch_size=1)
-    cases = [("Question: is it?\nAnswer: ", "yes"), ("The result was un", "believable"), ("end.", "  Cross it"),
+    cases = [("Question: is it?\nAnswer: ", "yes"), ("The result was un", "believable story"), ("end.", "  Cross it"),
              ("Answer:", " no"), ("x", "\n\n y")]
     for context, continuation in cases:
         assert encode_pair(gpt2_tokenizer, context, continuation) == lm._encode_pair(context, continuation)
     ctx, cont = encode_pair(gpt2_tokenizer, "Question: is it?\nAnswer: ", "yes")
     assert gpt2_tokenizer.decode(cont) == " yes" and gpt2_tokenizer.decode(ctx).endswith("Answer:")
-    ctx, cont = encode_pair(gpt2_tokenizer, "The result was un", "believable")
-    assert gpt2_tokenizer.decode(ctx + cont) == "The result was unbelievable"
-    assert cont != gpt2_tokenizer("believable")["input_ids"]  # the merge across the boundary
+    ctx, cont = encode_pair(gpt2_tokenizer, "The result was un", "believable story")
+    assert gpt2_tokenizer.decode(cont) == " story"  # "un" + "believable" merged into the context's last token
+    assert cont != gpt2_tokenizer("believable story")["input_ids"]
 
 
 def test_cloze_rows_do_not_depend_on_batch_size_or_subset(data_dir, gpt2_tokenizer):
@@ -442,3 +442,35 @@ def test_identical_choices_tie_to_the_first(gpt2_tokenizer):
     assert row["scores"][0] == row["scores"][1]
     assert (row["extracted"], row["pred_norm"], row["correct"], row["correct_norm"]) == (
         "solution1", "solution1", False, False)
+
+
+def test_cli_zero_shot_cloze(tiny_neo_dir, data_dir, tmp_path, capsys):
+    """`--eval_mode cloze` from the command line: results.json carries acc_norm with its interval, the
+    cloze protocol name and no parse failures; the per-example file has the cloze rows."""
+    import train_knowhira
+
+    res = tmp_path / "res"
+    assert train_knowhira.main(["--ckpt", "none", "--model_name", str(tiny_neo_dir), "--data_dir", str(data_dir),
+                                "--dataset", "boolq,arc-e", "--eval_mode", "cloze", "--max_examples", "6",
+                                "--results_dir", str(res)]) == 0, capsys.readouterr().err
+    results = json.loads((res / "results.json").read_text())
+    assert results["meta"]["eval_mode"] == "cloze"
+    for task in ("boolq", "ARC-Easy"):
+        result = results["tasks"][task]
+        rows = [json.loads(line) for line in (res / "eval" / f"{task}.jsonl").read_text().splitlines()]
+        assert len(rows) == result["n"] == 6 and result["protocol"] == PROTOCOL_NAME
+        assert set(rows[0]) == {"id", "choices", "scores", "extracted", "pred_norm", "gold", "correct", "correct_norm"}
+        assert result["correct"] == sum(r["correct"] for r in rows)
+        assert result["correct_norm"] == sum(r["correct_norm"] for r in rows)
+        assert result["accuracy_norm"] == result["correct_norm"] / 6
+        assert (result["ci95_low_norm"], result["ci95_high_norm"]) == wilson_interval(result["correct_norm"], 6)
+        assert result["parse_failures"] == 0 and result["max_new_tokens"] is None and result["beam_size"] is None
+
+
+def test_generate_and_loglik_results_have_no_norm_fields(data_dir, gpt2_tokenizer, tmp_path):
+    records = load_test(data_dir, "boolq")[:2]
+    for mode in ("generate", "loglik"):
+        result = evaluate_task(tiny_model("gpt2"), gpt2_tokenizer, records, "boolq", tmp_path / mode,
+                               protocol=get_protocol("clean"), mode=mode, batch_size=2, max_new_tokens=2,
+                               beam_size=1, max_examples=None, seed=0, show_progress=False)
+        assert not any(key.endswith("_norm") for key in result) and result["protocol"] == "clean"

@@ -59,13 +59,8 @@ def method():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("data")
-    (out / "boolq").mkdir()
-    for split in ("train", "test"):
-        records = json.loads((data_dir / "boolq" / f"{split}.json").read_text())[:30]
-        (out / "boolq" / f"{split}.json").write_text(json.dumps(records))
-    return out
+def data(boolq_dir):
+    return boolq_dir
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +85,11 @@ def test_trains_with_its_own_flag_and_saves_its_core(run):
     # 2 layers x (q, v): r (in + out) + r each, 48 x 48
     assert saved["trainable_params"] == 2 * 2 * (4 * 96 + 4)
     assert [r["step"] for r in log(run)] == [1, 2]
-    weights = load_file(str(run / "final" / "adapter_model.safetensors"))
+    weights = load_file(str(run / "final" / "knowhira_adapter.safetensors"))
     diags = [v for k, v in weights.items() if k.endswith(".diag")]
     assert len(diags) == 4 and all(d.shape == (4,) for d in diags)
     assert any((d - 0.75).abs().max() > 1e-4 for d in diags)  # the core trained
-    assert json.loads((run / "final" / "adapter_config.json").read_text())["diag_init"] == 0.75
+    assert json.loads((run / "final" / "knowhira_adapter.json").read_text())["diag_init"] == 0.75
 
 
 def test_resumes(run):

@@ -63,7 +63,7 @@ def test_single_gpu_command(common_170k, tiny_neo_dir):
     # 150 records - 120 validation = 30 -> 3 steps per epoch at batch 8; 3.0 epochs
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 10))
-    assert (run / "best" / "adapter_model.safetensors").is_file()
+    assert (run / "best" / "knowhira_adapter.safetensors").is_file()
 
 
 def test_torchrun_command(common_170k, tiny_neo_dir):

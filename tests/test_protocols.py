@@ -150,13 +150,8 @@ def bos_tokenizer(gpt2_tokenizer):
 
 # ---- through the CLI ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("data")
-    (out / "boolq").mkdir()
-    for split in ("train", "test"):
-        records = json.loads((data_dir / "boolq" / f"{split}.json").read_text())[:20]
-        (out / "boolq" / f"{split}.json").write_text(json.dumps(records))
-    return out
+def data(boolq_dir):
+    return boolq_dir
 
 
 @pytest.mark.usefixtures("single_thread")

@@ -251,9 +251,9 @@ def test_eval_steps_log_steps_keep_checkpoints(tmp_path, features, gpt2_tokenize
             total, count = total + s.item(), count + c
     assert log[-1]["val_loss"] == pytest.approx(total / count, rel=1e-5)
     vals = [r["val_loss"] for r in log if "val_loss" in r]
-    assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "best" / "knowhira_adapter.safetensors").is_file()
     if vals.index(min(vals)) == len(vals) - 1:  # best is the last evaluation: best/ == final/
-        a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("best", "final"))
+        a, b = (load_file(str(tmp_path / d / "knowhira_adapter.safetensors")) for d in ("best", "final"))
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -269,7 +269,7 @@ def test_eval_strategy(tmp_path, features, gpt2_tokenizer, strategy, eval_steps,
     assert [r["step"] for r in log if "val_loss" in r] == expected
     assert [r["epoch"] for r in log] == pytest.approx([(s + 1) / 3 for s in range(6)])
     assert (tmp_path / "best").is_dir() == bool(expected)
-    assert (tmp_path / "final" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "final" / "knowhira_adapter.safetensors").is_file()
     assert (result.best_value is None) == (not expected)
 
 
@@ -288,13 +288,13 @@ def test_early_stopping(tmp_path, features, gpt2_tokenizer, monkeypatch, patienc
     assert [r["val_loss"] for r in log if "val_loss" in r] == [2.0, 2.5, 2.4, 1.0][:stop_step // 2]
     assert latest_checkpoint(tmp_path / "checkpoints").name == f"step_{stop_step:06d}"
     # best/ holds the adapter of the best evaluation's step
-    best = load_file(str(tmp_path / "best" / "adapter_model.safetensors"))
+    best = load_file(str(tmp_path / "best" / "knowhira_adapter.safetensors"))
     at_best = load_file(str(tmp_path / "checkpoints" / f"step_{best_step:06d}" / "trainable.safetensors"))
     a_keys = [k for k in best if k.endswith(".hira_A")]
     assert len(a_keys) == 10
     for k in a_keys:
         assert torch.equal(best[k], at_best[k])
-    final = load_file(str(tmp_path / "final" / "adapter_model.safetensors"))
+    final = load_file(str(tmp_path / "final" / "knowhira_adapter.safetensors"))
     assert any(not torch.equal(final[k], best[k]) for k in a_keys) == (best_step != stop_step)
 
 

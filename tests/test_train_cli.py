@@ -153,8 +153,8 @@ def test_resume_reproduces_the_uninterrupted_run(runs, name):
         if "val_loss" in a:
             assert abs(a["val_loss"] - b["val_loss"]) <= 1e-6
     for sub in ("final", "best"):
-        wa = load_file(str(out / "A" / sub / "adapter_model.safetensors"))
-        wb = load_file(str(out / name / sub / "adapter_model.safetensors"))
+        wa = load_file(str(out / "A" / sub / "knowhira_adapter.safetensors"))
+        wb = load_file(str(out / name / sub / "knowhira_adapter.safetensors"))
         assert wa.keys() == wb.keys() and len(wa) > 0
         for k in wa:
             assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, (sub, k)
@@ -179,15 +179,15 @@ def test_run_dir_contents(runs, tiny_neo_dir):
                             "trainable_params", "n_train", "n_val"}
     assert saved["peft_type"] == "knowhira" and saved["resume"] is None and saved["run_name"] == "A"
     assert "kasa_alpha" not in saved and "lora_alpha" not in saved and "sb_eta" not in saved
-    for sub in ("best", "final"):
+    for sub in ("best", "final"):  # our own file names: not a peft folder (--export peft makes one)
         assert sorted(p.name for p in (run / sub).iterdir()) == \
-            ["adapter_config.json", "adapter_model.safetensors"]
-        adapter_cfg = json.loads((run / sub / "adapter_config.json").read_text())
+            ["knowhira_adapter.json", "knowhira_adapter.safetensors"]
+        adapter_cfg = json.loads((run / sub / "knowhira_adapter.json").read_text())
         # {"peft_type": name, **the method's config fields} (r_ab, not the layer's r)
         assert adapter_cfg == {"peft_type": "knowhira",
                                **{k: saved[k] for k in asdict(KnowHiRAConfig())}}
         assert adapter_cfg["r_ab"] == R and adapter_cfg["target_modules"] == TARGETS.split(",")
-    weights = load_file(str(run / "final" / "adapter_model.safetensors"))
+    weights = load_file(str(run / "final" / "knowhira_adapter.safetensors"))
     assert sum(v.numel() for k, v in weights.items()
                if k.rsplit(".", 1)[-1] in ("hira_A", "hira_B", "gate")) == 4648
 
@@ -314,7 +314,7 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, ti
                             "--dataset", "mix:boolq,openbookqa", "--val_size", 4, "--cutoff_len", 128,
                             "--batch", 2, "--max_steps", 8, "--save_steps", 1, "--keep_checkpoints", 3,
                             "--eval_strategy", "no", "--r_ab", R, "--target_modules", TARGETS,
-                            "--lr", "1e30", "--max_grad_norm", 0, "--output_folder", tmp_path,
+                            "--lr", "1e6", "--warmup", 8, "--max_grad_norm", 0, "--output_folder", tmp_path,
                             "--run_name", "diverge"], capsys)
     finally:
         torch.set_num_threads(n_threads)
@@ -322,16 +322,27 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, ti
     log = read_log(run)
     assert rc == 3
     assert "non-finite task loss" in err and f"at step {len(log) + 1}" in err
-    assert 1 <= len(log) < 8  # it really diverged, within a few steps
+    assert 3 <= len(log) < 8  # it really diverged, within a few steps (the warmup delays it)
     assert all(math.isfinite(r["loss_task"]) for r in log)
-    good = f"step_{len(log):06d}"  # the last step with a finite loss
-    assert (run / "checkpoints" / "latest").read_text() == good
+    # the checkpoint of the last finite step is removed: the next step is not finite from it, so
+    # --resume would stop again at once; the one before it is the last good checkpoint
+    removed, good = f"step_{len(log):06d}", f"step_{len(log) - 1:06d}"
+    assert f"{removed} was removed" in err and f"the last good checkpoint is {run / 'checkpoints' / good}" in err
+    assert (run / "checkpoints" / "latest").read_text() == good and not (run / "checkpoints" / removed).exists()
     ckpt = run / "checkpoints" / good
     assert sorted(p.name for p in ckpt.iterdir()) == ["state.pt", "trainable.safetensors"]
-    assert torch.load(ckpt / "state.pt", weights_only=True)["step"] == len(log)
-    assert len(load_file(str(ckpt / "trainable.safetensors"))) == 30  # A, B, gate x 10 layers
+    assert torch.load(ckpt / "state.pt", weights_only=True)["step"] == len(log) - 1
+    saved = load_file(str(ckpt / "trainable.safetensors"))
+    assert len(saved) == 30 and all(torch.isfinite(t).all() for t in saved.values())  # A, B, gate x 10 layers
     assert not list(run.rglob("*.tmp"))
     assert not (run / "final").exists()  # no adapter is published from a diverged run
+    torch.set_num_threads(1)
+    try:  # --resume trains on from the good checkpoint (and, the data order being exact, stops again)
+        rc, err = run_main(["--resume", run], capsys)
+    finally:
+        torch.set_num_threads(n_threads)
+    assert rc == 3 and f"at step {len(log) + 1}" in err
+    assert [r["step"] for r in read_log(run)] == list(range(1, len(log) + 1))
 
 
 # ---- the redesigned command line: modes, method flags, --epoch, parse-time checks, --resume ----
@@ -386,7 +397,7 @@ def test_fractional_epoch(epoch, steps, tmp_path, capsys, tiny_neo_dir, small_da
     assert [r["epoch"] for r in log] == pytest.approx([s / 3 for s in range(1, steps + 1)])
     assert json.loads((run / "train_summary.json").read_text())["steps"] == steps
     assert (run / "checkpoints" / "latest").read_text() == f"step_{steps:06d}"
-    assert (run / "final" / "adapter_model.safetensors").is_file()
+    assert (run / "final" / "knowhira_adapter.safetensors").is_file()
 
 
 def test_eval_mode_rejects_a_training_flag(tiny_run, data_dir, tmp_path, capsys):
@@ -499,6 +510,6 @@ def test_resume_with_more_max_steps_continues(tiny_run, tmp_path, capsys, thread
     # steps 1-2 are the original run's, unchanged
     ref = read_log(tiny_run)
     assert [r["loss_task"] for r in log[:2]] == [r["loss_task"] for r in ref]
-    a = load_file(str(tiny_run / "final" / "adapter_model.safetensors"))
-    b = load_file(str(run / "final" / "adapter_model.safetensors"))
+    a = load_file(str(tiny_run / "final" / "knowhira_adapter.safetensors"))
+    b = load_file(str(run / "final" / "knowhira_adapter.safetensors"))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a if k.endswith("hira_A"))

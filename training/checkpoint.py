@@ -71,9 +71,7 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, scheduler, extra: di
         os.kill(os.getpid(), 9)
     state = {"optimizer": optim, "scheduler": scheduler.state_dict(),
              "rng": rng_state(), "step": step, **extra}
-    torch.save(state, tmp / "state.pt")
-    with open(tmp / "state.pt", "rb") as f:
-        os.fsync(f.fileno())
+    save_torch(state, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     fsync_dir(ckpt_root)  # the rename survives a power loss
@@ -81,6 +79,45 @@ def save_checkpoint(ckpt_root, step: int, model, optimizer, scheduler, extra: di
     for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p.suffix != ".tmp")[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class _WriteRecorder:
+    """A file for torch.save that keeps the OSError of a failed write (torch reports it as a
+    RuntimeError "unexpected pos ..." that names neither the file nor the reason)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
+def save_torch(obj, path) -> None:
+    """torch.save(obj, path), fsynced; a failed write (e.g. a full disk) is the file system's
+    OSError naming `path`."""
+    f = open(path, "wb")
+    recorder = _WriteRecorder(f)
+    try:
+        torch.save(obj, recorder)
+        f.flush()
+        os.fsync(f.fileno())
+    except (RuntimeError, OSError) as e:
+        error = recorder.error or (e if isinstance(e, OSError) else None)
+        try:
+            f.close()
+        except OSError:
+            pass
+        if error is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
+    f.close()
 
 
 def complete(path: Path) -> bool:
@@ -107,6 +144,26 @@ def latest_checkpoint(ckpt_root, log=print) -> Path | None:
     return None
 
 
+def reason(e: BaseException) -> str:
+    """An exception as a short phrase for a one-line message: its type and first sentence."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text.split('. ')[0][:160]}" if text else type(e).__name__
+
+
+def discard_checkpoint(ckpt_root, step: int) -> None:
+    """Remove checkpoint `step`; `latest` then names the newest complete one left (or is removed).
+    The pointer changes first, so a kill in between leaves it naming a complete checkpoint."""
+    ckpt_root = Path(ckpt_root)
+    path, pointer = ckpt_root / f"step_{step:06d}", ckpt_root / "latest"
+    rest = sorted(p for p in ckpt_root.glob("step_*") if p != path and p.suffix != ".tmp" and complete(p))
+    if rest:
+        atomic_write_bytes(pointer, rest[-1].name.encode())
+    else:
+        pointer.unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+    fsync_dir(ckpt_root)
+
+
 class NonFiniteState(RuntimeError):
     """A trainable tensor or gradient holds NaN or inf."""
 
@@ -120,16 +177,24 @@ def load_checkpoint(path, model, optimizer, scheduler, config: dict | None = Non
         try:
             recorded = torch.load(path / "state.pt", weights_only=True).get("config")
         except Exception as e:
-            raise ValueError(f"{path / 'state.pt'}: cannot be read ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
         if recorded is not None and recorded != config:
-            diff = sorted(k for k in recorded.keys() | config.keys() if recorded.get(k) != config.get(k))
+            first = ("peft_type", "model_name", "r_ab", "target_modules", "dataset")
+            diff = sorted((k for k in recorded.keys() | config.keys() if recorded.get(k) != config.get(k)),
+                          key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
+            more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
             raise ValueError(f"{path} was made with another configuration than the run's args.json: "
-                             + ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in diff[:6]))
+                             + ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in diff[:6]) + more)
     weights = path / "trainable.safetensors"
     try:
         saved = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{weights}: cannot be read ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{weights}: cannot be read ({reason(e)}; damaged or truncated?)") from None
+    bad = [n for n, t in saved.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # save_checkpoint never writes these: the file was damaged or written elsewhere
+        raise ValueError(f"{weights}: non-finite values in {bad[0]}"
+                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; not a checkpoint "
+                         f"to continue from (resume from an earlier one: remove {path})")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
     if missing or unexpected:
@@ -143,7 +208,7 @@ def load_checkpoint(path, model, optimizer, scheduler, config: dict | None = Non
     try:
         state = torch.load(path / "state.pt", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path / 'state.pt'}: cannot be read ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

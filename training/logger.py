@@ -1,34 +1,81 @@
 """Training logs a person can plot: JSONL (one record per logged step), TensorBoard, and a PNG."""
 import json
+import sys
+import threading
 from pathlib import Path
 
 from utils.atomic import atomic_write_bytes
 
 
 class RunLogger:
-    """Appends step records to RUN_DIR/log.jsonl and mirrors scalars to TensorBoard (RUN_DIR/tb)."""
+    """Appends step records to RUN_DIR/log.jsonl and mirrors scalars to TensorBoard (RUN_DIR/tb).
+
+    log.jsonl is the record: a failed write of it is an error naming the file. TensorBoard is a
+    view: when its writer fails (e.g. a full disk; it writes from a thread of its own) the run goes
+    on with one warning line, and `close(quiet=True)` (a run that failed anyway) says nothing."""
 
     def __init__(self, run_dir, resume_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(run_dir) / "log.jsonl"
         existed = self.path.exists()
-        if existed:  # a resumed run: drop the records written after the checkpoint (all, from step 0)
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= resume_step]
+        if existed:  # a resumed run: drop the records written after the checkpoint (all, from step 0),
+            keep = [line for line in self.path.read_text().splitlines()  # and a line cut by a kill
+                    if _step(line) is not None and _step(line) <= resume_step]
             atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
-        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step if existed else None)
+        self.tb_dir, self.tb_ok, self.quiet = Path(run_dir) / "tb", True, False
+        self.tb = SummaryWriter(str(self.tb_dir), purge_step=resume_step if existed else None)
+        self.previous_hook = threading.excepthook
+        threading.excepthook = self._thread_error  # tensorboard's writer thread: a warning, not a traceback
+
+    def _thread_error(self, args):
+        if type(args.thread).__name__ == "_AsyncWriterThread":
+            self._tb_failed(args.exc_value)
+        else:
+            self.previous_hook(args)
+
+    def _tb_failed(self, e) -> None:
+        if self.tb_ok and not self.quiet:
+            why = " ".join(str(e).split())[:200]
+            print(f"warning: TensorBoard log {self.tb_dir} stopped ({type(e).__name__}: {why}); "
+                  f"log.jsonl goes on", file=sys.stderr)
+        self.tb_ok = False
 
     def log(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.tb.add_scalar(key, value, record["step"])
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+        except OSError as e:  # e.g. a full disk: write(2) errors name no file
+            raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
+        if not self.tb_ok:
+            return
+        try:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+        except Exception as e:  # the writer thread failed before (its error surfaces here)
+            self._tb_failed(e)
 
-    def close(self) -> None:
-        self.tb.close()
+    def close(self, quiet: bool = False) -> None:
+        """Flush and close TensorBoard; `quiet`: the run failed, its own error is the message."""
+        self.quiet = self.quiet or quiet
+        try:
+            self.tb.close()
+        except Exception as e:
+            self._tb_failed(e)
+        finally:
+            if threading.excepthook == self._thread_error:
+                threading.excepthook = self.previous_hook
+
+
+def _step(line: str):
+    """The step of a log line, or None for a line that is not a whole record (cut by a kill)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("step") if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def read_log(run_dir) -> list[dict]:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.tokenize import Collator
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import complete, discard_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.logger import RunLogger, plot_losses
 from utils.batching import IGNORE_INDEX, shifted_ce_sum
 from utils.dist import full, shard_model
@@ -219,15 +219,24 @@ class Trainer:
             self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
         self.collate = Collator(tokenizer)
         self.step, self.best_val, self.bad_evals = 0, None, 0
+        self.written, self.resumed = set(), False  # checkpoint steps this process wrote; resume() done
+        self.start_step = 0  # the step this process started from (resumed runs: > 0)
 
     def resume(self) -> None:
-        """Continue from the newest complete checkpoint of the run folder, if there is one."""
+        """Continue from the newest complete checkpoint of the run folder, if there is one (once;
+        TrainRecipe.train calls it before writing anything, so a damaged checkpoint changes nothing)."""
+        if self.resumed:
+            return
+        self.resumed = True
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, self.config)
             self.step, self.best_val = state["step"], state.get("best_val")
             self.bad_evals = state.get("bad_evals", 0)
+            self.start_step = self.step
             self.acc.print(f"resumed from {ckpt} at step {self.step}")
+        elif (self.run_dir / "log.jsonl").exists():
+            self.acc.print(f"note: no checkpoint in {self.run_dir / 'checkpoints'}: training from step 0")
 
     def train_step(self) -> dict:
         """One optimizer step (all micro-batches of one global batch); returns its numbers."""
@@ -257,17 +266,16 @@ class Trainer:
             loss_task += loss_sum.detach().double()
         loss_task = acc.reduce(loss_task, "sum") / n_targets
         if not torch.isfinite(loss_task):
-            raise NonFiniteLoss(f"non-finite task loss {loss_task.item()} at step {self.step + 1}; "
-                                f"{self.last_good()}")
+            raise self.non_finite(f"non-finite task loss {loss_task.item()} at step {self.step + 1}")
         grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0
                                         else float("inf"))
         if not torch.isfinite(full(grad_norm)):
-            raise NonFiniteLoss(f"non-finite gradient norm at step {self.step + 1}; {self.last_good()}")
+            raise self.non_finite(f"non-finite gradient norm at step {self.step + 1}")
         lr_now = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         if not self.agree(all_finite(self.params)):  # e.g. a step size so large the weights overflow
-            raise NonFiniteLoss(f"non-finite trainable weights after optimizer step {self.step + 1} "
-                                f"(--lr {cfg.lr} too large?); {self.last_good()}")
+            raise self.non_finite(f"non-finite trainable weights after optimizer step {self.step + 1} "
+                                  f"(--lr {cfg.lr} too large?)")
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -281,13 +289,31 @@ class Trainer:
         flag = torch.tensor([0.0 if ok else 1.0], device=self.acc.device)
         return float(self.acc.reduce(flag, "sum")) == 0.0
 
-    def last_good(self) -> str:
+    def non_finite(self, what: str) -> NonFiniteLoss:
+        """The error for a non-finite step self.step + 1. A checkpoint this process wrote at step
+        self.step is removed first: --resume from it would repeat this very step (data order and RNG
+        are restored exactly) and stop again at once. It is kept when it is the only checkpoint
+        left and this process resumed the run (then it is the run's only state)."""
+        root, name = self.run_dir / "checkpoints", f"step_{self.step:06d}"
+        if self.step not in self.written or not complete(root / name):
+            return NonFiniteLoss(f"{what}; {self.last_good()}")
+        why = f"step {self.step + 1} is not finite from it"
+        steps = {int(p.name[len("step_"):]) for p in root.glob("step_*") if p.suffix != ".tmp" and complete(p)}
+        if steps == {self.step} and self.start_step > 0:  # a resumed run's only state: keep it
+            return NonFiniteLoss(f"{what}; {name} cannot be continued from ({why}); no other checkpoint is left")
+        if self.acc.is_main_process:
+            discard_checkpoint(root, self.step)
+        self.acc.wait_for_everyone()
+        return NonFiniteLoss(f"{what}; {name} was removed ({why}); {self.last_good(removed=True)}")
+
+    def last_good(self, removed: bool = False) -> str:
         """What is left to resume from, for the error message."""
         ckpt = latest_checkpoint(self.run_dir / "checkpoints", log=lambda *_: None)
         return (f"the last good checkpoint is {ckpt} (--resume {self.run_dir} continues from it)"
-                if ckpt else "no checkpoint was written")
+                if ckpt else f"no {'other ' if removed else ''}checkpoint was written")
 
     def checkpoint(self) -> None:
+        self.written.add(self.step)
         self.acc.wait_for_everyone()
         save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler,
                         {"best_val": self.best_val, "bad_evals": self.bad_evals, "config": self.config},
@@ -307,53 +333,59 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=not acc.is_main_process,
                    desc="train", dynamic_ncols=True)
         stopped_early, t_last, tokens_since = False, time.time(), 0
-        while self.step < total:
-            if not self.agree(not stop.set):  # Ctrl-C: the last step is complete; keep it and stop
-                if self.step > 0:
+        try:
+            while self.step < total:
+                if not self.agree(not stop.set):  # Ctrl-C: the last step is complete; keep it and stop
+                    if self.step > 0:
+                        self.checkpoint()
+                    bar.close()
+                    raise Interrupted(f"interrupted at step {self.step}; {self.last_good()}")
+                out = self.train_step()
+                step = self.step
+                tokens_since += out["tokens"]
+                bar.update(1)
+                record = None
+                if step % cfg.log_steps == 0 or step == total:
+                    now = time.time()
+                    record = {"step": step, "epoch": out["epoch"], "loss_task": out["loss_task"],
+                              "loss_reg": out["loss_reg"],
+                              "loss_total": out["loss_task"] + self.reg_weight * out["loss_reg"],
+                              "lr": out["lr"], "grad_norm": float(full(out["grad_norm"])),
+                              "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
+                    t_last, tokens_since = now, 0
+                    bar.set_postfix(loss=f"{record['loss_task']:.4f}", lr=f"{out['lr']:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                end_of_epoch = step % self.steps_per_epoch == 0
+                do_eval = self.val_features and (
+                    (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == total))
+                    or (cfg.eval_strategy == "epoch" and (end_of_epoch or step == total)))
+                if do_eval:
+                    numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots)
+                    record = {**(record or {"step": step}), **numbers}
+                    if cfg.best_metric not in numbers:
+                        raise ValueError(f"--best_metric {cfg.best_metric}: no validation record has a known "
+                                         "answer position (answer words of the records)")
+                    # best_val is kept as "lower is better": the loss, or minus the accuracy
+                    val = numbers["val_loss"] if cfg.best_metric == "val_loss" else -numbers["val_acc"]
+                    if self.best_val is None or val < self.best_val:
+                        self.best_val, self.bad_evals = val, 0
+                        self.save(self.model, self.run_dir / "best", acc.is_main_process)
+                    else:
+                        self.bad_evals += 1
+                    stopped_early = cfg.early_stop_patience > 0 and self.bad_evals >= cfg.early_stop_patience
+                if record is not None and logger is not None:
+                    logger.log(record)
+                if step % cfg.save_steps == 0 or step == total or stopped_early:
                     self.checkpoint()
-                bar.close()
-                raise Interrupted(f"interrupted at step {self.step}; {self.last_good()}")
-            out = self.train_step()
-            step = self.step
-            tokens_since += out["tokens"]
-            bar.update(1)
-            record = None
-            if step % cfg.log_steps == 0 or step == total:
-                now = time.time()
-                record = {"step": step, "epoch": out["epoch"], "loss_task": out["loss_task"],
-                          "loss_reg": out["loss_reg"],
-                          "loss_total": out["loss_task"] + self.reg_weight * out["loss_reg"],
-                          "lr": out["lr"], "grad_norm": float(full(out["grad_norm"])),
-                          "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
-                t_last, tokens_since = now, 0
-                bar.set_postfix(loss=f"{record['loss_task']:.4f}", lr=f"{out['lr']:.2e}",
-                                tok_s=f"{record['tokens_per_s']:.0f}")
-            end_of_epoch = step % self.steps_per_epoch == 0
-            do_eval = self.val_features and (
-                (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == total))
-                or (cfg.eval_strategy == "epoch" and (end_of_epoch or step == total)))
-            if do_eval:
-                numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots)
-                record = {**(record or {"step": step}), **numbers}
-                if cfg.best_metric not in numbers:
-                    raise ValueError(f"--best_metric {cfg.best_metric}: no validation record has a known "
-                                     "answer position (answer words of the records)")
-                # best_val is kept as "lower is better": the loss, or minus the accuracy
-                val = numbers["val_loss"] if cfg.best_metric == "val_loss" else -numbers["val_acc"]
-                if self.best_val is None or val < self.best_val:
-                    self.best_val, self.bad_evals = val, 0
-                    self.save(self.model, self.run_dir / "best", acc.is_main_process)
-                else:
-                    self.bad_evals += 1
-                stopped_early = cfg.early_stop_patience > 0 and self.bad_evals >= cfg.early_stop_patience
-            if record is not None and logger is not None:
-                logger.log(record)
-            if step % cfg.save_steps == 0 or step == total or stopped_early:
-                self.checkpoint()
-            if stopped_early:
-                acc.print(f"early stop at step {step}: no validation improvement in "
-                          f"{cfg.early_stop_patience} evaluations")
-                break
+                if stopped_early:
+                    acc.print(f"early stop at step {step}: no validation improvement in "
+                              f"{cfg.early_stop_patience} evaluations")
+                    break
+        except BaseException:  # the bar's line ends before the error message is printed
+            bar.close()
+            if logger is not None:
+                logger.close(quiet=True)  # TensorBoard's thread flushes now, not into a removed folder
+            raise
         bar.close()
         self.save(self.model, self.run_dir / "final", acc.is_main_process)
         if acc.is_main_process:

@@ -11,6 +11,7 @@ ModelOptions (models/get_models.py), the method's config (models/methods/), Data
 """
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class TrainRecipe:
         from accelerate import Accelerator
         from tqdm.auto import tqdm
 
-        from data.commonsense import load_train_data, split_validation
+        from data.commonsense import DataError, load_train_data, record_place, split_validation
         from models.adapter import count_trainable
         from models.get_models import load_base_model
 
@@ -106,14 +107,24 @@ class TrainRecipe:
                              f"{self.model_opts.model_name} (config max_position_embeddings)")
 
         def tokenize(recs, desc):
-            return [self.protocol.train_example(self.tokenizer, r, self.data.cutoff_len, self.data.train_on_inputs)
-                    for r in tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2)]
+            features = []
+            with tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2) as bar:  # closed before an error
+                for r in bar:
+                    try:
+                        features.append(self.protocol.train_example(self.tokenizer, r, self.data.cutoff_len,
+                                                                    self.data.train_on_inputs))
+                    except DataError as e:  # e.g. a response longer than --cutoff_len: name file and record
+                        where = record_place(self.data.data_dir, self.data.dataset, records, r)
+                        raise DataError(f"{where}: {e}") from None
+            return features
 
         self.train_features = tokenize(train_records, "train")
         self.val_features = tokenize(val_records, "validation")
         self.val_slots = [answer_slot(self.protocol, self.tokenizer, r, self.data.cutoff_len) for r in val_records]
         # after from_pretrained: σ_norm (KnowHiRA) and the truncation (KaSA) see the pretrained weights
-        self.model = self.method.build(self.model, self.method_cfg)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: not the user's concern
+            warnings.filterwarnings("ignore", r".*is_gradient_checkpointing.* is deprecated", FutureWarning)
+            self.model = self.method.build(self.model, self.method_cfg)
         message = self.initialise()
         if message:
             self.accelerator.print(message)
@@ -158,12 +169,18 @@ class TrainRecipe:
 
         acc = self.accelerator
         trainer = self.trainer()  # checks the batch against the data before the folder exists
+        blocking = next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"{blocking} is a file, not a folder: the run folder {self.run_dir} cannot be made "
+                             "there (--output_folder, --run_name)")
         existed = self.run_dir.exists() and any(self.run_dir.iterdir())
         if existed and not resuming:
             raise ValueError(f"run folder {self.run_dir} exists and is not empty: continue it with "
                              f"--resume {self.run_dir}, or pick another --run_name")
         with RunLock(self.run_dir, acc.is_main_process):
             try:
+                if resuming:
+                    trainer.resume()  # a damaged or mismatched checkpoint: refused before anything is written
                 if acc.is_main_process:
                     atomic_write_json(self.run_dir / "args.json",
                                       {**self.values(), "resume": None, "trainable_params": self.n_trainable,

@@ -40,9 +40,11 @@ def atomic_write_path(path, write_to) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # write(2) errors name no file: name it
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 

@@ -8,8 +8,8 @@ line is generated from the fields, and the same check runs when the dataclass is
 `option(...)` stores the help, the check and an optional parser in the field's metadata;
 `Options.__post_init__` runs every check (ValueError "lr: must be > 0, got -1"); `add_arguments`
 turns the fields into argparse flags (`--lr`) whose type function parses AND checks, so a bad
-value is a one-line argparse error (exit 2). Floats are always finite: NaN and inf are refused
-at parse time and in Python. Fields with `flag=False` are not on the command line.
+value is a one-line argparse error (exit 2). Floats are always finite: NaN, inf and values beyond
+float32 are refused at parse time and in Python. Fields with `flag=False` are not on the command line.
 """
 import argparse
 import math
@@ -40,10 +40,21 @@ def in_range(low, high, low_open=False, high_open=False):
 
 
 # ---- parsers (text -> value) ---------------------------------------------------------------------
+FLOAT32_MAX = 3.4028234663852886e38  # the training arithmetic is float32 (or narrower)
+
+
+def finite_problem(value: float, text=None) -> str | None:
+    """Why `value` is no number the training arithmetic can hold (NaN, inf, or beyond float32), or None."""
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        return f"must be a finite number, got {text or value} (float32: at most {FLOAT32_MAX:.4g} in magnitude)"
+    return None
+
+
 def parse_float(text: str) -> float:
     value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {text}")
+    problem = finite_problem(value, text)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -97,8 +108,8 @@ def check_value(f, value):
         return None
     if isinstance(value, str):  # from the command line or a JSON file; values from Python as they are
         value = _parser_for(f)(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value}")
+    if isinstance(value, float) and finite_problem(value):
+        raise ValueError(finite_problem(value))
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")

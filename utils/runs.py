@@ -17,7 +17,12 @@ def run_args(run_dir, flag: str) -> dict:
     args_file = Path(run_dir) / "args.json"
     if not args_file.is_file():
         raise FileNotFoundError(f"{flag} {run_dir}: no args.json there (not a run folder)")
-    return read_json(args_file)
+    saved = read_json(args_file)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model_name"), str):
+        raise ValueError(f"{args_file}: not a run's arguments (expected a JSON object with model_name, "
+                         f"peft_type and the other options; got {type(saved).__name__}"
+                         f"{'' if not isinstance(saved, dict) else ' without model_name'})")
+    return saved
 
 
 def saved_dir_of(run_dir) -> Path:
@@ -30,17 +35,20 @@ class RunLock:
     """An exclusive lock on a run folder (RUN_DIR/.lock, fcntl.flock) held while a process trains in
     it, so a second launch into the same folder is refused with one line instead of interleaving
     its logs. Only the writing process (rank 0) locks. `remove_on_release` marks the folder for
-    removal when the lock is released (a new run that failed before its first checkpoint)."""
+    removal when the lock is released (a new run that failed before its first checkpoint), with the
+    parent folders this lock created for it (e.g. a new --output_folder) when they are empty."""
 
     _remove: set = set()
 
     def __init__(self, run_dir, active: bool = True):
         self.run_dir, self.active, self.handle = Path(run_dir), active, None
+        self.created = []  # the folders mkdir made, the run folder first
 
     def __enter__(self):
         if self.active:
             import fcntl
 
+            self.created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.handle = open(self.run_dir / ".lock", "a")
             try:
@@ -59,6 +67,11 @@ class RunLock:
 
                 RunLock._remove.discard(self.run_dir)
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+                for parent in self.created[1:]:
+                    try:
+                        parent.rmdir()  # only if empty
+                    except OSError:
+                        break
         return False
 
     @classmethod

@@ -38,6 +38,17 @@ def method_of(cfg) -> Method:
     raise ValueError(f"{type(cfg).__name__} is the config of no registered method")
 
 
+def method_for_peft_config(config: dict) -> Method:
+    """The method that reads a stock peft adapter with this adapter_config.json (the first
+    registered one that claims it)."""
+    for m in REGISTRY.values():
+        if m.reads_peft_config(config):
+            return m
+    readable = ", ".join(f"{m.reads_peft} ({m.name})" for m in REGISTRY.values() if m.reads_peft)
+    kind = config.get("peft_type") + (" with use_dora" if config.get("use_dora") else "")
+    raise ValueError(f"no method here reads a peft {kind} adapter; readable: {readable}")
+
+
 def build(model, cfg):
     """`model` made trainable for cfg's method (call after the pretrained weights are loaded)."""
     return method_of(cfg).build(model, cfg)

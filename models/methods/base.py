@@ -26,7 +26,7 @@ def parse_targets(text: str):
     """'q_proj,v_proj' -> list of suffixes; 'all-linear'; 're:<regex>' -> the regex (compiled here,
     so a bad one is a one-line error at parse time).
 
-    The parsed regex is stored without 're:' (adapter_config.json, args.json, and so in runs made
+    The parsed regex is stored without 're:' (knowhira_adapter.json, args.json, and so in runs made
     before the redesign), and a stored value is parsed again when it is read back; so text with a
     regex character that no module name can hold is that regex too, and parsing is idempotent."""
     if text == "all-linear":
@@ -101,6 +101,10 @@ class Method:
     # "merged": the saved result is a whole model; "adapter": tensors on top of the base
     saves: ClassVar[str] = "adapter"
     analysis_note: ClassVar[str | None] = None  # printed under the adapter analysis table
+    # why `--export peft` has nothing to write (methods with no stock peft form), or None
+    no_adapter_form: ClassVar[str | None] = None
+    # the stock peft adapter type this method reads under `--ckpt ADAPTER_DIR` (text for messages)
+    reads_peft: ClassVar[str | None] = None
 
     def build(self, model: nn.Module, cfg) -> nn.Module:
         """Make `model` trainable for this method (after the pretrained weights are loaded)."""
@@ -146,6 +150,24 @@ class Method:
     def config_from_saved(self, values: dict):
         return self.config_cls.from_values(values)
 
+    # ---- the stock peft ecosystem (models/export.py) ------------------------------------------
+    def export_peft(self, out_dir, *, saved_dir, base_model_name: str, load_model) -> str:
+        """Write the trained state as a stock peft adapter into `out_dir` (an empty folder) and
+        return a short description of what was written. `saved_dir`: the run's best/ or final/;
+        `load_model()`: the base model with the trained state on it (unmerged), loaded on demand;
+        `base_model_name`: for adapter_config.json's base_model_name_or_path. Default: refuse."""
+        note = f" ({self.no_adapter_form})" if self.no_adapter_form else ""
+        raise ValueError(f"{self.name} has no adapter form{note}; use --export merged")
+
+    def reads_peft_config(self, config: dict) -> bool:
+        """Whether a stock peft adapter with this adapter_config.json is this method's."""
+        return False
+
+    def load_peft(self, model: nn.Module, adapter_dir, config: dict):
+        """(model with the stock peft adapter in `adapter_dir` on it, this method's config describing
+        it); only called when reads_peft_config(config)."""
+        raise ValueError(f"{self.name} does not read peft adapters")
+
 
 class AdapterMethod(Method):
     """A method whose layers are written in this repository: swap each target for `make_layer`,
@@ -167,7 +189,9 @@ class AdapterMethod(Method):
         io.save_adapter(model, {"peft_type": self.name, **asdict(cfg)}, out_dir, write)
 
     def load(self, model, saved_dir):
-        cfg = self.config_from_saved(io.read_adapter_config(saved_dir))
+        saved = io.read_adapter_config(saved_dir)
+        self.check_saved_keys(saved, io.adapter_file(saved_dir, io.ADAPTER_CONFIG))
+        cfg = self.config_from_saved(saved)
         self.build(model, cfg, compute=False)
         io.load_adapter_tensors(model, saved_dir)
         return model
@@ -187,7 +211,21 @@ class AdapterMethod(Method):
         w0 = io.base_weight(layer.base).detach().float()
         return LayerDelta(name, layer.delta_weight().detach().float(), w0, w0, layer.r)
 
+    # adapter_config.json of runs made before the redesign used the layer's own names
+    RENAMED = {"r": "r_ab", "scale": "hira_scale", "dropout": "adapter_dropout"}
+
     def config_from_saved(self, values: dict):
-        # adapter_config.json of runs made before the redesign used the layer's own names
-        renamed = {"r": "r_ab", "scale": "hira_scale", "dropout": "adapter_dropout"}
-        return super().config_from_saved({renamed.get(k, k): v for k, v in values.items()})
+        return super().config_from_saved({self.RENAMED.get(k, k): v for k, v in values.items()})
+
+    def check_saved_keys(self, saved: dict, path) -> None:
+        """A key of the saved adapter config that is no option here is an error naming it and the file
+        (the old AdapterConfig held every method's fields: those, and its renamed ones, are read)."""
+        from dataclasses import fields
+
+        from models.methods import REGISTRY
+
+        known = {"peft_type", *self.RENAMED, *(f.name for m in REGISTRY.values() for f in fields(m.config_cls))}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown key {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
+                             f": not an option of {self.name} or of any method here")

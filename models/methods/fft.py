@@ -48,6 +48,7 @@ class FullFineTuning(Method):
     config_cls = FFTConfig
     summary = "every parameter, embeddings and norms included (the LLM-Adapters baseline)"
     saves = "merged"
+    no_adapter_form = "every weight is trained"
 
     def build(self, model, cfg):
         for p in model.parameters():
@@ -76,11 +77,11 @@ class FullFineTuning(Method):
         atomic_write_bytes(out_dir / "config.json", model.config.to_json_string().encode())
 
     def load(self, model, saved_dir):
-        from safetensors.torch import load_file
+        from models.adapter import load_checked
 
         state = {}
         for f in sorted(Path(saved_dir).glob("*.safetensors")):
-            state.update(load_file(str(f)))
+            state.update(load_checked(f))  # a damaged file or NaN weights: an error naming the file
         missing, unexpected = model.load_state_dict(state, strict=False)
         params = dict(model.named_parameters(remove_duplicate=False))
         loaded = {id(params[k]) for k in state if k in params}

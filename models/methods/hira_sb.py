@@ -41,6 +41,7 @@ class HiRASB(HiRA):
     config_cls = HiRASBConfig
     summary = "M = R trainable, B and A fixed from the full fine-tuning gradient (docs/hira_sb.md)"
     layer_cls = HiRASBLinear
+    reads_peft = None  # a stock peft HiRA adapter is M = I: method hira (export_peft is inherited)
 
     def regularizer(self, cfg):
         return None  # A and B are fixed

@@ -188,6 +188,7 @@ class KaSA(AdapterMethod):
     summary = "SVD-truncated W0 (drop the r smallest components) + (α/r) ΔU diag(Δσ) ΔVᵀ (KaSA paper)"
     analysis_note = ("KaSA truncated W0 to min(out, in) − r components before training; "
                      "ΔW is added to that truncated W0'.")
+    no_adapter_form = "its base weights are truncated"
 
     def make_layer(self, base, cfg, compute):
         return KaSALinear(base, cfg, compute_svd=compute)

@@ -73,6 +73,7 @@ class KnowHiRA(HiRA):
     config_cls = KnowHiRAConfig
     summary = "W0 + s·W0⊙(B M A), knowledge core M from W0's spectrum with a sigmoid gate (this repo)"
     layer_cls = KnowHiRALinear
+    reads_peft = None  # a stock peft HiRA adapter is M = I: method hira (export_peft is inherited)
 
     def after_inject(self, model, cfg, compute):
         """σ_norm from the pretrained weights (batched SVDs), then the spectrum-aware init of A."""

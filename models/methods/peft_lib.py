@@ -1,7 +1,10 @@
 """The methods the `peft` library implements: LoRA, DoRA (LoraConfig(use_dora=True)) and IA3, saved in
-peft's own adapter format and merged with peft's merge_and_unload."""
+peft's own adapter format and merged with peft's merge_and_unload. Their saved folder IS a stock peft
+adapter: `--export peft` copies it, and `--ckpt ADAPTER_DIR` reads one trained elsewhere."""
 import copy
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -10,7 +13,16 @@ from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig
 from utils.dist import gather_state, is_sharded
 from utils.options import option
 
-PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # peft's prefix of a causal LM's module names in its files
+PEFT_CONFIG = "adapter_config.json"  # peft's file names
+PEFT_WEIGHTS = "adapter_model.safetensors"
+
+
+def peft_targets(value):
+    """peft's target_modules (a list, 'all-linear', or a regex string) as ours (for the record)."""
+    if value is None or isinstance(value, list) or value == "all-linear":
+        return value
+    return "re:" + value
 
 
 @dataclass
@@ -30,6 +42,9 @@ class IA3MethodConfig(TargetsConfig):
 
 class PeftMethod(Method):
     """Shared by lora, dora and ia3: peft builds, saves, loads and merges."""
+
+    peft_type: str  # peft's name of the adapter type
+    use_dora: bool = False
 
     def peft_config(self, cfg, targets, model_type: str):
         """peft's config for `cfg` on the resolved `targets` of a `model_type` model (what build passes)."""
@@ -54,10 +69,34 @@ class PeftMethod(Method):
     def load(self, model, saved_dir):
         from peft import PeftModel
 
+        from models.adapter import load_checked
+
+        if (Path(saved_dir) / PEFT_WEIGHTS).is_file():  # a damaged file or NaN: one line naming it
+            load_checked(Path(saved_dir) / PEFT_WEIGHTS)
         return PeftModel.from_pretrained(model, str(saved_dir))
 
     def merge_and_unload(self, model):
         return model.merge_and_unload()
+
+    # ---- the stock peft ecosystem -------------------------------------------------------------
+    def export_peft(self, out_dir, *, saved_dir, base_model_name, load_model):
+        """The saved folder is peft's own adapter: copied file by file (the model is not loaded)."""
+        files = [f for f in sorted(Path(saved_dir).iterdir()) if f.is_file()]
+        if not (Path(saved_dir) / PEFT_CONFIG).is_file():
+            raise FileNotFoundError(f"no {PEFT_CONFIG} in {saved_dir}")
+        for f in files:
+            shutil.copyfile(f, Path(out_dir) / f.name)
+        return f"copy of the peft {self.reads_peft} adapter in {saved_dir}"
+
+    def reads_peft_config(self, config):
+        return config.get("peft_type") == self.peft_type and bool(config.get("use_dora")) == self.use_dora
+
+    def load_peft(self, model, adapter_dir, config):
+        return self.load(model, adapter_dir), self.config_from_peft(config)
+
+    def config_from_peft(self, config: dict):
+        """This method's config describing a stock peft adapter (for the results' record)."""
+        return self.config_cls(target_modules=peft_targets(config.get("target_modules")))
 
     def layer_modules(self, model, targets):
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -90,6 +129,12 @@ class LoRA(PeftMethod):
     name = "lora"
     config_cls = LoRAConfig
     summary = "W0 + (α/r) B A (peft)"
+    peft_type, reads_peft = "LORA", "LORA"
+
+    def config_from_peft(self, config):
+        return self.config_cls(r_ab=config.get("r", 8), lora_alpha=config.get("lora_alpha", 8),
+                               adapter_dropout=config.get("lora_dropout") or 0.0,
+                               target_modules=peft_targets(config.get("target_modules")))
 
     def peft_config(self, cfg, targets, model_type):
         from peft import LoraConfig
@@ -116,6 +161,7 @@ class DoRA(LoRA):
     name = "dora"
     config_cls = DoRAConfig
     summary = "LoRA with a learned magnitude per output row (peft, use_dora)"
+    use_dora, reads_peft = True, "LORA with use_dora"
     delta = PeftMethod.delta  # W_merged − W0: includes the magnitude rescaling
 
     def rank_bound(self, r, shape, w0_rank):
@@ -127,6 +173,7 @@ class IA3(PeftMethod):
     name = "ia3"
     config_cls = IA3MethodConfig
     summary = "learned rescaling of W0's rows (attention) or columns (feed-forward) (peft)"
+    peft_type, reads_peft = "IA3", "IA3"
 
     def peft_config(self, cfg, targets, model_type):
         from peft import IA3Config

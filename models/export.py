@@ -1,0 +1,182 @@
+"""Sharing a result: open what `--ckpt` names, a run folder of this project or a stock peft adapter
+folder, and write it for the stock ecosystem.
+
+    python train_knowhira.py --ckpt RUN --export peft --export_dir OUT     # a stock peft adapter
+    python train_knowhira.py --ckpt RUN --export merged --export_dir OUT   # a plain HF model folder
+
+`--export peft` is the method's `export_peft` (models/methods/): the Hadamard family writes peft's
+HiRA with B′ = s·B·M (hira.py), lora/dora/ia3 copy their peft adapter, kasa and fft refuse.
+`--export merged` loads the trained state, merges it with the method's `merge_and_unload`, and writes
+weights (safetensors), config, generation config and tokenizer (`models.adapter.save_plain_model`);
+a GGUF base is written as plain dequantised weights. Either is written into a temporary folder
+beside OUT and renamed to OUT once complete, so OUT is whole or absent.
+
+`open_checkpoint` is also how evaluation (eval/recipe.py) gets its model for `--ckpt`.
+"""
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from models.adapter import ADAPTER_CONFIG, LEGACY_CONFIG
+from models.get_models import ModelOptions
+from utils.atomic import fsync_dir
+from utils.options import Options, option
+from utils.runs import read_json, run_args, saved_dir_of
+
+EXPORT_KINDS = ("peft", "merged")
+PEFT_CONFIG = "adapter_config.json"  # = models.methods.peft_lib.PEFT_CONFIG (peft's own name)
+
+
+@dataclass
+class ExportOptions(Options):
+    export: str | None = option(None, "with --ckpt: write the run (or peft adapter) as a stock peft adapter "
+                                "('peft'; HiRA for knowhira/hira/hira_sb) or a plain Hugging Face model "
+                                "folder ('merged') into --export_dir, instead of evaluating", choices=EXPORT_KINDS)
+    export_dir: str | None = option(None, "the folder --export creates (must not exist)")
+
+
+# ---- what --ckpt names -------------------------------------------------------------------------
+def peft_adapter_config(folder) -> dict | None:
+    """The adapter_config.json of a stock peft adapter in `folder` (its peft_type is one of peft's),
+    else None (no such file, or one of this project's old adapters, whose peft_type is ours)."""
+    path = Path(folder) / PEFT_CONFIG
+    if not path.is_file():
+        return None
+    config = read_json(path)
+    from peft import PeftType
+
+    if isinstance(config, dict) and config.get("peft_type") in {t.value for t in PeftType}:
+        return config
+    return None
+
+
+def checkpoint_kind(ckpt) -> str:
+    """'run' (a run folder: args.json) or 'peft' (a stock peft adapter folder); else an error
+    saying what the folder is not."""
+    path = Path(ckpt)
+    if (path / "args.json").is_file():
+        return "run"
+    if peft_adapter_config(path) is not None:
+        return "peft"
+    if (path / ADAPTER_CONFIG).is_file() or (path / LEGACY_CONFIG).is_file():
+        raise ValueError(f"--ckpt {ckpt} is an adapter folder of a run, not a run: pass the run folder "
+                         f"({path.parent}), whose args.json names the base model")
+    raise FileNotFoundError(f"--ckpt {ckpt}: no args.json there (not a run folder) and no "
+                            f"{PEFT_CONFIG} of a peft adapter")
+
+
+@dataclass
+class Checkpoint:
+    """What --ckpt names, opened (nothing loaded until `load`)."""
+
+    path: Path
+    kind: str  # "run" | "peft"
+    method: object  # models.methods.Method
+    saved_dir: Path  # the adapter (or, for fft, model) folder
+    base: ModelOptions  # the base model: a run's from args.json; a peft adapter's from --model_name
+    run_args: dict | None = None  # a run's args.json
+    peft_config: dict | None = None  # a peft adapter's adapter_config.json
+    cfg: object = None  # a peft adapter's config as the method's (set by `load`)
+
+    def load(self):
+        """(the base model with the trained state on it, unmerged; tokenizer)."""
+        from models.get_models import load_base_model
+
+        model, tokenizer = load_base_model(**asdict(self.base))
+        if self.kind == "run":
+            return self.method.load(model, self.saved_dir), tokenizer
+        model, self.cfg = self.method.load_peft(model, self.saved_dir, self.peft_config)
+        return model, tokenizer
+
+    @property
+    def base_model_name(self) -> str:
+        b = self.base
+        return str(Path(b.model_name) / b.gguf_file) if b.gguf_file else b.model_name
+
+    def adapter_params(self) -> int:
+        """Elements in a peft adapter's tensors (its trainable-parameter count)."""
+        from safetensors import safe_open
+
+        total = 0
+        for f in sorted(self.saved_dir.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as h:
+                for key in h.keys():
+                    n = 1
+                    for d in h.get_slice(key).get_shape():
+                        n *= d
+                    total += n
+        return total
+
+
+def open_checkpoint(ckpt, base: ModelOptions | None = None) -> Checkpoint:
+    """A run folder (its args.json names method and base; the adapter is best/, else final/) or a
+    stock peft adapter folder (HiRA, LoRA, DoRA, IA3) on the base model `base`."""
+    from models.methods import get_method, method_for_peft_config
+
+    path = Path(ckpt)
+    if checkpoint_kind(path) == "run":
+        saved = run_args(path, "--ckpt")
+        saved_dir = saved_dir_of(path)
+        if not saved_dir.is_dir():
+            raise FileNotFoundError(f"{path} has no trained adapter (best/ or final/)")
+        opts = ModelOptions(model_name=saved["model_name"],
+                            **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
+        return Checkpoint(path, "run", get_method(saved["peft_type"]), saved_dir, opts, run_args=saved)
+    if base is None:
+        raise ValueError(f"--ckpt {ckpt} is a peft adapter: name its base model with --model_name")
+    config = peft_adapter_config(path)
+    return Checkpoint(path, "peft", method_for_peft_config(config), path, base, peft_config=config)
+
+
+# ---- export ------------------------------------------------------------------------------------
+def check_export_dir(out_dir) -> Path:
+    out = Path(out_dir)
+    if out.exists():
+        raise ValueError(f"--export_dir {out} exists; remove it or name a new folder")
+    return out
+
+
+@contextmanager
+def atomic_dir(out_dir):
+    """Yield an empty temporary folder beside `out_dir`; on success its files are fsynced and it is
+    renamed to `out_dir`, on any error it is removed (nothing half-written is left)."""
+    out = check_export_dir(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp's 0700 -> what mkdir would give
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as h:
+                    os.fsync(h.fileno())
+        fsync_dir(tmp)
+        os.rename(tmp, out)  # fails rather than replace a folder that appeared meanwhile
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_checkpoint(ckpt: Checkpoint, kind: str, out_dir) -> str:
+    """Write `ckpt` as `kind` ('peft' or 'merged') into the new folder `out_dir`; returns a line
+    saying what was written."""
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"--export must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
+    with atomic_dir(out_dir) as tmp:
+        if kind == "peft":
+            what = ckpt.method.export_peft(tmp, saved_dir=ckpt.saved_dir, base_model_name=ckpt.base_model_name,
+                                           load_model=lambda: ckpt.load()[0])
+        else:
+            from models.adapter import save_plain_model
+
+            model, tokenizer = ckpt.load()
+            model = ckpt.method.merge_and_unload(model)
+            save_plain_model(model, tokenizer, tmp)
+            what = f"plain Hugging Face model, {ckpt.method.name} merged into {ckpt.base_model_name}"
+    return f"wrote {out_dir}: {what}"
