@@ -13,6 +13,7 @@ from data.prompt import encode_prompt, generate_prompt
 from data.tasks import ANSWER_WORDS
 from data.choices import offered_choices
 from eval.evaluate import evaluate_task, select_ids, update_results_json
+from data.protocols import get_protocol
 from data.protocols import word_extract as extract_answer
 from eval.generate import generate_answers
 from eval.loglik import candidate_response, loglik_predict, score_candidates
@@ -201,13 +202,16 @@ def test_select_ids_is_seeded_subset_in_file_order():
     assert select_ids(5, None, 0) == [0, 1, 2, 3, 4] == select_ids(5, 50, 0)
 
 
+# the clean protocol (greedy) and no progress bar: what these tests were written against
+CLEAN = {"protocol": get_protocol("clean"), "beam_size": 1, "show_progress": False}
+
+
 @pytest.mark.parametrize("mode", ["generate", "loglik"])
 def test_evaluate_task_end_to_end(mode, data_dir, gpt2_tokenizer, tmp_path):
     records = load_test(data_dir, "ARC-Easy")
     model = tiny_model("gpt_neo", seed=0)
     result = evaluate_task(model, gpt2_tokenizer, records, "arc-e", tmp_path, mode=mode,
-                           batch_size=4, max_new_tokens=6, max_examples=12, seed=42,
-                           show_progress=False)
+                           batch_size=4, max_new_tokens=6, max_examples=12, seed=42, **CLEAN)
     assert result["task"] == "ARC-Easy" and result["mode"] == mode
     assert result["n"] == 12 and result["max_examples"] == 12
     assert result["accuracy"] == result["correct"] / 12
@@ -251,8 +255,8 @@ def _distributed_worker(rank, world_size, store, data_dir, tokenizer_dir, out_di
         tokenizer.pad_token = tokenizer.eos_token
         records = load_test(data_dir, "ARC-Challenge")
         result = evaluate_task(tiny_model("gpt2", seed=3), tokenizer, records, "ARC-Challenge",
-                               out_dir, batch_size=3, max_new_tokens=4, max_examples=10,
-                               rank=rank, world_size=world_size, show_progress=False)
+                               out_dir, batch_size=3, max_new_tokens=4, max_examples=10, seed=42, mode="generate",
+                               rank=rank, world_size=world_size, **CLEAN)
         (out_dir / f"result{rank}.json").write_text(json.dumps(result))
     finally:
         torch.distributed.destroy_process_group()
@@ -270,7 +274,7 @@ def test_evaluate_distributed_matches_single_process(data_dir, gpt2_tokenizer, t
                    dist_dir))
     single = evaluate_task(tiny_model("gpt2", seed=3), gpt2_tokenizer,
                            load_test(data_dir, "ARC-Challenge"), "ARC-Challenge", single_dir,
-                           batch_size=3, max_new_tokens=4, max_examples=10, show_progress=False)
+                           batch_size=3, max_new_tokens=4, max_examples=10, seed=42, mode="generate", **CLEAN)
     ranks = [json.loads((dist_dir / f"result{r}.json").read_text()) for r in (0, 1)]
     for result in ranks:
         assert result["n"] == 10 and result["correct"] == single["correct"]
@@ -282,8 +286,8 @@ def test_evaluate_rejects_bad_gold_answer(data_dir, gpt2_tokenizer, tmp_path):
     records = [dict(r) for r in load_test(data_dir, "boolq")[:8]]
     records[5]["answer"] = "maybe"
     with pytest.raises(ValueError, match=r"boolq.*record 5.*'maybe'"):
-        evaluate_task(tiny_model("gpt2"), gpt2_tokenizer, records, "boolq", tmp_path,
-                      max_examples=2, show_progress=False)
+        evaluate_task(tiny_model("gpt2"), gpt2_tokenizer, records, "boolq", tmp_path, mode="generate",
+                      batch_size=8, max_new_tokens=32, max_examples=2, seed=42, **CLEAN)
     assert not (tmp_path / "eval").exists()  # failed before running anything
 
 

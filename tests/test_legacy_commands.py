@@ -128,8 +128,8 @@ def test_analyze_results_without_arguments_reads_runs(run, tiny_neo_dir):
         assert int(row[f"{task}_n"]) == result["n"]
     table_row = next(line for line in proc.stdout.splitlines() if line.startswith("| tiny |"))
     cells = [c.strip() for c in table_row.strip("|").split("|")]
-    assert cells[1:3] == ["knowhira", tiny_neo_dir.name]
-    assert cells[4] == analyze_results._format_count(args["trainable_params"])
+    assert cells[1:4] == ["knowhira", "hira", tiny_neo_dir.name]  # method, protocol (the default), model
+    assert cells[5] == analyze_results._format_count(args["trainable_params"])
 
 
 def test_analyze_results_without_a_runs_folder(tmp_path, monkeypatch, capsys):

@@ -2,10 +2,12 @@
 that never hold NaN. One test per case of scripts/probe_bad_inputs.py's table (the probe and these
 tests are one source): each case runs train_knowhira.py as its own process on tiny RANDOM Llama
 models and 40-record copies of the real data files, and asserts the exit status (2 bad input, 3
-non-finite training, 130 Ctrl-C, 1 a full disk, 0 where the run goes on), one message line on stderr
-naming the problem and the file or flag (no traceback), and the scratch folder's listing and bytes
-before and after (nothing new, or exactly what the case promises). The probe runs once per session
-(one subprocess, the selected cases only, two at a time); then a few in-process checks."""
+non-finite training, 130 Ctrl-C, 1 a full disk, 0 where the run goes on; SIGTERM and SIGKILL kill),
+one message line on stderr naming the problem and the file or flag (no traceback), and the scratch
+folder's listing and bytes before and after (nothing new, or exactly what the case promises: e.g.
+after Ctrl-C, SIGTERM or SIGKILL, --resume finishes with the uninterrupted run's losses). The probe
+runs once per session (one subprocess, the selected cases only, two at a time); then in-process
+checks of the pieces."""
 import errno
 import json
 import os

@@ -174,6 +174,7 @@ class TrainRecipe:
             raise ValueError(f"{blocking} is a file, not a folder: the run folder {self.run_dir} cannot be made "
                              "there (--output_folder, --run_name)")
         existed = self.run_dir.exists() and any(self.run_dir.iterdir())
+        acc.wait_for_everyone()  # every rank has looked before rank 0 makes the folder
         if existed and not resuming:
             raise ValueError(f"run folder {self.run_dir} exists and is not empty: continue it with "
                              f"--resume {self.run_dir}, or pick another --run_name")
