@@ -105,3 +105,14 @@ def boolq_dir(tmp_path_factory, data_dir):
         records = json.loads((data_dir / "boolq" / f"{split}.json").read_text())[:30]
         (out / "boolq" / f"{split}.json").write_text(json.dumps(records))
     return out
+
+
+def run_main(argv, capsys):
+    """(exit status, stderr) of train_knowhira.main(argv) run in-process (argparse errors included)."""
+    import train_knowhira
+
+    try:
+        rc = train_knowhira.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    return rc, capsys.readouterr().err

@@ -24,8 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train_knowhira
-from conftest import tiny_model
+from conftest import run_main, tiny_model
 from models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LEGACY_CONFIG, LEGACY_WEIGHTS, adapter_layers
 from models.export import export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
@@ -86,14 +85,6 @@ def base_dirs(tmp_path_factory, gpt2_tokenizer):
         gpt2_tokenizer.save_pretrained(str(d))
         out[arch] = d
     return out
-
-
-def run_main(argv, capsys):
-    try:
-        rc = train_knowhira.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    return rc, capsys.readouterr().err
 
 
 # ---- 1. the Hadamard family as a stock peft HiRA adapter ---------------------------------------

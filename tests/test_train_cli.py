@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_knowhira
+from conftest import run_main
 from data.options import DataOptions
 from models.get_models import ModelOptions
 from models.methods.knowhira import KnowHiRAConfig
@@ -222,14 +223,6 @@ def test_run_dir_contents(runs, tiny_neo_dir):
 
 
 # ---- 6. bad inputs: non-zero exit, a message naming the problem, nothing written -------------
-def run_main(argv, capsys):
-    try:
-        rc = train_knowhira.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    return rc, capsys.readouterr().err
-
-
 def broken_data_dir(tmp_path, content):
     d = tmp_path / "data"
     (d / "boolq").mkdir(parents=True)
