@@ -28,7 +28,7 @@ from utils.runs import run_args
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
 EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "dataset", "data_dir", "seed", "batch",
-               "eval_strategy", "output_folder", "protocol")
+               "eval_strategy", "output_folder", "protocol", "answer_format")
 # the base-model flags: with --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR; a run has its own
 MODEL_FLAGS = ("model_name", "gguf_file", "load_bit")
 
@@ -115,7 +115,8 @@ def eval_recipe(given: dict, parser) -> EvalRecipe:
     shared.update({k: v for k, v in given.items() if k in EVAL_SHARED})
     return EvalRecipe(EvalOptions(**values), tasks=shared["dataset"], data_dir=shared["data_dir"],
                       seed=shared["seed"], base=ModelOptions.from_values(shared),
-                      output_folder=shared["output_folder"], protocol=given.get("protocol"))
+                      output_folder=shared["output_folder"], protocol=given.get("protocol"),
+                      answer_format=given.get("answer_format"))
 
 
 def check_model_flags(given: dict, parser) -> None:

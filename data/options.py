@@ -2,6 +2,7 @@
 import os
 from dataclasses import dataclass
 
+from data.answer_format import ANSWER_FORMATS
 from data.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from utils.options import Options, non_negative, option, positive
 
@@ -18,6 +19,9 @@ class DataOptions(Options):
     protocol: str = option(DEFAULT_PROTOCOL, "prompts, tokenisation, masking, decoding and answer extraction, "
                            "for training and evaluation (README 'Protocols'); evaluation: default the run's",
                            choices=tuple(PROTOCOLS))
+    answer_format: str = option("label", "what the response names: the answer label ('the correct answer is "
+                                "answer2', as published) or the chosen option's text; evaluation: default "
+                                "the run's (README 'Answer formats')", choices=ANSWER_FORMATS)
     train_on_inputs: bool | None = option(None, "also put loss on the prompt (default: the protocol's; on "
                                           "for llm_adapters)")
     val_size: int = option(120, "held-out validation examples (seed 42)", check=non_negative)

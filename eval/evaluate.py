@@ -4,7 +4,9 @@ Files written under `out_dir` (rank 0 only, each atomically: temp file + os.repl
     eval/<task>.jsonl   one line per evaluated example, in test-file order:
                         generate: {"id", "prediction", "extracted", "gold", "correct"} (prediction:
                                   the protocol's post-processed answer text)
-                        loglik:   {"id", "choices", "scores", "extracted", "gold", "correct"}
+                        loglik:   {"id", "choices", "scores", "extracted", "gold", "correct"}; the text
+                                  answer format adds "options" (the scored texts), "pred_norm",
+                                  "correct_norm" (argmax of score / option length in characters)
                         cloze:    {"id", "choices", "scores", "extracted", "pred_norm", "gold", "correct",
                                   "correct_norm"} (choices: the choice texts; eval/cloze.py)
     results.json        {"meta": {...}, "tasks": {task: result}} via update_results_json
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import torch
 
+from data.answer_format import options
 from data.protocols import Protocol
 from data.tasks import ANSWER_WORDS, resolve_task
 from data.choices import record_choices
-from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, cloze_rows, parse_record
+from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows, parse_record
 from eval.generate import generate_answers
-from eval.loglik import loglik_predict
+from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
 from utils.atomic import atomic_write_bytes
 
@@ -81,8 +84,8 @@ def _gather_rows(rows: list[dict], world_size: int) -> list[dict]:
 def prompt_room(model, tokenizer, mode: str, max_new_tokens: int, words=()) -> int | None:
     """Prompt tokens that fit the model's positions (config max_position_embeddings) together with
     what follows them: max_new_tokens generated tokens, or (loglik) the longest scored response for
-    the answer `words`; None when the model states no limit."""
-    from eval.loglik import candidate_response
+    the options `words`; None when the model states no limit."""
+    from data.answer_format import candidate_response
 
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if not max_pos:
@@ -105,7 +108,8 @@ def fit_prompt(ids: list[int], room: int | None, bos_id: int | None) -> list[int
 
 
 def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_tokens,
-               beam_size, show_progress, protocol: Protocol, room: int | None = None) -> list[dict]:
+               beam_size, show_progress, protocol: Protocol, room: int | None = None,
+               answer_format: str = "label") -> list[dict]:
     """Per-example rows for records[ids] (this rank's share); protocol prompts cut to `room` tokens."""
     if not ids:
         return []
@@ -124,18 +128,23 @@ def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_t
             extracted, gold = protocol.extract(text, task), protocol.gold(record, task)
             rows.append({"id": i, "prediction": text, "extracted": extracted,
                          "gold": gold, "correct": extracted is not None and extracted == gold})
-    else:
-        choices = [record_choices(r, task) for r in chosen]
-        predicted, scores = loglik_predict(model, tokenizer, prompts, choices,
-                                           batch_size=batch_size, show_progress=show_progress)
-        for i, record, words, word, s in zip(ids, chosen, choices, predicted, scores):
-            rows.append({"id": i, "choices": words, "scores": s, "extracted": word,
-                         "gold": record["answer"], "correct": word == record["answer"]})
+    else:  # each offered option's response scored; the best one is the prediction
+        offered = [options(r, i, answer_format, task) for i, r in zip(ids, chosen)]
+        scores = score_candidates(model, tokenizer, prompts, [texts for _, texts in offered],
+                                  batch_size=batch_size, show_progress=show_progress)
+        for i, record, (words, texts), s in zip(ids, chosen, offered, scores):
+            word = words[argmax(s)]
+            row = {"id": i, "choices": words, "scores": s, "extracted": word,
+                   "gold": record["answer"], "correct": word == record["answer"]}
+            if answer_format == "text":
+                norm = words[argmax([v / len(t) for v, t in zip(s, texts)])]
+                row.update(options=texts, pred_norm=norm, correct_norm=norm == record["answer"])
+            rows.append(row)
     return rows
 
 
 def _norm_fields(rows: list[dict]) -> dict:
-    """acc_norm's count, accuracy and 95% Wilson interval (cloze rows)."""
+    """acc_norm's count, accuracy and 95% Wilson interval (cloze and text-format rows)."""
     correct = sum(row["correct_norm"] for row in rows)
     low, high = wilson_interval(correct, len(rows))
     return {"correct_norm": correct, "accuracy_norm": correct / len(rows),
@@ -145,12 +154,14 @@ def _norm_fields(rows: list[dict]) -> dict:
 def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, protocol: Protocol,
                   mode: str, batch_size: int, max_new_tokens: int, beam_size: int,
                   max_examples: int | None, seed: int, rank: int = 0, world_size: int = 1,
-                  show_progress: bool = True) -> dict:
+                  show_progress: bool = True, answer_format: str = "label") -> dict:
     """Evaluate `model` on `records` of `task`; write eval/<task>.jsonl (rank 0); return the result.
     The options are EvalOptions' (eval/recipe.py) and the protocol's (data/protocols.py).
 
     mode "generate": generate a response, extract the answer as the protocol does.
-    mode "loglik":   pick the offered answer word whose response scores highest (eval.loglik).
+    mode "loglik":   pick the offered answer word whose response scores highest (eval.loglik); with
+                     answer_format "text" the responses name the options' texts (data/answer_format.py)
+                     and the result adds acc_norm (score / option length in characters).
     mode "cloze":    pick the choice whose TEXT scores highest as a continuation, lm-eval style
                      (eval.cloze); the result adds acc_norm (length-normalised) as accuracy_norm.
     With world_size > 1, rank r evaluates the selected examples r::world_size and the rows are
@@ -165,19 +176,24 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
     if not records:
         raise ValueError(f"{task}: no records to evaluate")
     validate_records(records, task)
+    if answer_format == "text" and mode != "loglik":
+        raise ValueError(f"the text answer format is scored, not generated: use --eval_mode loglik, not {mode}")
     if mode == "cloze":  # every rank checks every record before any runs the model
         for index, record in enumerate(records):
             parse_record(record, task, index)
+    offered = ANSWER_WORDS[task]
+    if answer_format == "text":  # every option of every record parses, or a one-line error names it
+        offered = [t for index, record in enumerate(records) for t in options(record, index, "text", task)[1]]
 
     ids = select_ids(len(records), max_examples, seed)
     room, truncated = None, None  # prompts longer than the model's positions allow are cut (counted)
     if mode != "cloze":
-        room = prompt_room(model, tokenizer, mode, max_new_tokens, ANSWER_WORDS[task])
+        room = prompt_room(model, tokenizer, mode, max_new_tokens, offered)
         truncated = 0 if room is None else \
             sum(len(protocol.eval_prompt_ids(tokenizer, records[i])) > room for i in ids)
     start = time.perf_counter()
     rows = _run_model(model, tokenizer, records, ids[rank::world_size], task, mode, batch_size,
-                      max_new_tokens, beam_size, show_progress and rank == 0, protocol, room)
+                      max_new_tokens, beam_size, show_progress and rank == 0, protocol, room, answer_format)
     rows = _gather_rows(rows, world_size)
     seconds = time.perf_counter() - start
 
@@ -196,7 +212,8 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
         "accuracy": correct / n,
         "ci95_low": low,
         "ci95_high": high,
-        **(_norm_fields(rows) if mode == "cloze" else {}),
+        "answer_format": answer_format if mode != "cloze" else None,
+        **(_norm_fields(rows) if mode == "cloze" or answer_format == "text" else {}),
         "parse_failures": parse_failures,
         "parse_failure_rate": parse_failures / n,
         "chance_accuracy": chance_accuracy(task, evaluated),

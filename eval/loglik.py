@@ -1,26 +1,20 @@
 """Log-likelihood scoring of the candidate answers (an alternative to generate-and-extract).
 
-Scoring protocol: for a prompt and an answer word w, the score is the total log-probability of
-the full training response string ``"the correct answer is " + w`` (data record "output"),
+Scoring protocol: for a prompt and an answer word w (or, in the text answer format, an option's
+text, data/answer_format.py), the score is the total log-probability of the full training response
+string ``"the correct answer is " + w`` (data record "output"),
 tokenized as in training (add_special_tokens=False, the whole string at once) but WITHOUT the
 trailing EOS, conditioned on encode_prompt(prompt) (the exact training prompt tokens). The
 shared prefix "the correct answer is" adds the same amount to every candidate of a prompt, so
 the ranking is decided by the answer word; scores are sums, not length-normalised.
 
-All (prompt, candidate) pairs are batched together, right-padded (real tokens keep positions
-0..L-1) with an attention mask (eval.cloze.score_token_pairs, shared with the cloze mode); the
-result equals scoring each pair alone (tested to 1e-4).
+A prompt runs once for all its candidates (eval.scoring.score_token_pairs, shared with the cloze
+mode); the result equals scoring each pair alone (tested to 1e-4).
 """
-from eval.cloze import score_token_pairs
+from data.answer_format import candidate_response
 from eval.generate import encoded
+from eval.scoring import score_token_pairs
 from utils.batching import pad_token_id
-
-RESPONSE_PREFIX = "the correct answer is "
-
-
-def candidate_response(word: str) -> str:
-    """The response string scored for answer word `word` (same as the training target text)."""
-    return RESPONSE_PREFIX + word
 
 
 def _per_prompt_candidates(prompts, candidates) -> list[list[str]]:

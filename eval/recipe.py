@@ -15,8 +15,9 @@ from utils.options import Options, option, positive
 @dataclass
 class EvalOptions(Options):
     ckpt: str | None = option(None, "evaluate a trained run RUN_DIR (or 'none': the base model zero-shot)")
-    eval_mode: str = option("generate", "generate and extract the answer (generate), score the answer words "
-                            "(loglik), or score the choice texts as lm-eval does (cloze)", choices=MODES)
+    eval_mode: str | None = option(None, "generate and extract the answer (generate), score each option's "
+                                   "response (loglik), or score the choice texts as lm-eval does (cloze); "
+                                   "default: generate, loglik for the text answer format", choices=MODES)
     eval_batch: int = option(16, "evaluation batch (--batch in evaluation mode sets it too)", check=positive)
     max_new_tokens: int | None = option(None, "generation length (default: the protocol's: 16 hira, 32 "
                                         "llm_adapters and clean)", check=positive)
@@ -43,11 +44,13 @@ class EvalRecipe:
     """Options, then `setup` (tasks, model, merge), then `run` (per task: evaluate, write)."""
 
     def __init__(self, opts: EvalOptions, *, tasks: str, data_dir: str, seed: int, base: ModelOptions,
-                 output_folder: str, protocol: str | None):
+                 output_folder: str, protocol: str | None, answer_format: str | None = None):
         """`base`: the model evaluated zero-shot (--ckpt none); a run's own comes from its args.json.
-        `protocol`: None = the run's (runs made before protocols existed: clean), zero-shot: the default."""
+        `protocol`, `answer_format`: None = the run's (runs made before they existed: clean, label),
+        zero-shot: the defaults (hira, label)."""
         self.opts, self.tasks_spec, self.data_dir, self.seed = opts, tasks, data_dir, seed
         self.base, self.output_folder, self.protocol_name = base, output_folder, protocol
+        self.answer_format_name = answer_format
 
     def setup(self) -> "EvalRecipe":
         import torch
@@ -85,7 +88,8 @@ class EvalRecipe:
                              **{f.name: saved.get(f.name) for f in hparams},
                              **{k: saved.get(k) for k in ("lr", "max_steps", "dataset", "seed")}}
                 self.out_dir = Path(self.opts.results_dir or ckpt.path)
-                trained = {"protocol": saved.get("protocol", "clean"), "train_on_inputs": saved.get("train_on_inputs")}
+                trained = {"protocol": saved.get("protocol", "clean"), "train_on_inputs": saved.get("train_on_inputs"),
+                           "answer_format": saved.get("answer_format", "label")}
             else:  # trained elsewhere: no training record; results beside the runs, not in the adapter
                 cfg = asdict(ckpt.cfg)
                 name = ckpt.path.resolve().name
@@ -95,9 +99,11 @@ class EvalRecipe:
                 trained = {}
         self.model = model.to(self.state.device).eval()
         self.protocol = get_protocol(self.protocol_name or trained.get("protocol", DEFAULT_PROTOCOL))
+        self.answer_format = self.answer_format_name or trained.get("answer_format", "label")
+        self.mode = self.opts.eval_mode or ("loglik" if self.answer_format == "text" else "generate")
         self.beam_size = self.opts.beam_size or self.protocol.num_beams
         self.max_new_tokens = self.opts.max_new_tokens or self.protocol.max_new_tokens
-        self.meta.update(eval_mode=self.opts.eval_mode, max_examples=self.opts.max_examples,
+        self.meta.update(eval_mode=self.mode, answer_format=self.answer_format, max_examples=self.opts.max_examples,
                          protocol=self.protocol.name, beam_size=self.beam_size, max_new_tokens=self.max_new_tokens,
                          protocol_deviations=self.deviations(trained))
         from eval.evaluate import read_results
@@ -113,7 +119,9 @@ class EvalRecipe:
             out["trained_protocol"] = trained["protocol"]
         if trained.get("train_on_inputs") not in (None, p.train_on_inputs):
             out["train_on_inputs"] = trained["train_on_inputs"]
-        if self.opts.eval_mode == "generate":
+        if trained.get("answer_format", self.answer_format) != self.answer_format:
+            out["trained_answer_format"] = trained["answer_format"]
+        if self.mode == "generate":
             out.update({k: v for k, v, ref in (("beam_size", self.beam_size, p.num_beams),
                                                ("max_new_tokens", self.max_new_tokens, p.max_new_tokens))
                         if v != ref})
@@ -126,10 +134,11 @@ class EvalRecipe:
         for task in self.tasks:
             records = load_test_records(self.data_dir, task)
             result = evaluate_task(self.model, self.tokenizer, records, task, self.out_dir,
-                                   protocol=self.protocol, mode=o.eval_mode, batch_size=o.eval_batch,
+                                   protocol=self.protocol, mode=self.mode, batch_size=o.eval_batch,
                                    max_new_tokens=self.max_new_tokens, beam_size=self.beam_size,
                                    max_examples=o.max_examples, seed=self.seed,
-                                   rank=self.state.process_index, world_size=self.state.num_processes)
+                                   rank=self.state.process_index, world_size=self.state.num_processes,
+                                   answer_format=self.answer_format)
             results[task] = result
             if self.state.is_main_process:
                 update_results_json(self.out_dir, result, self.meta)

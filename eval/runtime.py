@@ -22,3 +22,12 @@ def eval_mode(model):
             yield
     finally:
         model.train(was_training)
+
+
+def keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs; a peft model
+    passes it through to its base model)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -50,7 +50,7 @@ def run_method(method: str, model_dir: Path, data: Path, out: Path) -> dict:
     train = ["--model_name", str(model_dir), "--data_dir", str(data), "--dataset", "mix:boolq,openbookqa",
              "--peft_type", method, "--max_steps", "3", "--batch", "2", "--val_size", "4",
              "--eval_steps", "3", "--save_steps", "3", "--warmup", "1", "--lr", "1e-2",
-             "--protocol", "clean", "--output_folder", str(out), "--run_name", method,
+             "--protocol", "clean", "--no-group_by_length", "--output_folder", str(out), "--run_name", method,
              *FLAGS.get(method, ["--r_ab", "4"])]
     assert train_knowhira.main(train) == 0, method
     log = [json.loads(line) for line in (out / method / "log.jsonl").read_text().splitlines()]

@@ -1,9 +1,13 @@
 """No behaviour change across refactors: every method's 3-step tiny run (losses, regulariser, gradient
 norms, validation loss) and its evaluation predictions (generated text, log-likelihood scores) equal
 the ones recorded before the redesign (tests/data/regression_baseline.json, made by
-tests/regression_record.py on the pre-redesign code). On the recording machine they are
-bit-identical; floats are compared to 1e-9 relative so that another CPU's summation order alone
-cannot fail the suite, which is far tighter than any real behaviour change."""
+tests/regression_record.py on the pre-redesign code), with the data order the baseline had
+(--no-group_by_length). Strings (generated text, predictions) must be identical. Floats were
+bit-identical through the redesign; since the loss runs the output layer only at labelled positions
+and a prompt is scored once for all its candidates (summation order changed, measured 1.2e-7
+relative on the losses, 4e-5 on scores), they are compared to 1e-5 relative or 1e-4 absolute: far
+tighter than any real behaviour change (a different token, mask or learning rate moves them by
+1e-3 or more)."""
 import json
 import math
 from pathlib import Path
@@ -17,7 +21,7 @@ BASELINE = json.loads((Path(__file__).parent / "data" / "regression_baseline.jso
 
 def same(a, b, where):
     if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), (where, a, b)
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-4), (where, a, b)
     elif isinstance(a, list):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):

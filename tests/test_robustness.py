@@ -200,8 +200,8 @@ def test_a_checkpoint_whose_next_step_is_not_finite_is_not_kept_as_good(tmp_path
     def run(nan_at_call: int, **kw):
         calls = []
 
-        def poisoned(model, batch):
-            loss, n = real(model, batch)
+        def poisoned(model, batch, head=None):
+            loss, n = real(model, batch, head)
             calls.append(1)
             return (loss * float("nan") if len(calls) == nan_at_call else loss), n
         monkeypatch.setattr(loop, "task_loss_sum", poisoned)

@@ -158,8 +158,8 @@ def test_loop_batch_labels_cover_exactly_the_response(tmp_path, records, gpt2_to
     seen = []
     real = loop.task_loss_sum
 
-    def spy(model, batch):
-        loss, n = real(model, batch)
+    def spy(model, batch, head=None):
+        loss, n = real(model, batch, head)
         with torch.no_grad():  # hand computation on the same batch and weights
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         seen.append(({k: v.clone() for k, v in batch.items()}, loss.item(), n, logits.double()))
@@ -171,7 +171,8 @@ def test_loop_batch_labels_cover_exactly_the_response(tmp_path, records, gpt2_to
     assert len(seen) == 1
     batch, loss, n, logits = seen[0]
 
-    chosen = [recs[i] for i in epoch_order(len(feats), 7, 0)[:3]]  # step 1 of epoch 0, seed 7
+    lengths = [len(f["input_ids"]) for f in feats]  # step 1 of epoch 0, seed 7, grouped by length
+    chosen = [recs[i] for i in epoch_order(len(feats), 7, 0, lengths, 3)[:3]]
     width = batch["input_ids"].shape[1]
     hand_sum, hand_n = 0.0, 0
     for i, r in enumerate(chosen):
@@ -201,8 +202,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, features,
                                                              monkeypatch):
     real, calls = loop.task_loss_sum, []
 
-    def poisoned(model, batch):  # the 4th optimizer step's loss is NaN
-        loss, n = real(model, batch)
+    def poisoned(model, batch, head=None):  # the 4th optimizer step's loss is NaN
+        loss, n = real(model, batch, head)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 4 else loss), n
 
@@ -311,7 +312,7 @@ def test_trainer_train_step_equals_run(tmp_path, features, gpt2_tokenizer):
     assert (t.steps_per_epoch, t.total_steps, t.step, t.reg_weight) == (4, 3, 0, 1e-3)
     outs = [t.train_step() for _ in range(3)]
     assert t.step == 3 and not (tmp_path / "steps").exists()  # train_step writes nothing
-    assert all(o.keys() == {"epoch", "loss_task", "loss_reg", "lr", "grad_norm", "tokens"} for o in outs)
+    assert all(o.keys() == {"epoch", "loss_task", "loss_reg", "lr", "grad_norm", "tokens", "pad_frac"} for o in outs)
     assert [o["epoch"] for o in outs] == [0.25, 0.5, 0.75]
     assert all(o["loss_reg"] > 0 and o["tokens"] > 0 for o in outs)
 

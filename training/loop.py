@@ -9,9 +9,13 @@ The task loss is normalised by the number of target tokens of the WHOLE effectiv
 gradient. Every rank can count those tokens itself because the data order is a pure function of
 (seed, epoch): no communication is needed for it.
 
-Data order: epoch e uses torch.randperm(n, generator=seed + e). Optimizer step k of an epoch takes
-the global slice [k·G, (k+1)·G) with G = batch · grad_acc · world; micro-step j of rank r takes
-batch examples from it. Resuming from step k therefore only needs k (plus the saved RNG states).
+Data order: epoch e uses torch.randperm(n, generator=seed + e); with --group_by_length (the default)
+that order is cut into mega-batches of MEGA_BATCHES global batches, each sorted by length, and the
+global batches are then shuffled (same generator), so a batch holds records of similar length and
+pads little (HF's LengthGroupedSampler, made a pure function of (seed, epoch)). Optimizer step k of
+an epoch takes the global slice [k·G, (k+1)·G) with G = batch · grad_acc · world; micro-step j of
+rank r takes batch examples from it. Resuming from step k therefore only needs k (plus the saved RNG
+states), and 2 processes x b still see exactly the examples of 1 process x 2b.
 """
 import math
 import sys
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 from data.tokenize import Collator
 from training.checkpoint import complete, discard_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.logger import RunLogger, plot_losses
-from utils.batching import IGNORE_INDEX, shifted_ce_sum
+from utils.batching import IGNORE_INDEX, labelled_ce_sum, shifted_ce_sum
 from utils.dist import full, shard_model
 from utils.options import Options, non_negative, option, positive
 
@@ -50,6 +54,8 @@ class LoopConfig(Options):
     eval_steps: int = option(50, "validate every N steps (--eval_strategy steps)", check=positive)
     early_stop_patience: int = option(0, "validations without improvement before stopping (0 = off)",
                                       check=non_negative)
+    group_by_length: bool = option(True, "batches of records of similar length (less padding); the order "
+                                   "stays a function of (seed, epoch)")
     best_metric: str = option("val_loss", "the validation number that picks best/ (and early stopping): "
                               "lowest val_loss, or highest val_acc", choices=("val_loss", "val_acc"))
     log_steps: int = option(1, "log every N steps", check=positive)
@@ -126,9 +132,24 @@ def lr_lambda(cfg: LoopConfig, total_steps: int):
     return f
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+MEGA_BATCHES = 50  # global batches per length-sorted mega-batch (HF's LengthGroupedSampler uses 50)
+
+
+def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, global_batch: int = 1
+                ) -> list[int]:
+    """The example order of an epoch: a seeded permutation; with `lengths`, grouped by length: the
+    permutation's first n - n mod G examples in mega-batches of MEGA_BATCHES·G sorted longest first,
+    cut into global batches of G, those batches shuffled; the remainder (never a full batch) last."""
     g = torch.Generator().manual_seed(seed + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist()
+    if lengths is None:
+        return order
+    used, rest = order[:n - n % global_batch], order[n - n % global_batch:]
+    mega = MEGA_BATCHES * global_batch
+    ranked = [i for s in range(0, len(used), mega)
+              for i in sorted(used[s:s + mega], key=lambda i: -lengths[i])]
+    batches = [ranked[s:s + global_batch] for s in range(0, len(ranked), global_batch)]
+    return [i for k in torch.randperm(len(batches), generator=g).tolist() for i in batches[k]] + rest
 
 
 def count_targets(features: list[dict]) -> int:
@@ -136,21 +157,66 @@ def count_targets(features: list[dict]) -> int:
     return sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in features)
 
 
-def task_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the labelled tokens, and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return shifted_ce_sum(logits, batch["labels"])
+class OutputHead:
+    """The output layer of a transformers causal LM, run by the loss only at the labelled positions.
+
+    The forward is asked for the last position's logits alone (`logits_to_keep=1`) while a hook on the
+    backbone (`base_model`: the decoder stack with its final norm) keeps its `last_hidden_state`, the
+    exact input of the head; `hidden(model, batch)` returns it. `of(model)` gives None where this does
+    not apply (the full-logits path is used): a forward without `logits_to_keep`, logits that are not
+    the head's output as they are (final soft-capping), or FSDP sharding (the root's head weight is
+    gathered only inside the forward)."""
+
+    def __init__(self, backbone, head):
+        self.backbone, self.head = backbone, head
+
+    @classmethod
+    def of(cls, model, fsdp: bool = False) -> "OutputHead | None":
+        from eval.runtime import keeps_logits
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        config = getattr(base, "config", None)
+        if fsdp or not keeps_logits(base) or getattr(config, "final_logit_softcapping", None):
+            return None
+        backbone, head = getattr(base, "base_model", None), base.get_output_embeddings()
+        if backbone is None or backbone is base or head is None:
+            return None
+        return cls(backbone, head)
+
+    def hidden(self, model, batch: dict) -> torch.Tensor:
+        kept = []
+        handle = self.backbone.register_forward_hook(lambda module, args, out: kept.append(out[0]))
+        try:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+        finally:
+            handle.remove()
+        return kept[-1]
 
 
+def task_loss_sum(model, batch: dict, head: OutputHead | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the labelled tokens, and their count. With the model's
+    OutputHead the head runs only where a label is: the same loss and gradients (tested to 1e-6), a
+    fifth fewer FLOPs on SmolLM2 and no batch x length x vocabulary logits tensor."""
+    if head is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return shifted_ce_sum(logits, batch["labels"])
+    return labelled_ce_sum(head.hidden(model, batch), head.head, batch["labels"])
 @torch.no_grad()
-def validate(accelerator, model, features: list[dict], collate, batch: int, slots=None) -> dict:
-    """Validation numbers, sharded over ranks, one forward per record:
+def validate(accelerator, model, features: list[dict], collate, batch: int, slots=None, head=None,
+             choices=None) -> dict:
+    """Validation numbers, sharded over ranks:
     val_loss         token-averaged task loss (what the training loss measures);
-    val_acc          share of records whose gold answer word scores highest among the offered ones
-                     at the answer position (data.protocols.answer_slot), i.e. argmax of the logits
-                     of the answer tokens there; over the records with a known slot (val_acc_n);
-    val_answer_loss  mean −log p(gold answer token) at that position.
-    `slots[i]` is answer_slot(...) of features[i] (None: not scored)."""
+    val_acc          label answer format: share of records whose gold answer word scores highest among
+                     the offered ones at the answer position (data.protocols.answer_slot), i.e. argmax
+                     of the logits of the answer tokens there, one forward per record;
+                     text answer format: share of records whose gold option's response scores highest
+                     (summed log-probability, eval.scoring, as --eval_mode loglik scores it);
+                     over the records with known options (val_acc_n);
+    val_answer_loss  (label format) mean −log p(gold answer token) at that position.
+    `slots[i]` is answer_slot(...) of features[i], `choices[i]` (text format) is (prompt ids, [response
+    ids of each option], gold index); None: not scored. `head`: the model's OutputHead, or None."""
+    from eval.scoring import score_token_pairs
+
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(len(features)))[rank::world]
@@ -158,27 +224,41 @@ def validate(accelerator, model, features: list[dict], collate, batch: int, slot
     for i in range(0, len(mine), batch):
         chunk = mine[i:i + batch]
         b = {k: v.to(accelerator.device) for k, v in collate([features[j] for j in chunk]).items()}
-        with accelerator.autocast():
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss, n = shifted_ce_sum(logits, b["labels"])
         correct = nll = scored = 0.0
-        for row, j in enumerate(chunk):
-            slot = slots[j] if slots else None
-            if slot is None:
-                continue
-            position, token_ids, gold = slot
-            logp = torch.log_softmax(logits[row, position].float(), dim=-1)[token_ids]
-            correct += float(int(logp.argmax()) == gold)
-            nll -= logp[gold].item()
-            scored += 1
+        with accelerator.autocast():
+            if head is None:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                loss, n = shifted_ce_sum(logits, b["labels"])
+            else:
+                hidden = head.hidden(model, b)
+                loss, n = labelled_ce_sum(hidden, head.head, b["labels"])
+            for row, j in enumerate(chunk):
+                slot = slots[j] if slots else None
+                if slot is None:
+                    continue
+                position, token_ids, gold = slot
+                at = logits[row, position] if head is None else head.head(hidden[row, position])
+                logp = torch.log_softmax(at.float(), dim=-1)[token_ids]
+                correct += float(int(logp.argmax()) == gold)
+                nll -= logp[gold].item()
+                scored += 1
+            known = [choices[j] for j in chunk if choices and choices[j] is not None]
+            if known:
+                flat = score_token_pairs(model, [(p, r) for p, options, _ in known for r in options],
+                                         collate.pad_id, batch, show_progress=False)
+                for p, options, gold in known:
+                    scores, flat = flat[:len(options)], flat[len(options):]
+                    correct += float(max(range(len(scores)), key=scores.__getitem__) == gold)
+                    scored += 1
         total += torch.tensor([loss.item(), n, correct, nll, scored], device=accelerator.device,
                               dtype=torch.float64)
     total = accelerator.reduce(total, "sum")
     model.train()
     out = {"val_loss": (total[0] / total[1]).item()}
     if total[4] > 0:
-        out.update(val_acc=(total[2] / total[4]).item(), val_answer_loss=(total[3] / total[4]).item(),
-                   val_acc_n=int(total[4]))
+        out.update(val_acc=(total[2] / total[4]).item(), val_acc_n=int(total[4]))
+        if slots:
+            out["val_answer_loss"] = (total[3] / total[4]).item()
     return out
 
 
@@ -191,10 +271,11 @@ class Trainer:
     """
 
     def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
-                 cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None):
+                 cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None, val_choices=None):
         self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
         self.train_features, self.val_features, self.save = train_features, val_features, save
         self.val_slots, self.config = val_slots, config  # config: saved with checkpoints, checked on resume
+        self.val_choices = val_choices  # text answer format: what val_acc scores (validate)
         self.reg_fn, self.reg_weight = regularizer if regularizer is not None else (None, 0.0)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.global_batch = cfg.batch * cfg.grad_acc * self.world
@@ -211,6 +292,7 @@ class Trainer:
             accelerator.print(f"FSDP2 full-shard over {self.world} processes: each holds 1/{self.world} "
                               "of every parameter, gradient and optimizer state")
         self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding: DTensors
+        self.head = OutputHead.of(model, cfg.fsdp)  # None: the loss runs the head at every position
         optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, self.total_steps))
         if cfg.fsdp:
@@ -221,6 +303,7 @@ class Trainer:
         self.step, self.best_val, self.bad_evals = 0, None, 0
         self.written, self.resumed = set(), False  # checkpoint steps this process wrote; resume() done
         self.start_step = 0  # the step this process started from (resumed runs: > 0)
+        self._order = (None, [])  # (epoch, its example order)
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint of the run folder, if there is one (once;
@@ -242,20 +325,21 @@ class Trainer:
         """One optimizer step (all micro-batches of one global batch); returns its numbers."""
         acc, cfg, world = self.acc, self.cfg, self.world
         epoch, k = divmod(self.step, self.steps_per_epoch)
-        order = epoch_order(len(self.train_features), cfg.seed, epoch)
+        order = self.order(epoch)
         chunk = [self.train_features[i] for i in order[k * self.global_batch:(k + 1) * self.global_batch]]
         n_targets = count_targets(chunk)  # over ALL ranks and micro-batches of this step
         loss_task = torch.zeros((), device=acc.device, dtype=torch.float64)
-        reg_value, tokens = 0.0, 0
+        reg_value, tokens, slots = 0.0, 0, 0
         for j in range(cfg.grad_acc):
             lo = (j * world + self.rank) * cfg.batch
             micro = chunk[lo:lo + cfg.batch]
             b = {key: v.to(acc.device) for key, v in self.collate(micro).items()}
             tokens += int(b["attention_mask"].sum()) * world
+            slots += b["attention_mask"].numel() * world
             last = j == cfg.grad_acc - 1
             with acc.no_sync(self.wrapped) if not last else nullcontext():
                 with acc.autocast():
-                    loss_sum, _ = task_loss_sum(self.wrapped, b)
+                    loss_sum, _ = task_loss_sum(self.wrapped, b, self.head)
                     # DDP averages gradients over ranks, hence the factor `world`
                     loss = loss_sum * world / n_targets
                     if self.reg_fn is not None:  # + λ·L_reg, spread over the micro-steps
@@ -280,7 +364,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"epoch": epoch + (k + 1) / self.steps_per_epoch, "loss_task": loss_task.item(),
-                "loss_reg": reg_value, "lr": lr_now, "grad_norm": grad_norm, "tokens": tokens}
+                "loss_reg": reg_value, "lr": lr_now, "grad_norm": grad_norm, "tokens": tokens,
+                "pad_frac": 1 - tokens / slots}  # (this rank's padding, x world: an estimate under DDP)
+
+    def order(self, epoch: int) -> list[int]:
+        """epoch_order of this run's training examples (computed once per epoch)."""
+        if self._order[0] != epoch:
+            lengths = [len(f["input_ids"]) for f in self.train_features] if self.cfg.group_by_length else None
+            self._order = epoch, epoch_order(len(self.train_features), self.cfg.seed, epoch, lengths,
+                                             self.global_batch)
+        return self._order[1]
 
     def agree(self, ok: bool) -> bool:
         """True only if `ok` on every rank (one tiny all-reduce when distributed)."""
@@ -351,6 +444,7 @@ class Trainer:
                               "loss_reg": out["loss_reg"],
                               "loss_total": out["loss_task"] + self.reg_weight * out["loss_reg"],
                               "lr": out["lr"], "grad_norm": float(full(out["grad_norm"])),
+                              "pad_frac": out["pad_frac"],
                               "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
                     t_last, tokens_since = now, 0
                     bar.set_postfix(loss=f"{record['loss_task']:.4f}", lr=f"{out['lr']:.2e}",
@@ -360,7 +454,8 @@ class Trainer:
                     (cfg.eval_strategy == "steps" and (step % cfg.eval_steps == 0 or step == total))
                     or (cfg.eval_strategy == "epoch" and (end_of_epoch or step == total)))
                 if do_eval:
-                    numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots)
+                    numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots,
+                                       self.head, self.val_choices)
                     record = {**(record or {"step": step}), **numbers}
                     if cfg.best_metric not in numbers:
                         raise ValueError(f"--best_metric {cfg.best_metric}: no validation record has a known "

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data.answer_format import candidate_response, options, with_answer_format
 from data.options import DataOptions
 from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
@@ -111,16 +112,21 @@ class TrainRecipe:
             with tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2) as bar:  # closed before an error
                 for r in bar:
                     try:
-                        features.append(self.protocol.train_example(self.tokenizer, r, self.data.cutoff_len,
+                        example = with_answer_format(r, None, self.data.answer_format)
+                        features.append(self.protocol.train_example(self.tokenizer, example, self.data.cutoff_len,
                                                                     self.data.train_on_inputs))
-                    except DataError as e:  # e.g. a response longer than --cutoff_len: name file and record
+                    except ValueError as e:  # e.g. a response longer than --cutoff_len: name file and record
                         where = record_place(self.data.data_dir, self.data.dataset, records, r)
                         raise DataError(f"{where}: {e}") from None
             return features
 
         self.train_features = tokenize(train_records, "train")
         self.val_features = tokenize(val_records, "validation")
-        self.val_slots = [answer_slot(self.protocol, self.tokenizer, r, self.data.cutoff_len) for r in val_records]
+        self.val_slots = self.val_choices = None
+        if self.data.answer_format == "label":
+            self.val_slots = [answer_slot(self.protocol, self.tokenizer, r, self.data.cutoff_len) for r in val_records]
+        else:
+            self.val_choices = [self.option_choices(r) for r in val_records]
         # after from_pretrained: σ_norm (KnowHiRA) and the truncation (KaSA) see the pretrained weights
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: not the user's concern
             warnings.filterwarnings("ignore", r".*is_gradient_checkpointing.* is deprecated", FutureWarning)
@@ -130,6 +136,13 @@ class TrainRecipe:
             self.accelerator.print(message)
         self.n_trainable = count_trainable(self.model)
         return self
+
+    def option_choices(self, record: dict) -> tuple[list[int], list[list[int]], int]:
+        """(evaluation prompt ids, response ids of each offered option, gold index) of a validation
+        record in the text answer format: what val_acc scores (as --eval_mode loglik does)."""
+        words, texts = options(record, None, self.data.answer_format)
+        responses = [self.tokenizer(candidate_response(t), add_special_tokens=False)["input_ids"] for t in texts]
+        return self.protocol.eval_prompt_ids(self.tokenizer, record), responses, words.index(record["answer"])
 
     def initialise(self) -> str | None:
         """The method's data-dependent initialisation (HiRA-SB's gradient pass), on a sample of
@@ -154,7 +167,7 @@ class TrainRecipe:
     def trainer(self) -> Trainer:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
                        self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
-                       self.val_slots, config=self.config())
+                       self.val_slots, config=self.config(), val_choices=self.val_choices)
 
     def save(self, model, out_dir, write: bool = True) -> None:
         self.method.save(model, self.method_cfg, out_dir, write)
