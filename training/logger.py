@@ -108,14 +108,17 @@ def plot_losses(run_dir) -> Path:
     if acc:
         steps = [r["step"] for r in acc]
         ax[2].plot(steps, [r["val_acc"] for r in acc], "o-", color="tab:red", label="validation accuracy")
-        ax[2].set(xlabel="optimizer step", ylabel="accuracy at the answer token", ylim=(0, 1),
+        label_format = all("val_answer_loss" in r for r in acc)  # text format: options scored whole
+        ax[2].set(xlabel="optimizer step", ylim=(0, 1),
+                  ylabel="accuracy at the answer token" if label_format else "accuracy (options scored)",
                   title=f"Validation accuracy ({acc[-1].get('val_acc_n', '?')} records)")
-        twin = ax[2].twinx()
-        twin.plot(steps, [r["val_answer_loss"] for r in acc], "s--", color="tab:purple", alpha=0.6,
-                  label="answer-token loss")
-        twin.set_ylabel("answer-token cross-entropy")
         ax[2].legend(loc="upper left")
-        twin.legend(loc="upper right")
+        if label_format:
+            twin = ax[2].twinx()
+            twin.plot(steps, [r["val_answer_loss"] for r in acc], "s--", color="tab:purple", alpha=0.6,
+                      label="answer-token loss")
+            twin.set_ylabel("answer-token cross-entropy")
+            twin.legend(loc="upper right")
         ax[2].grid(alpha=0.3)
     fig.suptitle(Path(run_dir).name, fontsize=9)
     fig.tight_layout()

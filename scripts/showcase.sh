@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The showcase comparison (README "What the comparison shows"), one command per phase; every phase is
+# resumable (finished runs are skipped, an unfinished one continues with --resume), so it can span sessions:
+#   bash scripts/showcase.sh sweep    # SWEEP_STEPS steps per (method, learning rate): validation accuracy
+#   bash scripts/showcase.sh main     # SEEDS seeds per method at its chosen rate (LR_<method>), STEPS steps
+#   bash scripts/showcase.sh eval     # every finished main run and zero-shot, on the same examples
+#   bash scripts/showcase.sh tables   # analyze_results.py tables of the main runs
+#   bash scripts/showcase.sh all      # the four in order
+# Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
+# --answer_format text; --protocol clean; r=32 on q,k,v,up,down; batch 8; warmup 10; cosine decay;
+# validation accuracy on 120 held-out records every EVAL_STEPS steps picks best/.
+# Each finished run's small outputs (args.json, log.jsonl, train_summary.json, loss.png; never weights)
+# go to $DOCS/<run>/ as soon as it finishes, its evaluations' (results.json, eval/*.jsonl) to
+# $DOCS/{text,cloze,label}/<run>/; the runs themselves live in $RUNS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_DIR=${KNOWHIRA_DATA_DIR:-data/commonsense}
+MODEL=${MODEL:-$(bash scripts/fetch_smollm2.sh)}
+NAME=${NAME:-smollm2_20261124}
+RUNS=${RUNS:-runs/$NAME}
+DOCS=${DOCS:-docs/experiments/$NAME}
+METHODS=${METHODS:-"knowhira hira lora fft"}
+SWEEP_STEPS=${SWEEP_STEPS:-80}
+STEPS=${STEPS:-200}
+EVAL_STEPS=${EVAL_STEPS:-40}
+SEEDS=${SEEDS:-"1 2 3"}
+EVAL_N=${EVAL_N:-500}
+EVAL_TASKS=ARC-Easy,ARC-Challenge,openbookqa,boolq,piqa
+# learning-rate grids of the sweep (log-spaced, around each family's usual rates)
+declare -A GRID=([fft]="1e-5 3e-5 1e-4" [lora]="3e-4 1e-3 3e-3" [dora]="3e-4 1e-3 3e-3"
+                 [hira]="1e-3 3e-3 1e-2" [knowhira]="1e-3 3e-3 1e-2" [kasa]="3e-4 1e-3 3e-3"
+                 [hira_sb]="1e-3 3e-3 1e-2")
+# plain HiRA has no orthogonality term
+declare -A EXTRA=([hira]="--ortho_lambda 0")
+source scripts/common.sh
+MIX=${MIX:-$(train_mix "$DATA_DIR")}
+PY=.venv/bin/python
+export TOKENIZERS_PARALLELISM=false
+
+keep() {  # copy a finished folder's small outputs: $RUNS/<path> -> $DOCS/<path>
+  local src=$RUNS/$1 dst=$DOCS/$1 f
+  mkdir -p "$dst"
+  for f in args.json log.jsonl train_summary.json loss.png results.json; do
+    [ -f "$src/$f" ] && cp "$src/$f" "$dst/"
+  done
+  if [ -d "$src/eval" ]; then mkdir -p "$dst/eval"; cp "$src"/eval/*.jsonl "$dst/eval/"; fi
+  return 0
+}
+
+train() {  # run name, method, learning rate, seed, steps
+  local dir=$RUNS/$1 extra
+  read -ra extra <<< "${EXTRA[$2]:-}"
+  [ -f "$dir/train_summary.json" ] && return 0
+  if [ -f "$dir/args.json" ]; then
+    "$PY" train_knowhira.py --resume "$dir"
+  else
+    "$PY" train_knowhira.py --model_name "$MODEL" --data_dir "$DATA_DIR" --dataset "mix:$MIX" \
+      --answer_format text --protocol clean --peft_type "$2" --r_ab 32 \
+      --target_modules q_proj,k_proj,v_proj,up_proj,down_proj --lr "$3" --seed "$4" --max_steps "$5" \
+      --batch 8 --warmup 10 --lr_scheduler cosine --val_size 120 --eval_steps "$EVAL_STEPS" \
+      --best_metric val_acc --save_steps 20 --keep_checkpoints 1 --output_folder "$RUNS" --run_name "$1" \
+      "${extra[@]}"
+  fi
+  rm -rf "$dir/checkpoints"  # finished: best/ and final/ stay, the resume state is not needed
+  keep "$1"
+}
+
+evaluate() {  # run name (or "zeroshot"): results in $RUNS/{text,cloze,label}/<name>/
+  local name=$1 ckpt=$RUNS/$1 base=() common
+  if [ "$name" = zeroshot ]; then ckpt=none; base=(--model_name "$MODEL"); fi
+  common=(--ckpt "$ckpt" "${base[@]}" --data_dir "$DATA_DIR" --protocol clean --eval_batch 16)
+  # (a) text format: ARC-Easy, ARC-Challenge, OBQA, BoolQ and PIQA (transfer) on EVAL_N seeded examples
+  [ -f "$RUNS/text/$name/.done" ] || { "$PY" train_knowhira.py "${common[@]}" --answer_format text \
+    --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N" --results_dir "$RUNS/text/$name" \
+    && touch "$RUNS/text/$name/.done" && keep "text/$name"; }
+  # (b) knowledge kept or lost: lm-eval-style cloze on the full ARC-Easy and PIQA test files
+  [ -f "$RUNS/cloze/$name/.done" ] || { "$PY" train_knowhira.py "${common[@]}" --eval_mode cloze \
+    --dataset ARC-Easy,piqa --results_dir "$RUNS/cloze/$name" && touch "$RUNS/cloze/$name/.done" \
+    && keep "cloze/$name"; }
+  # (c) the label format on the same examples as (a)
+  [ -f "$RUNS/label/$name/.done" ] || { "$PY" train_knowhira.py "${common[@]}" --answer_format label \
+    --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N" --results_dir "$RUNS/label/$name" \
+    && touch "$RUNS/label/$name/.done" && keep "label/$name"; }
+}
+
+sweep() {  # the middle rate of every method first, then the low ones, then the high ones
+  local i m lrs
+  for i in 1 0 2; do
+    for m in $METHODS; do
+      read -ra lrs <<< "${GRID[$m]}"
+      train "sweep_${m}_lr${lrs[$i]}" "$m" "${lrs[$i]}" 1 "$SWEEP_STEPS"
+    done
+  done
+  "$PY" scripts/sweep_table.py "$DOCS" --out "$DOCS/sweep.md"
+}
+
+main_runs() {
+  for seed in $SEEDS; do
+    for m in $METHODS; do
+      local var="LR_$m"
+      train "${m}_s$seed" "$m" "${!var:?set $var to the rate the sweep chose}" "$seed" "$STEPS"
+    done
+  done
+}
+
+eval_all() {
+  evaluate zeroshot
+  for seed in $SEEDS; do for m in $METHODS; do
+    if [ -f "$RUNS/${m}_s$seed/train_summary.json" ]; then evaluate "${m}_s$seed"; fi
+  done; done
+}
+
+tables() {
+  for kind in text cloze label; do
+    "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --out "$DOCS/summary_$kind"
+  done
+}
+
+case "${1:-all}" in
+  sweep) sweep ;;
+  main) main_runs ;;
+  eval) eval_all ;;
+  tables) tables ;;
+  all) sweep; main_runs; eval_all; tables ;;
+  *) echo "usage: $0 sweep|main|eval|tables|all" >&2; exit 2 ;;
+esac

@@ -1,0 +1,116 @@
+"""Doing less work gives the same numbers: the output layer only at the labelled positions
+(training/loop.OutputHead), length-grouped batches (training/loop.epoch_order) and single-pass scoring
+(eval/scoring.py), each against the straightforward computation. Tiny RANDOMLY INITIALISED models; the
+two-process and resume equalities with grouping on are tests/test_distributed.py and test_train_cli.py
+(grouping is the default)."""
+import pytest
+import torch
+
+from conftest import tiny_model
+from models.methods import build, get_method
+from training.loop import MEGA_BATCHES, OutputHead, epoch_order, task_loss_sum
+from utils.batching import IGNORE_INDEX
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+ARCHS = ("llama", "gpt2", "gpt_neo")
+
+
+def batch_of(seed: int, all_labelled: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50257, (3, 19), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0  # right padding
+    mask[2, 16:] = 0
+    labels = ids.clone()
+    if not all_labelled:
+        labels[:, :11] = IGNORE_INDEX  # the prompt
+    labels[mask == 0] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def adapted(arch: str, method: str):
+    model = tiny_model(arch)
+    if method != "none":
+        impl = get_method(method)
+        model = build(model, impl.config_cls(r_ab=4) if method != "fft" else impl.config_cls())
+    return model.eval()  # dropout off: the two paths must see the same function
+
+
+def loss_and_grads(model, batch, head):
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss, n = task_loss_sum(model, batch, head)
+    return loss, n, torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("method", ["knowhira", "lora", "fft"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("all_labelled", [False, True], ids=["response", "train_on_inputs"])
+def test_head_at_labels_equals_full_logits(arch, method, all_labelled):
+    model = adapted(arch, method)
+    batch = batch_of(3, all_labelled)
+    head = OutputHead.of(model)
+    assert head is not None and head.head is model.get_output_embeddings()
+    full, n_full, g_full = loss_and_grads(model, batch, None)
+    kept, n_kept, g_kept = loss_and_grads(model, batch, head)
+    assert n_full == n_kept == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6)
+    for a, b in zip(g_full, g_kept):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    # the forward formed no full logits: the hook saw the head's whole input, the model returned one position
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+    assert out.logits.shape[1] == 1
+
+
+def test_head_path_refused_where_it_does_not_apply():
+    model = tiny_model("llama")
+    assert OutputHead.of(model, fsdp=True) is None
+    model.config.final_logit_softcapping = 30.0  # logits are not the head's output as they are
+    assert OutputHead.of(model) is None
+
+
+def test_grouped_order_is_a_seeded_permutation_of_length_sorted_batches():
+    g = torch.Generator().manual_seed(0)
+    n, batch = 1003, 8
+    lengths = torch.randint(20, 300, (n,), generator=g).tolist()
+    order = epoch_order(n, 5, 2, lengths, batch)
+    assert order == epoch_order(n, 5, 2, lengths, batch)  # a pure function of (seed, epoch)
+    assert sorted(order) == list(range(n)) and order != epoch_order(n, 5, 3, lengths, batch)
+    plain = epoch_order(n, 5, 2)
+    used = n - n % batch
+    assert order[used:] == plain[used:]  # the remainder (never a full batch) is the plain order's tail
+    mega = MEGA_BATCHES * batch
+    chunks = [sorted(plain[s:s + mega]) for s in range(0, used, mega)]
+    batches = [order[s:s + batch] for s in range(0, used, batch)]
+    for b in batches:  # each batch: consecutive records of one length-sorted mega-batch
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+        assert sum(set(b) <= set(c) for c in chunks) == 1
+
+    def padding(o):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in (o[s:s + batch] for s in range(0, used, batch)))
+    assert padding(order) < 0.2 * padding(plain)  # what it is for
+
+
+def direct_score(model, context, continuation):
+    with torch.no_grad():
+        logp = model(torch.tensor([context + continuation])).logits[0].log_softmax(-1)
+    return sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(continuation))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_single_pass_scores_equal_one_forward_per_pair(arch):
+    from eval.scoring import score_token_pairs
+
+    model = adapted(arch, "knowhira" if arch == "llama" else "none")
+    g = torch.Generator().manual_seed(1)
+
+    def tokens(k):
+        return torch.randint(0, 50257, (k,), generator=g).tolist()
+    contexts = [tokens(k) for k in (9, 3, 14, 1, 9)]
+    pairs = [(c, tokens(k)) for c in contexts for k in (1, 4, 2)]  # shared contexts, mixed lengths
+    pairs.append(pairs[4])  # a repeated pair
+    for batch_size in (1, 2, 8):
+        scores = score_token_pairs(model, pairs, pad_id=50256, batch_size=batch_size, show_progress=False)
+        for (c, r), s in zip(pairs, scores):
+            assert s == pytest.approx(direct_score(model, c, r), abs=1e-4)
+        assert scores[-1] == scores[4]
