@@ -102,14 +102,21 @@ def _short_model(name) -> str:
 
 def protocol_label(meta: dict, tasks: dict) -> str:
     """How a run was evaluated: its protocol (results.json meta; runs made before protocols existed
-    used `clean`), with the evaluation mode when it is not generation."""
-    modes = sorted({str(t.get("mode")) for t in tasks.values() if isinstance(t, dict) and t.get("mode")})
-    mode = "/".join(m for m in modes if m != "generate")
-    return f"{meta.get('protocol') or 'clean'}" + (f" ({mode})" if mode else "")
+    used `clean`), with the evaluation mode when it is not generation and the answer format when it
+    is not the published label one (e.g. "clean (loglik, text)")."""
+    rows = [t for t in tasks.values() if isinstance(t, dict)]
+    modes = sorted({str(t["mode"]) for t in rows if t.get("mode") and t["mode"] != "generate"})
+    formats = sorted({str(t["answer_format"]) for t in rows if t.get("answer_format") not in (None, "label")})
+    how = ", ".join(["/".join(modes)] * bool(modes) + ["/".join(formats)] * bool(formats))
+    return f"{meta.get('protocol') or 'clean'}" + (f" ({how})" if how else "")
 
 
-def load_run(path: Path) -> dict:
-    """One run: {"path", "name", "method", "model", "hparams", "trainable", "tasks"}."""
+METRICS = {"acc": "", "acc_norm": "_norm"}  # --metric -> the suffix of its results.json / eval/*.jsonl keys
+
+
+def load_run(path: Path, metric: str = "acc") -> dict:
+    """One run: {"path", "name", "method", "model", "hparams", "trainable", "tasks"}; `metric` acc_norm
+    reads accuracy_norm and its interval (cloze and text-format loglik evaluations have it)."""
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -133,10 +140,13 @@ def load_run(path: Path) -> dict:
             val_loss = json.loads(summary_path.read_text(encoding="utf-8")).get("best_val_loss")
         except (OSError, json.JSONDecodeError) as err:
             raise ResultsError(f"{summary_path}: cannot read ({err})") from err
-    tasks = {}
+    tasks, suffix = {}, METRICS[metric]
     for task, result in results.get("tasks", {}).items():
+        if isinstance(result, dict) and f"accuracy{suffix}" not in result:
+            raise ResultsError(f"{path}: task {task!r} has no {metric} (only cloze and text-format loglik "
+                               "evaluations report acc_norm)")
         try:
-            tasks[task] = {key: float(result[key]) for key in ("accuracy", "ci95_low", "ci95_high")}
+            tasks[task] = {key: float(result[key + suffix]) for key in ("accuracy", "ci95_low", "ci95_high")}
             tasks[task]["n"] = int(result["n"])
             for key in ("chance_accuracy", "majority_accuracy"):
                 tasks[task][key] = float(result[key]) if result.get(key) is not None else None
@@ -158,6 +168,7 @@ def load_run(path: Path) -> dict:
         "trainable": meta.get("trainable_params"),
         "val_loss": None if val_loss is None else float(val_loss),
         "tasks": tasks,
+        "metric": metric,
     }
 
 
@@ -168,7 +179,7 @@ def run_predictions(run: dict, task: str):
     cache = run.setdefault("predictions", {})
     if task not in cache:
         try:
-            cache[task] = load_predictions(run["dir"], task, run["raw_tasks"].get(task))
+            cache[task] = load_predictions(run["dir"], task, run["raw_tasks"].get(task), METRICS[run["metric"]])
         except PairingError as err:
             raise ResultsError(str(err)) from err
     return cache[task]
@@ -664,7 +675,7 @@ def plot_task(task: str, rows: list[dict], base: dict, out_path: Path) -> None:
 # ------------------------------------------------------------------------------------- main
 
 def summarize(folders: list[str], out_dir, baseline: str | None = None, compares=(),
-              group_seeds: bool = True, mixed_protocols: bool = False) -> str:
+              group_seeds: bool = True, mixed_protocols: bool = False, metric: str = "acc") -> str:
     """Write summary.md, summary.csv, <task>.png (and compare_<A>_vs_<B>.md/.csv) into out_dir;
     return the markdown table(s). Everything is computed before anything is written."""
     specs = [s for s in (baseline, *(s for pair in compares for s in pair)) if s]
@@ -672,7 +683,7 @@ def summarize(folders: list[str], out_dir, baseline: str | None = None, compares
     paths = find_results(list(folders) + extra)
     if not paths:
         raise ResultsError(f"no results.json found under {', '.join(folders)}")
-    runs = [load_run(p) for p in paths]
+    runs = [load_run(p, metric) for p in paths]
     protocols = sorted({run["protocol"] for run in runs})
     if len(protocols) > 1 and not mixed_protocols:
         raise ResultsError(f"runs evaluated under different protocols ({', '.join(protocols)}) do not belong "
@@ -739,12 +750,15 @@ def main(argv=None) -> int:
                         help="one row per run, also for runs that differ only in their seed")
     parser.add_argument("--mixed_protocols", action="store_true",
                         help="allow runs evaluated under different protocols (or modes) in one table")
+    parser.add_argument("--metric", choices=tuple(METRICS), default="acc",
+                        help="acc (the argmax of the summed scores), or acc_norm (of the scores divided by "
+                             "the option's length in characters; cloze and text-format loglik evaluations)")
     args = parser.parse_args(argv)
     try:
         first = Path(args.results_dirs[0])  # a folder, or a results.json file inside one
         table = summarize(args.results_dirs, args.out or (first if first.is_dir() else first.parent) / "summary",
                           baseline=args.baseline, compares=args.compare, group_seeds=not args.no_seed_groups,
-                          mixed_protocols=args.mixed_protocols)
+                          mixed_protocols=args.mixed_protocols, metric=args.metric)
     except ResultsError as err:
         print(f"analyze_results: {err}", file=sys.stderr)
         return 2

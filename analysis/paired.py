@@ -97,9 +97,10 @@ class Predictions:
         return frozenset(self.correct)
 
 
-def load_predictions(run_dir, task: str, result: dict | None = None) -> Predictions:
+def load_predictions(run_dir, task: str, result: dict | None = None, suffix: str = "") -> Predictions:
     """eval/<task>.jsonl of a run (or result["predictions_file"] relative to run_dir), checked
-    against its results.json entry `result` (n, correct) when given; PairingError when unusable."""
+    against its results.json entry `result` (n, correct) when given; PairingError when unusable.
+    suffix "_norm": the rows' correct_norm (acc_norm) instead of correct."""
     rel = (result or {}).get("predictions_file") or f"eval/{task}.jsonl"
     path = Path(run_dir) / rel
     if not path.is_file():
@@ -115,22 +116,23 @@ def load_predictions(run_dir, task: str, result: dict | None = None) -> Predicti
         try:
             row = json.loads(line)
             example = row["id"]
-            value = row["correct"]
+            value = row["correct" + suffix]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise PairingError(f"{path}:{number}: expected a JSON object with 'id' and 'correct' ({err})") from err
+            raise PairingError(f"{path}:{number}: expected a JSON object with 'id' and 'correct{suffix}' "
+                               f"({err})") from err
         if isinstance(example, bool) or not isinstance(example, int) or value not in (True, False, 0, 1):
-            raise PairingError(f"{path}:{number}: 'id' must be an integer and 'correct' a boolean")
+            raise PairingError(f"{path}:{number}: 'id' must be an integer and 'correct{suffix}' a boolean")
         if example in correct:
             raise PairingError(f"{path}:{number}: example id {example} appears twice")
         correct[example] = bool(value)
         gold[example] = row.get("gold")
     if result is not None:
-        n, n_correct = result.get("n"), result.get("correct")
+        n, n_correct = result.get("n"), result.get("correct" + suffix)
         if n is not None and int(n) != len(correct):
             raise PairingError(f"{path}: {len(correct)} examples, but results.json says n={n} (stale predictions?)")
         if n_correct is not None and int(n_correct) != sum(correct.values()):
-            raise PairingError(f"{path}: {sum(correct.values())} correct, but results.json says "
-                               f"correct={n_correct} (stale predictions?)")
+            raise PairingError(f"{path}: {sum(correct.values())} correct{suffix}, but results.json says "
+                               f"correct{suffix}={n_correct} (stale predictions?)")
     return Predictions(correct, gold)
 
 

@@ -362,3 +362,36 @@ def test_runs_of_different_protocols_are_not_mixed_unless_asked(tmp_path, capsys
     assert analyze_results.main([str(tmp_path), "--out", str(tmp_path / "s"), "--mixed_protocols"]) == 0
     rows = read_csv(tmp_path / "s" / "summary.csv")
     assert (rows["a"]["protocol"], rows["b"]["protocol"]) == ("hira", "llm_adapters")
+
+
+def test_metric_acc_norm_reads_the_norm_fields_and_pairs_correct_norm(tmp_path, capsys):
+    """--metric acc_norm: accuracy_norm and its interval, and the rows' correct_norm for the paired test;
+    a text-format evaluation is labelled with its mode and format."""
+    def text_run(folder, meta, correct, correct_norm):
+        make_run(folder, meta, {"ARC-Easy": correct})
+        results = json.loads((folder / "results.json").read_text())
+        k = sum(correct_norm)
+        lo, hi = wilson_interval(k, len(correct_norm))
+        results["tasks"]["ARC-Easy"].update(mode="loglik", answer_format="text", correct_norm=k,
+                                            accuracy_norm=k / len(correct_norm), ci95_low_norm=lo, ci95_high_norm=hi)
+        (folder / "results.json").write_text(json.dumps(results))
+        rows = [json.loads(line) for line in (folder / "eval" / "ARC-Easy.jsonl").read_text().splitlines()]
+        lines = [json.dumps({**r, "correct_norm": bool(c)}) for r, c in zip(rows, correct_norm)]
+        (folder / "eval" / "ARC-Easy.jsonl").write_text("\n".join(lines) + "\n")
+
+    root = tmp_path / "runs"
+    text_run(root / "zeroshot", ZERO_SHOT_META, [1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0])
+    text_run(root / "hira", trained_meta(1, method="hira"), [0, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0])
+    out = tmp_path / "norm"
+    assert analyze_results.main([str(root), "--out", str(out), "--baseline", "zeroshot", "--metric", "acc_norm"]) == 0
+    rows = read_csv(out / "summary.csv")
+    assert float(rows["hira"]["ARC-Easy_accuracy"]) == pytest.approx(7 / 8)
+    assert float(rows["hira"]["ARC-Easy_delta"]) == pytest.approx(7 / 8)
+    assert float(rows["hira"]["ARC-Easy_p"]) == pytest.approx(2 / 2 ** 7)  # 7 discordant pairs, all one way
+    assert rows["hira"]["protocol"] == "clean (loglik, text)"
+    assert analyze_results.main([str(root), "--out", str(tmp_path / "acc"), "--baseline", "zeroshot"]) == 0
+    assert float(read_csv(tmp_path / "acc" / "summary.csv")["hira"]["ARC-Easy_accuracy"]) == 0.0
+    make_run(root / "generated", trained_meta(2), {"ARC-Easy": [1, 0, 0, 0, 0, 0, 0, 0]})
+    capsys.readouterr()
+    assert analyze_results.main([str(root), "--metric", "acc_norm", "--mixed_protocols"]) == 2
+    assert "has no acc_norm" in capsys.readouterr().err
