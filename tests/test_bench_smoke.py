@@ -34,3 +34,20 @@ def test_bench_runs_at_toy_sizes(tmp_path, capsys, data_dir, gpt2_tokenizer, sin
         "Layer (a): fused KnowHiRA / fft", "Layer (a): fused KnowHiRA / peft HiRA"]
     printed = capsys.readouterr().out
     assert "== target checks (issue)" in printed and "EXTRAPOLATED" in printed
+
+
+def test_peer_section_runs_at_toy_sizes(tmp_path, data_dir, gpt2_tokenizer, single_thread):
+    """(f): the recipe against HF Trainer + peft, and our evaluation against LLM-Adapters' evaluator
+    protocol, on a tiny random GPT-Neo-shaped model; the single-pass scores equal the full forward's."""
+    out = tmp_path / "bench.json"
+    main(["--sections", "f", "--smollm2", "none", "--out", str(out), "--data_dir", str(data_dir),
+          "--tokenizer", gpt2_tokenizer.name_or_path, "--r", "4", "--gptneo_shaped", "--neo_hidden", "32",
+          "--neo_heads", "2", "--neo_layers", "1", "--step_batch", "2", "--step_data", "boolq",
+          "--step_records", "6", "--cutoff_len", "64", "--peer_steps", "1", "--peer_rounds", "1",
+          "--eval_n", "2", "--gemm_dim", "64"])
+    peers = json.loads(out.read_text())["peers"]
+    tr, ev = peers["training"], peers["evaluation"]
+    assert set(tr["tokens_per_s"]) == {"lora", "hira", "knowhira", "hf-peft-lora", "hf-peft-hira"}
+    assert all(v > 0 for v in tr["tokens_per_s"].values()) and peers["gemm_fp32_tflops"] > 0
+    assert len(ev["examples_per_s"]) == 5 and all(v > 0 for v in ev["examples_per_s"].values())
+    assert ev["loglik_max_abs_diff"] < 1e-4

@@ -23,7 +23,7 @@ from models.methods.hira import ortho_loss
 from models.methods.knowhira import KnowHiRAConfig
 from training.checkpoint import latest_checkpoint
 from training.logger import read_log
-from training.loop import LoopConfig, NonFiniteLoss, Trainer, epoch_order, task_loss_sum, train
+from training.loop import LoopConfig, NonFiniteLoss, Trainer, epoch_order, param_groups, task_loss_sum, train
 
 TARGETS = ["q_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 CUTOFF = 128
@@ -297,6 +297,34 @@ def test_early_stopping(tmp_path, features, gpt2_tokenizer, monkeypatch, patienc
         assert torch.equal(best[k], at_best[k])
     final = load_file(str(tmp_path / "final" / "knowhira_adapter.safetensors"))
     assert any(not torch.equal(final[k], best[k]) for k in a_keys) == (best_step != stop_step)
+
+
+# ---- KnowHiRA's gate at its own learning rate (--gate_lr_scale) -------------------------------
+def test_gate_lr_scale_puts_the_gates_in_their_own_group_and_moves_them_faster(features, gpt2_tokenizer, tmp_path):
+    def gates_after(scale):
+        cfg = KnowHiRAConfig(r_ab=4, target_modules=TARGETS, gate_lr_scale=scale)
+        model, method = build(tiny_model("gpt_neo"), cfg), method_of(cfg)
+        t = Trainer(Accelerator(cpu=True), model, gpt2_tokenizer, features[:8], [],
+                    LoopConfig(batch=2, lr=1e-3, max_steps=4, eval_strategy="no", warmup=2),
+                    tmp_path / str(scale), lambda m, d, write: method.save(m, cfg, d, write),
+                    lr_scales=method.lr_scales(cfg))
+        gates = [p for n, p in model.named_parameters() if n.endswith(".gate")]
+        before = torch.cat([g.detach().clone() for g in gates])
+        groups = t.optimizer.param_groups
+        for _ in range(4):
+            t.train_step()
+        return groups, gates, (torch.cat([g.detach() for g in gates]) - before).abs()
+
+    groups, gates, moved_1 = gates_after(1.0)
+    assert len(groups) == 1
+    groups, gates, moved_30 = gates_after(30.0)
+    assert len(groups) == 2 and {id(p) for p in groups[1]["params"]} == {id(g) for g in gates}
+    # the schedule scales both groups alike: after 4 steps (2 warmup, cosine to 0 at step 4) the ratio holds
+    assert groups[1]["initial_lr"] == pytest.approx(30 * groups[0]["initial_lr"])
+    assert moved_1.max() > 0  # B is no longer zero after step 1, so the gates get gradient
+    # Adam's step is ~lr whatever the gradient's size: the gates move ~30x as far
+    assert moved_30.mean() > 10 * moved_1.mean()
+    assert [g["lr"] for g in param_groups(tiny_model("gpt2"), 0.5, {})] == [0.5]
 
 
 # ---- the Trainer object: one step at a time equals run(); fractional epochs round up ----------

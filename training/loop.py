@@ -262,16 +262,30 @@ def validate(accelerator, model, features: list[dict], collate, batch: int, slot
     return out
 
 
+def param_groups(model, lr: float, scales: dict[str, float]) -> list[dict]:
+    """The trainable parameters as optimizer groups: those whose name ends with a key of `scales`
+    at lr x its value, the rest at lr (one group when `scales` is empty)."""
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((v for k, v in scales.items() if name == k or name.endswith("." + k)), 1.0)
+            groups.setdefault(scale, []).append(p)
+    # the group at lr first: the logged rate is the first group's
+    return [{"params": ps, "lr": lr * scale} for scale, ps in sorted(groups.items(), key=lambda g: g[0] != 1.0)]
+
+
 class Trainer:
     """One training run: optimizer, schedule, resume, the step, validation, checkpoints.
 
     `save(unwrapped_model, folder, write)` writes the method's trained state (called on every rank:
     under FSDP2 the gather is collective; only rank 0 writes); `regularizer` is the method's
-    models.methods.Regularizer (fn(unwrapped_model), weight) or None.
+    models.methods.Regularizer (fn(unwrapped_model), weight) or None; `lr_scales` {parameter-name
+    suffix: multiplier of cfg.lr} puts those parameters in their own optimizer group.
     """
 
     def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
-                 cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None, val_choices=None):
+                 cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None, val_choices=None,
+                 lr_scales=None):
         self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
         self.train_features, self.val_features, self.save = train_features, val_features, save
         self.val_slots, self.config = val_slots, config  # config: saved with checkpoints, checked on resume
@@ -293,7 +307,8 @@ class Trainer:
                               "of every parameter, gradient and optimizer state")
         self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding: DTensors
         self.head = OutputHead.of(model, cfg.fsdp)  # None: the loss runs the head at every position
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, lr_scales or {}), lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, self.total_steps))
         if cfg.fsdp:
             self.optimizer = accelerator.prepare(optimizer)

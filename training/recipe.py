@@ -167,7 +167,8 @@ class TrainRecipe:
     def trainer(self) -> Trainer:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
                        self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
-                       self.val_slots, config=self.config(), val_choices=self.val_choices)
+                       self.val_slots, config=self.config(), val_choices=self.val_choices,
+                       lr_scales=self.method.lr_scales(self.method_cfg))
 
     def save(self, model, out_dir, write: bool = True) -> None:
         self.method.save(model, self.method_cfg, out_dir, write)

@@ -122,6 +122,11 @@ class Method:
     def regularizer(self, cfg) -> Regularizer | None:
         return None
 
+    def lr_scales(self, cfg) -> dict[str, float]:
+        """{parameter-name suffix: multiplier of --lr} for parameters that train at another rate
+        (their own optimizer group; the schedule scales every group alike). Empty: one rate."""
+        return {}
+
     def save(self, model: nn.Module, cfg, out_dir, write: bool = True) -> None:
         """Write the trained state. Called on every rank (under FSDP2 gathering is collective);
         only `write=True` writes."""

@@ -16,7 +16,7 @@ from models.hadamard import HadamardLinear, base_weight
 from models.methods.base import LayerDelta
 from models.methods.hira import HiRA, HiRAConfig
 from models.spectrum import sigma_norms, spectrum_row_scale
-from utils.options import in_range, negative, non_negative, option
+from utils.options import in_range, negative, non_negative, option, positive
 
 INIT_CHOICES = ("spectrum", "kaiming")
 
@@ -35,6 +35,8 @@ class KnowHiRAConfig(HiRAConfig):
     knowledge_alpha: float = option(0.5, "α in M = (1-α) I + α G_Σ (0 = plain HiRA)", check=in_range(0, 1))
     adaptive_gating: bool = option(True, "learnable gate: G_Σ = diag(σ_norm ⊙ sigmoid(g)) (else diag(σ_norm))")
     g_init: float = option(-1.0, "initial gate logit (< 0)", check=negative)
+    gate_lr_scale: float = option(1.0, "the gate logits g train at this multiple of --lr (∂L/∂g ∝ B, which "
+                                  "starts at 0: Adam moves g by at most ~lr per step)", check=positive)
     svd_rank_ratio: float = option(0.5, "share of the spectrum σ_norm spans: k = max(r, round(ratio·min(out,in)))",
                                    check=in_range(0, 1, low_open=True))
     init_ab: str = option("spectrum", "A init: Kaiming scaled row-wise by f(σ_norm) ('spectrum') or plain "
@@ -74,6 +76,10 @@ class KnowHiRA(HiRA):
     summary = "W0 + s·W0⊙(B M A), knowledge core M from W0's spectrum with a sigmoid gate (this repo)"
     layer_cls = KnowHiRALinear
     reads_peft = None  # a stock peft HiRA adapter is M = I: method hira (export_peft is inherited)
+
+    def lr_scales(self, cfg):
+        """The gates at --gate_lr_scale x --lr (with --adaptive_gating)."""
+        return {"gate": cfg.gate_lr_scale} if cfg.adaptive_gating and cfg.gate_lr_scale != 1.0 else {}
 
     def after_inject(self, model, cfg, compute):
         """σ_norm from the pretrained weights (batched SVDs), then the spectrum-aware init of A."""

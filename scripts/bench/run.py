@@ -20,7 +20,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m scripts.bench",
                                 description=package.__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sections", default="a,b,c,d,e", help="comma list of a,b,c,d,e")
+    p.add_argument("--sections", default="a,b,c,d,e,f", help="comma list of a,b,c,d,e,f")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="device of (a), (d), (e); (b)/(c) train where the recipe does (the GPU if any)")
     p.add_argument("--out", default="bench_results.json", help="JSON file for all results")
@@ -79,11 +79,15 @@ def parse_args(argv=None):
     g.add_argument("--gen_tokens", type=int, default=32, help="max_new_tokens (protocol default)")
     g.add_argument("--eval_batches", default="1,16")
     g.add_argument("--eval_methods", default="base,knowhira")
+    g = p.add_argument_group("(f) against HF Trainer + peft and LLM-Adapters' evaluator")
+    g.add_argument("--peer_steps", type=int, default=4, help="timed steps per pipeline per round")
+    g.add_argument("--peer_rounds", type=int, default=3, help="rounds (training) / repeats (evaluation)")
+    g.add_argument("--gemm_dim", type=int, default=2048, help="the square fp32 matmul of the machine's FLOP/s")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = set(args.sections) - set("abcde")
+    bad = set(args.sections) - set("abcdef")
     if bad:
-        p.error(f"unknown sections {sorted(bad)}; choose from a,b,c,d,e")
+        p.error(f"unknown sections {sorted(bad)}; choose from a,b,c,d,e,f")
     if args.tokens % args.layer_batch:
         p.error("--tokens must be a multiple of --layer_batch")
     if args.step_repeats < 1 or args.step_warmup < 0 or args.step_records < args.step_batch:
@@ -92,7 +96,7 @@ def parse_args(argv=None):
 
 
 def train_sections(args, results: dict, smol, tok, save) -> None:
-    """(b) and (c): one temporary folder holds the records and the model folders both load."""
+    """(b), (c) and (f): one temporary folder holds the records and the model folders they load."""
     from data.commonsense import DataError
     from scripts.bench.memory import MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, bench_memory_model
     from scripts.bench.step import bench_step_model, prepare_data, prepare_models, recipe_device
@@ -122,6 +126,12 @@ def train_sections(args, results: dict, smol, tok, save) -> None:
                 save()
             print("  method: " + (MEMORY_METHOD_CUDA if recipe_device().type == "cuda"
                                   else MEMORY_METHOD_CPU))
+        if "f" in args.sections and models:
+            from scripts.bench.peers import bench_peers
+
+            kind = "smollm2" if "smollm2" in models else next(iter(models))
+            results["peers"] = bench_peers(args, kind, models[kind]["dir"], data, runs, recipe_device())
+            save()
 
 
 def main(argv=None) -> dict:
@@ -149,10 +159,10 @@ def main(argv=None) -> dict:
         results["layer"] = bench_layer(args, device)
         save()
 
-    need_smol = any(s in args.sections for s in "bcde")
+    need_smol = any(s in args.sections for s in "bcdef")
     smol, tok = load_smollm2(args.smollm2, device) if need_smol else (None, None)
 
-    if "b" in args.sections or "c" in args.sections:
+    if any(s in args.sections for s in "bcf"):
         train_sections(args, results, smol, tok, save)
 
     if "d" in args.sections:
