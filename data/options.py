@@ -7,6 +7,7 @@ from data.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from utils.options import Options, non_negative, option, positive
 
 DEFAULT_DATA_DIR = os.environ.get("KNOWHIRA_DATA_DIR", "data/commonsense")
+DEFAULT_CACHE_DIR = os.environ.get("KNOWHIRA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "knowhira"))
 
 
 @dataclass
@@ -24,4 +25,7 @@ class DataOptions(Options):
                                 "the run's (README 'Answer formats')", choices=ANSWER_FORMATS)
     train_on_inputs: bool | None = option(None, "also put loss on the prompt (default: the protocol's; on "
                                           "for llm_adapters)")
+    cache_dir: str = option(DEFAULT_CACHE_DIR, "tokenised features are kept here and reused by runs with the "
+                            "same records, tokenizer and data options (data/cache.py); 'none' = off; env "
+                            "KNOWHIRA_CACHE")
     val_size: int = option(120, "held-out validation examples (seed 42)", check=non_negative)

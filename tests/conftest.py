@@ -9,6 +9,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# no tokenised-feature cache (data/cache.py) unless a test asks for one: every test tokenises
+os.environ.setdefault("KNOWHIRA_CACHE", "none")
 
 
 def _env_dir(var):

@@ -41,7 +41,7 @@ TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptio
                 "optimisation": LoopConfig, "run": RunOptions}
 # options that may change when a run is resumed; every other one must equal the checkpoint's
 RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
-               "keep_checkpoints")
+               "keep_checkpoints", "cache_dir")
 RUN_PLACE = ("output_folder", "run_name", "resume")
 
 
@@ -90,6 +90,7 @@ class TrainRecipe:
         from accelerate import Accelerator
         from tqdm.auto import tqdm
 
+        from data.cache import cached_features
         from data.commonsense import DataError, load_train_data, record_place, split_validation
         from models.adapter import count_trainable
         from models.get_models import load_base_model
@@ -108,6 +109,11 @@ class TrainRecipe:
                              f"{self.model_opts.model_name} (config max_position_embeddings)")
 
         def tokenize(recs, desc):
+            options = {k: getattr(self.data, k) for k in ("protocol", "cutoff_len", "train_on_inputs", "answer_format")}
+            return cached_features(recs, self.tokenizer, options, lambda rs: tokenize_all(rs, desc),
+                                   self.data.cache_dir, write=self.accelerator.is_main_process)
+
+        def tokenize_all(recs, desc):
             features = []
             with tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2) as bar:  # closed before an error
                 for r in bar:
