@@ -160,6 +160,24 @@ def test_generate_batch_invariance(model, gpt2_tokenizer, mixed_prompts):
     assert gpt2_tokenizer.padding_side == side  # tokenizer state untouched
 
 
+def test_generation_ends_the_batch_when_every_sequence_has_ended(gpt2_tokenizer, mixed_prompts):
+    """A model whose every next token is EOS: the batch stops after the prompt's forward, not after
+    max_new_tokens (a tiny random Llama with its final norm zeroed gives all-zero logits, so greedy
+    decoding picks token 0, made the EOS here)."""
+    import copy
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    calls = []
+    model.model.register_forward_hook(lambda module, args, out: calls.append(1))
+    tokenizer = copy.deepcopy(gpt2_tokenizer)
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(0)
+    texts = generate_answers(model, tokenizer, mixed_prompts[:8], batch_size=8, max_new_tokens=32,
+                             show_progress=False)
+    assert len(texts) == 8 and len(calls) == 1  # one forward: the prompt, whose next token is EOS
+
+
 def test_loglik_batch_invariance(model, gpt2_tokenizer, mixed_prompts):
     words = ["true", "false", "answer1"]
     one = score_candidates(model, gpt2_tokenizer, mixed_prompts, words, batch_size=1,
