@@ -8,7 +8,8 @@
 #   bash scripts/showcase.sh all      # the four in order
 # Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
 # --answer_format text; --protocol clean; r=32 on q,k,v,up,down; batch 8; warmup 10; cosine decay;
-# validation accuracy on 120 held-out records every EVAL_STEPS steps picks best/.
+# validation accuracy on 120 held-out records before training (step 0: the untrained model) and every
+# EVAL_STEPS steps picks best/.
 # Each finished run's small outputs (args.json, log.jsonl, train_summary.json, loss.png; never weights)
 # go to $DOCS/<run>/ as soon as it finishes, its evaluations' (results.json, eval/*.jsonl) to
 # $DOCS/{text,cloze,label}/<run>/; the runs themselves live in $RUNS.
@@ -58,7 +59,7 @@ train() {  # run name, method, learning rate, seed, steps
       --answer_format text --protocol clean --peft_type "$2" --r_ab 32 \
       --target_modules q_proj,k_proj,v_proj,up_proj,down_proj --lr "$3" --seed "$4" --max_steps "$5" \
       --batch 8 --warmup 10 --lr_scheduler cosine --val_size 120 --eval_steps "$EVAL_STEPS" \
-      --best_metric val_acc --save_steps 20 --keep_checkpoints 1 --output_folder "$RUNS" --run_name "$1" \
+      --best_metric val_acc --validate_at_start --save_steps 20 --keep_checkpoints 1 --output_folder "$RUNS" --run_name "$1" \
       "${extra[@]}"
   fi
   rm -rf "$dir/checkpoints"  # finished: best/ and final/ stay, the resume state is not needed

@@ -3,6 +3,7 @@ tokenizer and real LLM-Adapters records: the loss falls, L_ortho's gradient reac
 weight exactly λ, the loss covers exactly the response tokens, non-finite losses stop the run
 keeping the last good checkpoint, and eval/log/checkpoint/early-stop settings do what they say."""
 import copy
+import json
 import math
 import random
 
@@ -356,3 +357,18 @@ def test_trainer_train_step_equals_run(tmp_path, features, gpt2_tokenizer):
     assert trainer(tmp_path / "e", max_steps=7, epoch=0.5).total_steps == 7  # --max_steps > 0 overrides
     with pytest.raises(ValueError, match="fewer than one effective batch"):
         trainer(tmp_path / "e", batch=3, grad_acc=3)
+
+
+def test_validate_at_start_logs_the_untrained_model_as_step_0(tmp_path, features, gpt2_tokenizer):
+    model, cfg = adapted_neo()
+    run_loop(tmp_path / "run", model, cfg, gpt2_tokenizer, features[:8], features[8:12], max_steps=2,
+             eval_strategy="steps", eval_steps=2, validate_at_start=True)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2] and set(log[0]) >= {"step", "val_loss"}
+    assert "loss_task" not in log[0] and log[0]["val_loss"] != log[2]["val_loss"]
+    # B = 0 at step 0: the untrained model's validation loss is the base model's
+    base = tiny_model("gpt_neo")
+    batch = Collator(gpt2_tokenizer)(features[8:12])
+    with torch.no_grad():
+        loss, n = task_loss_sum(base.eval(), batch)
+    assert log[0]["val_loss"] == pytest.approx(loss.item() / n, rel=1e-5)

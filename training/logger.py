@@ -21,7 +21,7 @@ class RunLogger:
         existed = self.path.exists()
         if existed:  # a resumed run: drop the records written after the checkpoint (all, from step 0),
             keep = [line for line in self.path.read_text().splitlines()  # and a line cut by a kill
-                    if _step(line) is not None and _step(line) <= resume_step]
+                    if resume_step > 0 and _step(line) is not None and _step(line) <= resume_step]
             atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
         self.tb_dir, self.tb_ok, self.quiet = Path(run_dir) / "tb", True, False
         self.tb = SummaryWriter(str(self.tb_dir), purge_step=resume_step if existed else None)

@@ -56,6 +56,8 @@ class LoopConfig(Options):
                                       check=non_negative)
     group_by_length: bool = option(True, "batches of records of similar length (less padding); the order "
                                    "stays a function of (seed, epoch)")
+    validate_at_start: bool = option(False, "also validate before the first step (logged as step 0: the "
+                                     "untrained model's numbers; not a candidate for best/)")
     best_metric: str = option("val_loss", "the validation number that picks best/ (and early stopping): "
                               "lowest val_loss, or highest val_acc", choices=("val_loss", "val_acc"))
     log_steps: int = option(1, "log every N steps", check=positive)
@@ -440,6 +442,11 @@ class Trainer:
         self.wrapped.train()
         bar = tqdm(total=total, initial=self.step, disable=not acc.is_main_process,
                    desc="train", dynamic_ncols=True)
+        if cfg.validate_at_start and self.step == 0 and self.val_features:  # the untrained model's numbers
+            numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots,
+                               self.head, self.val_choices)
+            if logger is not None:
+                logger.log({"step": 0, **numbers})
         stopped_early, t_last, tokens_since = False, time.time(), 0
         try:
             while self.step < total:
