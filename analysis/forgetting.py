@@ -40,7 +40,7 @@ def forgetting_texts(data_dir, task: str, n: int, seed: int = 0) -> list[str]:
 
 
 @torch.no_grad()
-def lm_loss(model, tokenizer, texts: list[str], batch_size: int = 8, max_len: int = 128) -> tuple[float, int]:
+def lm_loss(model, tokenizer, texts: list[str], batch_size: int, max_len: int) -> tuple[float, int]:
     """(token-weighted mean next-token NLL in nats, number of scored tokens) over `texts`."""
     device = next(model.parameters()).device
     was_training = model.training

@@ -20,6 +20,7 @@ from data.tasks import TASKS, resolve_task
 
 SPLITS = ("train", "test")
 COMMON_170K = "common_170k"
+VAL_SEED = 42  # the validation split is fixed whatever --seed is
 COMMON_170K_FILE = "commonsense_170k.json"
 DATASET_FORMS = (
     f"'{COMMON_170K}' (<data_dir>/{COMMON_170K_FILE}), "
@@ -154,7 +155,7 @@ def record_place(data_dir, dataset: str, records: list, record: dict) -> str:
     return f"{path} record {index}" if index is not None else str(path)
 
 
-def split_validation(records: list, n_val: int = 120, seed: int = 42) -> tuple[list, list]:
+def split_validation(records: list, n_val: int, seed: int = VAL_SEED) -> tuple[list, list]:
     """Deterministically hold out `n_val` records for validation; returns (train, val).
 
     The validation set is carved out of the TRAINING records passed in (never from a test

@@ -17,7 +17,7 @@ def adds_bos(tokenizer) -> bool:
     return bos is not None and encode_prompt(tokenizer, "a")[:1] == [bos]
 
 
-def tokenize_record(tokenizer, record: dict, cutoff_len: int = 256, train_on_inputs: bool = False) -> dict:
+def tokenize_record(tokenizer, record: dict, cutoff_len: int, train_on_inputs: bool) -> dict:
     """Token ids and labels of one record: dict(input_ids=list[int], labels=list[int]).
 
     If prompt + response exceed `cutoff_len` tokens, the PROMPT is truncated from the left (the

@@ -87,7 +87,7 @@ def argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda k: (values[k], -k))
 
 
-def cloze_rows(model, tokenizer, records: list[dict], ids: list[int], task: str, batch_size: int = 8,
+def cloze_rows(model, tokenizer, records: list[dict], ids: list[int], task: str, *, batch_size: int,
                show_progress: bool = True) -> list[dict]:
     """Per-example rows for records[ids]: {"id", "choices" (texts), "scores" (summed log-probs),
     "extracted" (the acc prediction's answer word), "pred_norm" (acc_norm's), "gold", "correct",
@@ -103,7 +103,7 @@ def cloze_rows(model, tokenizer, records: list[dict], ids: list[int], task: str,
                 raise ValueError(f"{task}: record {i}: choice {k + 1} leaves the "
                                  f"{'context' if not context_ids else 'continuation'} without tokens")
             pairs.append((context_ids, continuation_ids))
-    flat = score_token_pairs(model, pairs, pad_token_id(tokenizer), batch_size, show_progress)
+    flat = score_token_pairs(model, pairs, pad_token_id(tokenizer), batch_size=batch_size, show_progress=show_progress)
     rows, at = [], 0
     for i, item, (pair_list, lengths) in zip(ids, items, requests):
         scores, at = flat[at:at + len(pair_list)], at + len(pair_list)

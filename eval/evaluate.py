@@ -108,8 +108,7 @@ def fit_prompt(ids: list[int], room: int | None, bos_id: int | None) -> list[int
 
 
 def _run_model(model, tokenizer, records, ids, task, mode, batch_size, max_new_tokens,
-               beam_size, show_progress, protocol: Protocol, room: int | None = None,
-               answer_format: str = "label") -> list[dict]:
+               beam_size, show_progress, protocol: Protocol, room: int | None, answer_format: str) -> list[dict]:
     """Per-example rows for records[ids] (this rank's share); protocol prompts cut to `room` tokens."""
     if not ids:
         return []
@@ -154,7 +153,7 @@ def _norm_fields(rows: list[dict]) -> dict:
 def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, protocol: Protocol,
                   mode: str, batch_size: int, max_new_tokens: int, beam_size: int,
                   max_examples: int | None, seed: int, rank: int = 0, world_size: int = 1,
-                  show_progress: bool = True, answer_format: str = "label") -> dict:
+                  answer_format: str, show_progress: bool = True) -> dict:
     """Evaluate `model` on `records` of `task`; write eval/<task>.jsonl (rank 0); return the result.
     The options are EvalOptions' (eval/recipe.py) and the protocol's (data/protocols.py).
 

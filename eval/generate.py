@@ -19,8 +19,7 @@ def encoded(tokenizer, prompts) -> list[list[int]]:
     return [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
 
 
-def generate_answers(model, tokenizer, prompts, batch_size: int = 8,
-                     max_new_tokens: int = 32, beam_size: int = 1,
+def generate_answers(model, tokenizer, prompts, *, batch_size: int, max_new_tokens: int, beam_size: int,
                      show_progress: bool = True, decode=None) -> list[str]:
     """The model's continuation of each prompt: decode(prompt_ids, new_ids), by default the new
     text with special tokens skipped.

@@ -27,7 +27,7 @@ def _per_prompt_candidates(prompts, candidates) -> list[list[str]]:
 
 
 def score_candidates(model, tokenizer, prompts: list[str],
-                     candidates: list[str] | list[list[str]], batch_size: int = 8,
+                     candidates: list[str] | list[list[str]], *, batch_size: int,
                      show_progress: bool = True) -> list[list[float]]:
     """Summed log-probability of each candidate response, per prompt.
 
@@ -48,7 +48,8 @@ def score_candidates(model, tokenizer, prompts: list[str],
             if word not in response_ids:
                 response_ids[word] = tokenizer(candidate_response(word), add_special_tokens=False)["input_ids"]
             pairs.append((prompt_ids, response_ids[word]))
-    flat = score_token_pairs(model, pairs, pad_token_id(tokenizer), batch_size, show_progress, desc="loglik")
+    flat = score_token_pairs(model, pairs, pad_token_id(tokenizer), batch_size=batch_size, show_progress=show_progress,
+                             desc="loglik")
     scores, at = [], 0
     for words in per_prompt:
         scores.append(flat[at:at + len(words)])
@@ -57,12 +58,12 @@ def score_candidates(model, tokenizer, prompts: list[str],
 
 
 def loglik_predict(model, tokenizer, prompts: list[str],
-                   candidates: list[str] | list[list[str]], batch_size: int = 8,
+                   candidates: list[str] | list[list[str]], *, batch_size: int,
                    show_progress: bool = True) -> tuple[list[str], list[list[float]]]:
     """(predicted word per prompt, scores): the candidate with the highest score wins
     (the first listed one on an exact tie)."""
     per_prompt = _per_prompt_candidates(prompts, candidates)
-    scores = score_candidates(model, tokenizer, prompts, per_prompt, batch_size, show_progress)
+    scores = score_candidates(model, tokenizer, prompts, per_prompt, batch_size=batch_size, show_progress=show_progress)
     predictions = [words[max(range(len(s)), key=s.__getitem__)]
                    for words, s in zip(per_prompt, scores)]
     return predictions, scores

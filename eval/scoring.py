@@ -18,7 +18,7 @@ from eval.runtime import eval_mode, keeps_logits, model_device
 from utils.batching import pad
 
 
-def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 8,
+def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, *, batch_size: int,
                       show_progress: bool = True, desc: str = "score") -> list[float]:
     """Summed log-probability of each continuation given its context, for (context ids, continuation
     ids) pairs; `batch_size` contexts (with all their continuations) per forward pair."""

@@ -252,7 +252,7 @@ def test_evaluate_task_refuses_an_unparseable_record(tmp_path, gpt2_tokenizer):
     with pytest.raises(ValueError, match=r"^winogrande: record 8 cannot be parsed"):
         evaluate_task(tiny_model("gpt2"), gpt2_tokenizer, records, "winogrande", tmp_path,
                       protocol=get_protocol("clean"), mode="cloze", batch_size=4, max_new_tokens=8, beam_size=1,
-                      max_examples=2, seed=0, show_progress=False)
+                      max_examples=2, seed=0, show_progress=False, answer_format="label")
     assert not (tmp_path / "eval").exists()
 
 
@@ -342,7 +342,7 @@ def assert_same_as_lm_eval(model, tokenizer, task_records: dict, tmp_path: Path)
         out = tmp_path / "ours" / task
         result = evaluate_task(model, tokenizer, records, task, out, protocol=get_protocol("hira"), mode="cloze",
                                batch_size=8, max_new_tokens=8, beam_size=1, max_examples=None, seed=0,
-                               show_progress=False)
+                               show_progress=False, answer_format="label")
         rows = [json.loads(line) for line in (out / "eval" / f"{task}.jsonl").read_text().splitlines()]
         theirs = samples[task]
         assert [s["doc_id"] for s in theirs] == [r["id"] for r in rows] == list(range(len(records)))
@@ -438,7 +438,7 @@ def test_cloze_rows_do_not_depend_on_batch_size_or_subset(data_dir, gpt2_tokeniz
 def test_identical_choices_tie_to_the_first(gpt2_tokenizer):
     record = rec("Please choose the correct solution to the question: Open a jar\n\nSolution1: twist the lid\n\n"
                  "Solution2: twist the lid\n\nAnswer format: solution1/solution2", "solution2")
-    [row] = cloze_rows(tiny_model("gpt2"), gpt2_tokenizer, [record], [0], "piqa", show_progress=False)
+    [row] = cloze_rows(tiny_model("gpt2"), gpt2_tokenizer, [record], [0], "piqa", batch_size=8, show_progress=False)
     assert row["scores"][0] == row["scores"][1]
     assert (row["extracted"], row["pred_norm"], row["correct"], row["correct_norm"]) == (
         "solution1", "solution1", False, False)
@@ -472,5 +472,5 @@ def test_generate_and_loglik_results_have_no_norm_fields(data_dir, gpt2_tokenize
     for mode in ("generate", "loglik"):
         result = evaluate_task(tiny_model("gpt2"), gpt2_tokenizer, records, "boolq", tmp_path / mode,
                                protocol=get_protocol("clean"), mode=mode, batch_size=2, max_new_tokens=2,
-                               beam_size=1, max_examples=None, seed=0, show_progress=False)
+                               beam_size=1, max_examples=None, seed=0, show_progress=False, answer_format="label")
         assert not any(key.endswith("_norm") for key in result) and result["protocol"] == "clean"

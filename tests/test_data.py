@@ -115,7 +115,7 @@ def test_tokenize_real_record(gpt2_tokenizer, data_dir):
     resp_ids = encode_response(tok, record["output"])
     assert not adds_bos(tok)
 
-    out = tokenize_record(tok, record, cutoff_len=256)
+    out = tokenize_record(tok, record, cutoff_len=256, train_on_inputs=False)
     ids, labels = out["input_ids"], out["labels"]
     assert len(ids) == len(labels) == len(prompt_ids) + len(resp_ids) <= 256
     assert ids[-1] == tok.eos_token_id == 50256
@@ -131,7 +131,7 @@ def test_tokenize_real_record(gpt2_tokenizer, data_dir):
 
 def test_tokenize_known_ids(gpt2_tokenizer):
     # "the correct answer is true" + EOS in GPT-2 BPE, no leading space after "Response:\n"
-    out = tokenize_record(gpt2_tokenizer, rec("Is it? Answer format: true/false", "true"))
+    out = tokenize_record(gpt2_tokenizer, rec("Is it? Answer format: true/false", "true"), 256, False)
     assert out["input_ids"][-6:] == [1169, 3376, 3280, 318, 2081, 50256]
     assert out["labels"][-6:] == [1169, 3376, 3280, 318, 2081, 50256]
     assert out["labels"][-7] == IGNORE_INDEX
@@ -144,7 +144,7 @@ def test_truncation_keeps_response_gpt2(gpt2_tokenizer):
     resp_ids = encode_response(tok, record["output"])
     assert len(prompt_ids) > 400
 
-    out = tokenize_record(tok, record, cutoff_len=64)
+    out = tokenize_record(tok, record, cutoff_len=64, train_on_inputs=False)
     ids = out["input_ids"]
     assert len(ids) == 64
     assert ids[-len(resp_ids):] == resp_ids  # response intact
@@ -158,9 +158,9 @@ def test_response_longer_than_cutoff(gpt2_tokenizer):
     record = rec("Short question?", "answer1")
     n_resp = len(encode_response(gpt2_tokenizer, record["output"]))
     assert n_resp == 7
-    assert len(tokenize_record(gpt2_tokenizer, record, cutoff_len=7)["input_ids"]) == 7  # exactly fits
+    assert len(tokenize_record(gpt2_tokenizer, record, cutoff_len=7, train_on_inputs=False)["input_ids"]) == 7  # exactly fits
     with pytest.raises(DataError, match="cutoff_len=6"):
-        tokenize_record(gpt2_tokenizer, record, cutoff_len=6)
+        tokenize_record(gpt2_tokenizer, record, cutoff_len=6, train_on_inputs=False)
 
 
 # ---------------------------------------------------------------- tokenisation (Llama-style BOS)
@@ -191,10 +191,10 @@ def test_bos_kept_when_truncating(bos_tokenizer):
     resp_ids = encode_response(tok, record["output"])
     assert prompt_ids[0] == 1 and len(resp_ids) == 6
 
-    untruncated = tokenize_record(tok, record, cutoff_len=1000)["input_ids"]
+    untruncated = tokenize_record(tok, record, cutoff_len=1000, train_on_inputs=False)["input_ids"]
     assert untruncated == prompt_ids + resp_ids and untruncated.count(1) == 1
 
-    out = tokenize_record(tok, record, cutoff_len=20)
+    out = tokenize_record(tok, record, cutoff_len=20, train_on_inputs=False)
     ids = out["input_ids"]
     assert len(ids) == 20
     assert ids[0] == 1 and ids.count(1) == 1  # BOS kept, once
@@ -203,10 +203,10 @@ def test_bos_kept_when_truncating(bos_tokenizer):
     assert out["labels"] == [IGNORE_INDEX] * 14 + resp_ids
 
     # BOS + response fit exactly; one token less does not
-    assert len(tokenize_record(tok, record, cutoff_len=7)["input_ids"]) == 7
-    assert tokenize_record(tok, record, cutoff_len=7)["input_ids"] == [1] + resp_ids
+    assert len(tokenize_record(tok, record, cutoff_len=7, train_on_inputs=False)["input_ids"]) == 7
+    assert tokenize_record(tok, record, cutoff_len=7, train_on_inputs=False)["input_ids"] == [1] + resp_ids
     with pytest.raises(DataError, match="BOS"):
-        tokenize_record(tok, record, cutoff_len=6)
+        tokenize_record(tok, record, cutoff_len=6, train_on_inputs=False)
 
 
 def test_collator_falls_back_to_eos(bos_tokenizer):
@@ -241,7 +241,7 @@ def test_collator(gpt2_tokenizer):
 
 def test_collator_on_real_records(gpt2_tokenizer, data_dir):
     records = load_task_split(data_dir, "openbookqa", "train")[:4]
-    feats = [tokenize_record(gpt2_tokenizer, r) for r in records]
+    feats = [tokenize_record(gpt2_tokenizer, r, 256, False) for r in records]
     batch = Collator(gpt2_tokenizer)(feats)
     lengths = [len(f["input_ids"]) for f in feats]
     assert batch["input_ids"].shape == (4, max(lengths))
@@ -385,7 +385,7 @@ def test_mix_of_fixture_tasks(fixture_dir, gpt2_tokenizer):
     assert [r["task"] for r in records] == ["winogrande"] * 3 + ["social_i_qa"] * 2 + ["hellaswag"] * 2
     for r in records:
         assert r["answer"] in ANSWER_WORDS[r["task"]]
-        out = tokenize_record(gpt2_tokenizer, r)
+        out = tokenize_record(gpt2_tokenizer, r, 256, False)
         assert out["input_ids"][-1] == gpt2_tokenizer.eos_token_id
     train, val = split_validation(records, n_val=2, seed=0)
     assert len(train) == 5 and len(val) == 2

@@ -152,9 +152,9 @@ def test_pad_token_id_falls_back_to_eos():
 def test_generate_batch_invariance(model, gpt2_tokenizer, mixed_prompts):
     side = gpt2_tokenizer.padding_side
     one = generate_answers(model, gpt2_tokenizer, mixed_prompts, batch_size=1,
-                           max_new_tokens=8, show_progress=False)
+                           max_new_tokens=8, beam_size=1, show_progress=False)
     eight = generate_answers(model, gpt2_tokenizer, mixed_prompts, batch_size=8,
-                             max_new_tokens=8, show_progress=False)
+                             max_new_tokens=8, beam_size=1, show_progress=False)
     assert len(one) == len(mixed_prompts) and all(isinstance(t, str) for t in one)
     assert one == eight
     assert gpt2_tokenizer.padding_side == side  # tokenizer state untouched
@@ -173,7 +173,7 @@ def test_generation_ends_the_batch_when_every_sequence_has_ended(gpt2_tokenizer,
     model.model.register_forward_hook(lambda module, args, out: calls.append(1))
     tokenizer = copy.deepcopy(gpt2_tokenizer)
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(0)
-    texts = generate_answers(model, tokenizer, mixed_prompts[:8], batch_size=8, max_new_tokens=32,
+    texts = generate_answers(model, tokenizer, mixed_prompts[:8], batch_size=8, max_new_tokens=32, beam_size=1,
                              show_progress=False)
     assert len(texts) == 8 and len(calls) == 1  # one forward: the prompt, whose next token is EOS
 
@@ -205,7 +205,7 @@ def test_loglik_matches_direct_computation(gpt2_tokenizer, mixed_prompts):
             log_probs = logits.log_softmax(-1)
             direct = sum(log_probs[len(p) - 1 + k, tok].item() for k, tok in enumerate(r))
             assert score == pytest.approx(direct, abs=1e-5)
-    predicted, _ = loglik_predict(model, gpt2_tokenizer, prompts, per_prompt, show_progress=False)
+    predicted, _ = loglik_predict(model, gpt2_tokenizer, prompts, per_prompt, batch_size=4, show_progress=False)
     for words, row, pick in zip(per_prompt, scores, predicted):
         assert pick == words[row.index(max(row))]
     assert candidate_response("true") == "the correct answer is true"
@@ -221,7 +221,7 @@ def test_select_ids_is_seeded_subset_in_file_order():
 
 
 # the clean protocol (greedy) and no progress bar: what these tests were written against
-CLEAN = {"protocol": get_protocol("clean"), "beam_size": 1, "show_progress": False}
+CLEAN = {"protocol": get_protocol("clean"), "beam_size": 1, "show_progress": False, "answer_format": "label"}
 
 
 @pytest.mark.parametrize("mode", ["generate", "loglik"])

@@ -46,7 +46,7 @@ def lstsq_r(w0, g, b, a, eta):
 def batches(gpt2_tokenizer, data_dir):
     """Three batches of two real boolq records (cutoff 48 tokens), right-padded."""
     records = load_task_split(data_dir, "boolq", "train")[:6]
-    feats = [tokenize_record(gpt2_tokenizer, rec, cutoff_len=48) for rec in records]
+    feats = [tokenize_record(gpt2_tokenizer, rec, cutoff_len=48, train_on_inputs=False) for rec in records]
     collate = Collator(gpt2_tokenizer)
     return [collate(feats[i:i + 2]) for i in range(0, 6, 2)]
 

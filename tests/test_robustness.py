@@ -160,7 +160,7 @@ def test_an_over_long_test_question_is_cut_and_counted(mode, data_dir, gpt2_toke
     records[1] = {**records[1], "instruction": "Why? " * 700 + records[1]["instruction"]}
     result = evaluate_task(tiny_model("gpt_neo"), gpt2_tokenizer, records, "arc-e", tmp_path,
                            protocol=get_protocol("hira"), mode=mode, batch_size=4, max_new_tokens=4,
-                           beam_size=1, max_examples=None, seed=0, show_progress=False)
+                           beam_size=1, max_examples=None, seed=0, show_progress=False, answer_format="label")
     assert result["n"] == 4 and result["truncated_prompts"] == 1
 
 
@@ -194,7 +194,7 @@ def test_a_checkpoint_whose_next_step_is_not_finite_is_not_kept_as_good(tmp_path
     from training.checkpoint import latest_checkpoint
     from training.loop import LoopConfig, NonFiniteLoss, Trainer
 
-    features = [tokenize_record(gpt2_tokenizer, r, 128) for r in load_train_data(data_dir, "boolq")[:24]]
+    features = [tokenize_record(gpt2_tokenizer, r, 128, False) for r in load_train_data(data_dir, "boolq")[:24]]
     real = loop.task_loss_sum
 
     def run(nan_at_call: int, **kw):

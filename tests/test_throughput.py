@@ -28,11 +28,11 @@ def batch_of(seed: int, all_labelled: bool = False) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def adapted(arch: str, method: str):
+def adapted(arch: str, method: str | None):
+    """tiny_model(arch) with `method` built on (rank 4 where it has one), or bare (None)."""
     model = tiny_model(arch)
-    if method != "none":
-        impl = get_method(method)
-        model = build(model, impl.config_cls(r_ab=4) if method != "fft" else impl.config_cls())
+    if method:
+        model = build(model, get_method(method).config_cls.from_values({"r_ab": 4}))
     return model.eval()  # dropout off: the two paths must see the same function
 
 
@@ -101,7 +101,7 @@ def direct_score(model, context, continuation):
 def test_single_pass_scores_equal_one_forward_per_pair(arch):
     from eval.scoring import score_token_pairs
 
-    model = adapted(arch, "knowhira" if arch == "llama" else "none")
+    model = adapted(arch, {"llama": "knowhira"}.get(arch))
     g = torch.Generator().manual_seed(1)
 
     def tokens(k):

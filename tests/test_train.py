@@ -43,7 +43,7 @@ def records(data_dir):
 
 @pytest.fixture(scope="module")
 def features(records, gpt2_tokenizer):
-    return [tokenize_record(gpt2_tokenizer, r, CUTOFF) for r in records]
+    return [tokenize_record(gpt2_tokenizer, r, CUTOFF, False) for r in records]
 
 
 def adapted_neo(r=4, lam=1e-3, embed_scale=1.0, seed=0):
@@ -154,7 +154,7 @@ def test_loop_batch_labels_cover_exactly_the_response(tmp_path, records, gpt2_to
         if len(recs) == 6:
             break
     assert len({r["task"] for r in recs}) >= 2
-    feats = [tokenize_record(tok, r, CUTOFF) for r in recs]
+    feats = [tokenize_record(tok, r, CUTOFF, False) for r in recs]
 
     seen = []
     real = loop.task_loss_sum

@@ -247,7 +247,7 @@ def validate(accelerator, model, features: list[dict], collate, batch: int, slot
             known = [choices[j] for j in chunk if choices and choices[j] is not None]
             if known:
                 flat = score_token_pairs(model, [(p, r) for p, options, _ in known for r in options],
-                                         collate.pad_id, batch, show_progress=False)
+                                         collate.pad_id, batch_size=batch, show_progress=False)
                 for p, options, gold in known:
                     scores, flat = flat[:len(options)], flat[len(options):]
                     correct += float(max(range(len(scores)), key=scores.__getitem__) == gold)

@@ -99,7 +99,7 @@ class TrainRecipe:
         self.accelerator = Accelerator(mixed_precision=self.loop.mixed_precision,
                                        cpu=not torch.cuda.is_available())
         records = load_train_data(self.data.data_dir, self.data.dataset)
-        train_records, val_records = split_validation(records, self.data.val_size, seed=42)
+        train_records, val_records = split_validation(records, self.data.val_size)
         torch.manual_seed(self.loop.seed)
         self.model, self.tokenizer = load_base_model(**asdict(self.model_opts))
         self.model.to(self.accelerator.device)  # so the SVDs below run on the accelerator

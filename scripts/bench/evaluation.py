@@ -43,7 +43,7 @@ def bench_eval(args, device, smollm2, tokenizer) -> dict:
 
         def generate(ps, b, model=model):
             return generate_answers(model, tokenizer, ps, batch_size=b, max_new_tokens=args.gen_tokens,
-                                    show_progress=False)
+                                    beam_size=1, show_progress=False)
 
         def loglik(ps, b, model=model):
             return score_candidates(model, tokenizer, ps, candidates, batch_size=b, show_progress=False)

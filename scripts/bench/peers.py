@@ -65,7 +65,7 @@ class HFTrainerSteps:
         d = DataOptions.from_values(values)
         protocol = get_protocol(d.protocol)
         on_inputs = protocol.train_on_inputs if d.train_on_inputs is None else d.train_on_inputs
-        train, _ = split_validation(load_train_data(d.data_dir, d.dataset), d.val_size, seed=42)
+        train, _ = split_validation(load_train_data(d.data_dir, d.dataset), d.val_size)
         self.features = [protocol.train_example(self.tokenizer, r, d.cutoff_len, on_inputs) for r in train]
         self.values, self.steps, self.out_dir = values, steps, out_dir
         self.lr = LoopConfig.from_values(values).lr
@@ -110,8 +110,9 @@ class HFTrainerSteps:
 def bench_training(args, kind: str, model_dir: str, data: dict, out_dir, matmul: int, device) -> dict:
     """Our recipe's step against HF Trainer + peft, --peer_rounds rounds of --peer_steps steps each."""
     ours = {m: RecipeStep(recipe_values(args, kind, model_dir, m, data, out_dir)) for m in OURS}
-    theirs = {name: HFTrainerSteps(recipe_values(args, kind, model_dir, method, data, out_dir),
-                                   method, args.peer_steps + 1, out_dir / name) for name, method in THEIRS.items()}
+    theirs = {name: HFTrainerSteps(recipe_values(args, kind, model_dir, peft_kind, data, out_dir),
+                                   peft_kind, args.peer_steps + 1, out_dir / name)
+              for name, peft_kind in THEIRS.items()}
     times, tokens = {m: [] for m in ours}, {m: [] for m in ours}
     for _ in range(args.peer_rounds):
         for m, step in ours.items():
@@ -188,12 +189,12 @@ def bench_evaluation(args, model, tokenizer, targets: list[str], device) -> dict
     words = [tokenizer(f"the correct answer is {w}", add_special_tokens=False)["input_ids"] for w in ("true", "false")]
     pairs = [(p, w) for p in prompts for w in words]
     runs["loglik before (full forward per pair, batch 16)"] = lambda: full_forward_scores(merged, pairs, pad_id, 16)
-    runs["loglik after (eval/scoring.py, batch 16)"] = lambda: score_token_pairs(merged, pairs, pad_id, 16,
+    runs["loglik after (eval/scoring.py, batch 16)"] = lambda: score_token_pairs(merged, pairs, pad_id, batch_size=16,
                                                                                   show_progress=False)
     times = time_interleaved(runs, args.peer_rounds, 1, device)
     per_s = {k: len(prompts) / median(t) for k, t in times.items()}
     before = full_forward_scores(merged, pairs, pad_id, 16)
-    after = score_token_pairs(merged, pairs, pad_id, 16, show_progress=False)
+    after = score_token_pairs(merged, pairs, pad_id, batch_size=16, show_progress=False)
     names = list(runs)
     return {"examples_per_s": per_s, "n_examples": len(prompts),
             "loglik_max_abs_diff": max(abs(a - b) for a, b in zip(before, after)),

@@ -175,7 +175,7 @@ class PeftHiraStep:
 
         m, d, self.cfg = (ModelOptions.from_values(values), DataOptions.from_values(values),
                           LoopConfig.from_values(values))
-        train, _ = split_validation(load_train_data(d.data_dir, d.dataset), d.val_size, seed=42)
+        train, _ = split_validation(load_train_data(d.data_dir, d.dataset), d.val_size)
         torch.manual_seed(self.cfg.seed)
         model, tokenizer = load_base_model(**asdict(m))
         self.device = recipe_device()
