@@ -30,7 +30,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """The tokenizer's full definition (a fast tokenizer's JSON: vocabulary, merges, normaliser,
     special tokens), else its class, vocabulary and special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:  # without the call-time truncation/padding state a tokenizer(...) call leaves
+        body = json.dumps({k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")},
+                          sort_keys=True)
+    else:
+        body = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return json.dumps([type(tokenizer).__name__, body, tokenizer.all_special_tokens,
                        tokenizer.bos_token_id, tokenizer.eos_token_id, getattr(tokenizer, "add_bos_token", None)])
 

@@ -70,3 +70,13 @@ def test_cli_run_with_a_cache_trains_the_same(tiny_neo_dir, small_data_dir, tmp_
                      for line in (tmp_path / "runs" / name / "log.jsonl").read_text().splitlines()])
     assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 2  # training and validation features
     assert logs[0] == logs[1] == logs[2]
+
+
+def test_the_key_ignores_the_truncation_state_a_call_leaves(data_dir, gpt2_tokenizer):
+    import copy
+
+    records = load_task_split(data_dir, "boolq", "train")[:3]
+    tokenizer = copy.deepcopy(gpt2_tokenizer)
+    key = cache_key(records, tokenizer, OPTIONS)
+    tokenizer("some text", truncation=True, max_length=5)  # what the hira protocol's tokenisation does
+    assert cache_key(records, tokenizer, OPTIONS) == key
