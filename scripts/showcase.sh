@@ -3,7 +3,8 @@
 # resumable (finished runs are skipped, an unfinished one continues with --resume), so it can span sessions:
 #   bash scripts/showcase.sh sweep    # SWEEP_STEPS steps per (method, learning rate): validation accuracy
 #   bash scripts/showcase.sh main     # SEEDS seeds per method at its chosen rate (LR_<method>), STEPS steps
-#   bash scripts/showcase.sh eval     # every finished main run and zero-shot, on the same examples
+#   bash scripts/showcase.sh ablation # KnowHiRA with its gates at GATE_LR_SCALE x the rate (ABLATION_SEEDS)
+#   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
 #   bash scripts/showcase.sh tables   # analyze_results.py tables of the main runs
 #   bash scripts/showcase.sh all      # the four in order
 # Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
@@ -25,6 +26,8 @@ SWEEP_STEPS=${SWEEP_STEPS:-80}
 STEPS=${STEPS:-200}
 EVAL_STEPS=${EVAL_STEPS:-40}
 SEEDS=${SEEDS:-"1 2 3"}
+ABLATION_SEEDS=${ABLATION_SEEDS:-"1"}
+GATE_LR_SCALE=${GATE_LR_SCALE:-30}
 EVAL_N=${EVAL_N:-500}
 EVAL_TASKS=ARC-Easy,ARC-Challenge,openbookqa,boolq,piqa
 # learning-rate grids of the sweep (log-spaced, around each family's usual rates)
@@ -48,9 +51,10 @@ keep() {  # copy a finished folder's small outputs: $RUNS/<path> -> $DOCS/<path>
   return 0
 }
 
-train() {  # run name, method, learning rate, seed, steps
+train() {  # run name, method, learning rate, seed, steps, [extra flags...]
   local dir=$RUNS/$1 extra
   read -ra extra <<< "${EXTRA[$2]:-}"
+  extra+=("${@:6}")
   [ -f "$dir/train_summary.json" ] && return 0
   if [ -f "$dir/args.json" ]; then
     "$PY" train_knowhira.py --resume "$dir"
@@ -59,8 +63,8 @@ train() {  # run name, method, learning rate, seed, steps
       --answer_format text --protocol clean --peft_type "$2" --r_ab 32 \
       --target_modules q_proj,k_proj,v_proj,up_proj,down_proj --lr "$3" --seed "$4" --max_steps "$5" \
       --batch 8 --warmup 10 --lr_scheduler cosine --val_size 120 --eval_steps "$EVAL_STEPS" \
-      --best_metric val_acc --validate_at_start --save_steps 20 --keep_checkpoints 1 --output_folder "$RUNS" --run_name "$1" \
-      "${extra[@]}"
+      --best_metric val_acc --validate_at_start --save_steps 20 --keep_checkpoints 1 \
+      --output_folder "$RUNS" --run_name "$1" "${extra[@]}"
   fi
   rm -rf "$dir/checkpoints"  # finished: best/ and final/ stay, the resume state is not needed
   keep "$1"
@@ -104,11 +108,25 @@ main_runs() {
   done
 }
 
+ablation() {
+  local seed
+  for seed in $ABLATION_SEEDS; do
+    train "knowhira_gate${GATE_LR_SCALE}_s$seed" knowhira "${LR_knowhira:?set LR_knowhira}" "$seed" "$STEPS" \
+      --gate_lr_scale "$GATE_LR_SCALE"
+  done
+}
+
 eval_all() {
+  local seed m
   evaluate zeroshot
   for seed in $SEEDS; do for m in $METHODS; do
     if [ -f "$RUNS/${m}_s$seed/train_summary.json" ]; then evaluate "${m}_s$seed"; fi
   done; done
+  for seed in $ABLATION_SEEDS; do
+    if [ -f "$RUNS/knowhira_gate${GATE_LR_SCALE}_s$seed/train_summary.json" ]; then
+      evaluate "knowhira_gate${GATE_LR_SCALE}_s$seed"
+    fi
+  done
 }
 
 tables() {
@@ -120,8 +138,9 @@ tables() {
 case "${1:-all}" in
   sweep) sweep ;;
   main) main_runs ;;
+  ablation) ablation ;;
   eval) eval_all ;;
   tables) tables ;;
-  all) sweep; main_runs; eval_all; tables ;;
-  *) echo "usage: $0 sweep|main|eval|tables|all" >&2; exit 2 ;;
+  all) sweep; main_runs; ablation; eval_all; tables ;;
+  *) echo "usage: $0 sweep|main|ablation|eval|tables|all" >&2; exit 2 ;;
 esac

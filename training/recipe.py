@@ -41,7 +41,7 @@ TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptio
                 "optimisation": LoopConfig, "run": RunOptions}
 # options that may change when a run is resumed; every other one must equal the checkpoint's
 RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
-               "keep_checkpoints", "cache_dir")
+               "keep_checkpoints", "cache_dir", "validate_at_start")
 RUN_PLACE = ("output_folder", "run_name", "resume")
 
 
