@@ -77,7 +77,9 @@ def test_two_processes_equal_one_process_with_double_batch(tiny_neo_dir, small_d
     assert two.returncode == 0, two.stderr[-2000:]
     assert "= 8" in two.stdout and "x 2 (processes)" in two.stdout  # effective batch printed
     assert ("FSDP2 full-shard over 2 processes" in two.stdout) == bool(shard)
-    assert_same_run(tmp_path / "one", tmp_path / "two", 1e-5)
+    # fft moves all 2.5M weights at lr 1e-2: the fp32 summation-order differences of a sharded
+    # reduce-scatter grow to ~1e-5 relative in a step's loss (measured 7e-5 on a loss of 9.33)
+    assert_same_run(tmp_path / "one", tmp_path / "two", {"fft": 1e-4}.get(method, 1e-5))
 
 
 @pytest.mark.parametrize("shard", [[], ["--fsdp"]], ids=["ddp", "fsdp"])

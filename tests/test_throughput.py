@@ -1,5 +1,5 @@
 """Doing less work gives the same numbers: the output layer only at the labelled positions
-(training/loop.OutputHead), length-grouped batches (training/loop.epoch_order) and single-pass scoring
+(training/loop.OutputHead; with FSDP2 too: tests/test_distributed.py), length-grouped batches (training/loop.epoch_order) and single-pass scoring
 (eval/scoring.py), each against the straightforward computation. Tiny RANDOMLY INITIALISED models; the
 two-process and resume equalities with grouping on are tests/test_distributed.py and test_train_cli.py
 (grouping is the default)."""
@@ -56,16 +56,12 @@ def test_head_at_labels_equals_full_logits(arch, method, all_labelled):
     assert kept.item() == pytest.approx(full.item(), rel=1e-6)
     for a, b in zip(g_full, g_kept):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
-    # the forward formed no full logits: the hook saw the head's whole input, the model returned one position
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
-    assert out.logits.shape[1] == 1
-
-
-def test_head_path_refused_where_it_does_not_apply():
-    model = tiny_model("llama")
-    assert OutputHead.of(model, fsdp=True) is None
-    model.config.final_logit_softcapping = 30.0  # logits are not the head's output as they are
-    assert OutputHead.of(model) is None
+    # the output layer saw only the labelled rows: no batch x length x vocabulary logits were formed
+    seen = []
+    hook = head.head.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    task_loss_sum(model, batch, head)
+    hook.remove()
+    assert seen == [(n_full, model.config.vocab_size)]
 
 
 def test_grouped_order_is_a_seeded_permutation_of_length_sorted_batches():

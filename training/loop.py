@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from data.tokenize import Collator
 from training.checkpoint import complete, discard_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.logger import RunLogger, plot_losses
-from utils.batching import IGNORE_INDEX, labelled_ce_sum, shifted_ce_sum
+from utils.batching import IGNORE_INDEX, kept_ce_sum, shifted_ce_sum
 from utils.dist import full, shard_model
 from utils.options import Options, non_negative, option, positive
 
@@ -160,39 +160,40 @@ def count_targets(features: list[dict]) -> int:
 
 
 class OutputHead:
-    """The output layer of a transformers causal LM, run by the loss only at the labelled positions.
+    """The output layer of a transformers causal LM, run only at chosen positions.
 
-    The forward is asked for the last position's logits alone (`logits_to_keep=1`) while a hook on the
-    backbone (`base_model`: the decoder stack with its final norm) keeps its `last_hidden_state`, the
-    exact input of the head; `hidden(model, batch)` returns it. `of(model)` gives None where this does
-    not apply (the full-logits path is used): a forward without `logits_to_keep`, logits that are not
-    the head's output as they are (final soft-capping), or FSDP sharding (the root's head weight is
-    gathered only inside the forward)."""
+    `logits_at(model, batch, keep)` runs the model's ordinary forward with a pre-hook on its output
+    layer (get_output_embeddings()) that replaces the layer's input, the (batch, length, width) hidden
+    states, by its rows at the positions `keep` (a batch x length bool mask), so the layer computes
+    only those logits: (keep.sum(), vocabulary), row-major in `keep`. The layer runs inside the forward,
+    so DDP and FSDP2 (whose root unit gathers the head's weight only there) see an ordinary forward, and
+    what the model does to the layer's output (e.g. Gemma's soft-capping) is elementwise and still
+    applied. `of(model)` gives None for a model without an output layer (the full-logits path)."""
 
-    def __init__(self, backbone, head):
-        self.backbone, self.head = backbone, head
+    def __init__(self, head):
+        self.head = head
 
     @classmethod
-    def of(cls, model, fsdp: bool = False) -> "OutputHead | None":
-        from eval.runtime import keeps_logits
+    def of(cls, model) -> "OutputHead | None":
+        get = getattr(model, "get_output_embeddings", None)  # peft models pass it to their base
+        head = get() if get is not None else None
+        return cls(head) if isinstance(head, torch.nn.Module) else None
 
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-        config = getattr(base, "config", None)
-        if fsdp or not keeps_logits(base) or getattr(config, "final_logit_softcapping", None):
-            return None
-        backbone, head = getattr(base, "base_model", None), base.get_output_embeddings()
-        if backbone is None or backbone is base or head is None:
-            return None
-        return cls(backbone, head)
-
-    def hidden(self, model, batch: dict) -> torch.Tensor:
-        kept = []
-        handle = self.backbone.register_forward_hook(lambda module, args, out: kept.append(out[0]))
+    def logits_at(self, model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+        def gather(module, args):
+            return (args[0][keep],)
+        handle = self.head.register_forward_pre_hook(gather)
         try:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         finally:
             handle.remove()
-        return kept[-1]
+
+
+def labelled(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose logits predict a labelled token (the label at t + 1 is not ignored)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
 
 
 def task_loss_sum(model, batch: dict, head: OutputHead | None = None) -> tuple[torch.Tensor, int]:
@@ -202,7 +203,10 @@ def task_loss_sum(model, batch: dict, head: OutputHead | None = None) -> tuple[t
     if head is None:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return shifted_ce_sum(logits, batch["labels"])
-    return labelled_ce_sum(head.hidden(model, batch), head.head, batch["labels"])
+    keep = labelled(batch["labels"])
+    return kept_ce_sum(head.logits_at(model, batch, keep), batch["labels"][:, 1:][keep[:, :-1]])
+
+
 @torch.no_grad()
 def validate(accelerator, model, features: list[dict], collate, batch: int, slots=None, head=None,
              choices=None) -> dict:
@@ -231,15 +235,21 @@ def validate(accelerator, model, features: list[dict], collate, batch: int, slot
             if head is None:
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
                 loss, n = shifted_ce_sum(logits, b["labels"])
-            else:
-                hidden = head.hidden(model, b)
-                loss, n = labelled_ce_sum(hidden, head.head, b["labels"])
+            else:  # the head at the labelled positions and the answer positions only
+                keep = labelled(b["labels"])
+                answer = torch.zeros_like(keep)
+                for row, j in enumerate(chunk):
+                    if slots and slots[j] is not None:
+                        answer[row, slots[j][0]] = True
+                kept = head.logits_at(model, b, keep | answer)
+                where = torch.cumsum((keep | answer).flatten(), 0).view_as(keep) - 1  # row of kept per position
+                loss, n = kept_ce_sum(kept[where[keep]], b["labels"][:, 1:][keep[:, :-1]])
             for row, j in enumerate(chunk):
                 slot = slots[j] if slots else None
                 if slot is None:
                     continue
                 position, token_ids, gold = slot
-                at = logits[row, position] if head is None else head.head(hidden[row, position])
+                at = logits[row, position] if head is None else kept[where[row, position]]
                 logp = torch.log_softmax(at.float(), dim=-1)[token_ids]
                 correct += float(int(logp.argmax()) == gold)
                 nll -= logp[gold].item()
@@ -308,7 +318,7 @@ class Trainer:
             accelerator.print(f"FSDP2 full-shard over {self.world} processes: each holds 1/{self.world} "
                               "of every parameter, gradient and optimizer state")
         self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding: DTensors
-        self.head = OutputHead.of(model, cfg.fsdp)  # None: the loss runs the head at every position
+        self.head = OutputHead.of(model)  # None: the loss runs the head at every position
         optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, lr_scales or {}), lr=cfg.lr,
                                       weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, self.total_steps))

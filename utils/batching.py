@@ -1,5 +1,5 @@
 """The one padding helper, the one pad-id rule and the shifted cross-entropy of the project (over full
-logits, or with the output layer run only where a label is)."""
+logits, or over logits computed only where a label is)."""
 import torch
 import torch.nn.functional as F
 
@@ -43,11 +43,7 @@ def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss, int((labels != IGNORE_INDEX).sum())
 
 
-def labelled_ce_sum(hidden: torch.Tensor, head, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """shifted_ce_sum(head(hidden), labels) with the output layer `head` run only at the positions whose
-    next token is labelled: the same sum (up to float summation order) without the batch x length x
-    vocabulary logits tensor; `hidden` holds the states the head reads (batch, length, width)."""
-    labels = labels[:, 1:]
-    keep = labels != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep]).float()
-    return F.cross_entropy(logits, labels[keep], reduction="sum"), int(keep.sum())
+def kept_ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Σ cross-entropy of (N, vocabulary) logits already taken at the labelled positions against their
+    N target tokens, and N: shifted_ce_sum without the positions that carry no loss."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
