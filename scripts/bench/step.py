@@ -13,6 +13,7 @@ The records are real: the first --step_records training records of each --step_d
 Hugging Face folder (SmolLM2: the dequantised GGUF, checked tensor for tensor; GPT-Neo-shaped: random
 weights with the GPT-2 tokenizer from --tokenizer) and every method loads that folder.
 """
+import copy
 import gc
 import json
 import time
@@ -73,7 +74,10 @@ def save_model_folder(model: nn.Module, tokenizer, folder) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, str(folder / "model.safetensors"))
-    model.config.save_pretrained(str(folder))
+    config = copy.deepcopy(model.config)  # the weights are plain dequantised tensors now: not a GGUF model
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    config.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     again, _ = load_base_model(str(folder))
     mine, theirs = model.state_dict(), again.state_dict()
