@@ -70,22 +70,22 @@ train() {  # run name, method, learning rate, seed, steps, [extra flags...]
   keep "$1"
 }
 
-evaluate() {  # run name (or "zeroshot"): results in $RUNS/{text,cloze,label}/<name>/
-  local name=$1 ckpt=$RUNS/$1 base=() common
+evaluate() {  # kind (text|cloze|label), run name (or "zeroshot"): results in $RUNS/<kind>/<name>/
+  local kind=$1 name=$2 ckpt=$RUNS/$2 base=() args
+  [ -f "$RUNS/$kind/$name/.done" ] && return 0
   if [ "$name" = zeroshot ]; then ckpt=none; base=(--model_name "$MODEL"); fi
-  common=(--ckpt "$ckpt" "${base[@]}" --data_dir "$DATA_DIR" --protocol clean --eval_batch 16)
-  # (a) text format: ARC-Easy, ARC-Challenge, OBQA, BoolQ and PIQA (transfer) on EVAL_N seeded examples
-  [ -f "$RUNS/text/$name/.done" ] || { "$PY" train_knowhira.py "${common[@]}" --answer_format text \
-    --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N" --results_dir "$RUNS/text/$name" \
-    && touch "$RUNS/text/$name/.done" && keep "text/$name"; }
-  # (b) knowledge kept or lost: lm-eval-style cloze on the full ARC-Easy and PIQA test files
-  [ -f "$RUNS/cloze/$name/.done" ] || { "$PY" train_knowhira.py "${common[@]}" --eval_mode cloze \
-    --dataset ARC-Easy,piqa --results_dir "$RUNS/cloze/$name" && touch "$RUNS/cloze/$name/.done" \
-    && keep "cloze/$name"; }
-  # (c) the label format on the same examples as (a)
-  [ -f "$RUNS/label/$name/.done" ] || { "$PY" train_knowhira.py "${common[@]}" --answer_format label \
-    --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N" --results_dir "$RUNS/label/$name" \
-    && touch "$RUNS/label/$name/.done" && keep "label/$name"; }
+  case $kind in
+    # (a) text format: ARC-Easy, ARC-Challenge, OBQA, BoolQ and PIQA (transfer) on EVAL_N seeded examples
+    text) args=(--answer_format text --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N") ;;
+    # (b) knowledge kept or lost: lm-eval-style cloze on the full ARC-Easy and PIQA test files
+    cloze) args=(--eval_mode cloze --dataset ARC-Easy,piqa) ;;
+    # (c) the label format on the same examples as (a)
+    label) args=(--answer_format label --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N") ;;
+  esac
+  "$PY" train_knowhira.py --ckpt "$ckpt" "${base[@]}" --data_dir "$DATA_DIR" --protocol clean \
+    --eval_batch 16 "${args[@]}" --results_dir "$RUNS/$kind/$name"
+  touch "$RUNS/$kind/$name/.done"
+  keep "$kind/$name"
 }
 
 sweep() {  # the middle rate of every method first, then the low ones, then the high ones
@@ -116,16 +116,14 @@ ablation() {
   done
 }
 
-eval_all() {
-  local seed m
-  evaluate zeroshot
-  for seed in $SEEDS; do for m in $METHODS; do
-    if [ -f "$RUNS/${m}_s$seed/train_summary.json" ]; then evaluate "${m}_s$seed"; fi
-  done; done
-  for seed in $ABLATION_SEEDS; do
-    if [ -f "$RUNS/knowhira_gate${GATE_LR_SCALE}_s$seed/train_summary.json" ]; then
-      evaluate "knowhira_gate${GATE_LR_SCALE}_s$seed"
-    fi
+eval_all() {  # every evaluation kind over all runs before the next kind: (a) is the main table
+  local kind seed m run runs=(zeroshot)
+  for seed in $SEEDS; do for m in $METHODS; do runs+=("${m}_s$seed"); done; done
+  for seed in $ABLATION_SEEDS; do runs+=("knowhira_gate${GATE_LR_SCALE}_s$seed"); done
+  for kind in text cloze label; do
+    for run in "${runs[@]}"; do
+      if [ "$run" = zeroshot ] || [ -f "$RUNS/$run/train_summary.json" ]; then evaluate "$kind" "$run"; fi
+    done
   done
 }
 
