@@ -190,11 +190,12 @@ def main(argv=None) -> dict:
               f"{c['detail']}")
     if not results["checks"]:
         print("(none of the checked sections ran)")
+    # the end value counts the benchmark's own threads (one per core); only the start one says whether
+    # something else was running
     print(f"\nload average at start {meta['loadavg_start'][0]:.2f}, at end "
-          f"{results['meta']['loadavg_end'][0]:.2f} on {meta['cpus']} cpus"
-          + (": the machine was busy, timings are indicative" if device.type == "cpu" and
-             max(meta['loadavg_start'][0], results['meta']['loadavg_end'][0]) > 0.5 * (meta['cpus'] or 1)
-             else ""))
+          f"{results['meta']['loadavg_end'][0]:.2f} (its own threads) on {meta['cpus']} cpus"
+          + (": the machine was busy at the start, timings are indicative" if device.type == "cpu" and
+             meta['loadavg_start'][0] > 0.5 * (meta['cpus'] or 1) else ""))
     save()
     print(f"wrote {args.out}")
     return results
