@@ -5,8 +5,9 @@
 #   bash scripts/showcase.sh main     # SEEDS seeds per method at its chosen rate (LR_<method>), STEPS steps
 #   bash scripts/showcase.sh ablation # KnowHiRA with its gates at GATE_LR_SCALE x the rate (ABLATION_SEEDS)
 #   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
-#   bash scripts/showcase.sh tables   # analyze_results.py tables of the main runs
-#   bash scripts/showcase.sh all      # the four in order
+#   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot, knowhira − hira),
+#                                     # analyze_adapter.py (gates, forgetting) of the seed-1 runs
+#   bash scripts/showcase.sh all      # the five in order
 # Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
 # --answer_format text; --protocol clean; r=32 on q,k,v,up,down; batch 8; warmup 10; cosine decay;
 # validation accuracy on 120 held-out records before training (step 0: the untrained model) and every
@@ -127,10 +128,16 @@ eval_all() {  # every evaluation kind over all runs before the next kind: (a) is
   done
 }
 
-tables() {
+tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over each configuration's seed-1 run
+  local kind gate=knowhira_gate${GATE_LR_SCALE}_s1 runs=() m
   for kind in text cloze label; do
-    "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --out "$DOCS/summary_$kind"
+    [ -d "$DOCS/$kind" ] || continue
+    "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --out "$DOCS/summary_$kind" \
+      --compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/hira_s1" \
+      $( [ -d "$DOCS/$kind/$gate" ] && echo --compare "$DOCS/$kind/$gate" "$DOCS/$kind/knowhira_s1" )
   done
+  for m in $METHODS $gate; do [ -d "$RUNS/${m%_s1}_s1" ] && runs+=("$RUNS/${m%_s1}_s1"); done
+  "$PY" analyze_adapter.py "${runs[@]}" --out "$DOCS/adapters"
 }
 
 case "${1:-all}" in
