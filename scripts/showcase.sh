@@ -136,7 +136,7 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
       --compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/hira_s1" \
       $( [ -d "$DOCS/$kind/$gate" ] && echo --compare "$DOCS/$kind/$gate" "$DOCS/$kind/knowhira_s1" )
   done
-  for m in $METHODS $gate; do [ -d "$RUNS/${m%_s1}_s1" ] && runs+=("$RUNS/${m%_s1}_s1"); done
+  for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
   "$PY" analyze_adapter.py "${runs[@]}" --out "$DOCS/adapters"
 }
 
