@@ -2,7 +2,9 @@
 # The showcase comparison (README "What the comparison shows"), one command per phase; every phase is
 # resumable (finished runs are skipped, an unfinished one continues with --resume), so it can span sessions:
 #   bash scripts/showcase.sh sweep    # SWEEP_STEPS steps per (method, learning rate): validation accuracy
-#   bash scripts/showcase.sh main     # SEEDS seeds per method at its chosen rate (LR_<method>), STEPS steps
+#   bash scripts/showcase.sh main     # SEEDS seeds per method at its chosen rate (LR_<method>), STEPS steps;
+#                                     # zero-shot and each finished run are evaluated in the text format at once,
+#                                     # so the main table's predictions are committed with the run
 #   bash scripts/showcase.sh ablation # KnowHiRA with its gates at GATE_LR_SCALE x the rate (ABLATION_SEEDS)
 #   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
 #   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot, knowhira − hira),
@@ -101,10 +103,12 @@ sweep() {  # the middle rate of every method first, then the low ones, then the 
 }
 
 main_runs() {
+  evaluate text zeroshot
   for seed in $SEEDS; do
     for m in $METHODS; do
       local var="LR_$m"
       train "${m}_s$seed" "$m" "${!var:?set $var to the rate the sweep chose}" "$seed" "$STEPS"
+      evaluate text "${m}_s$seed"
     done
   done
 }
