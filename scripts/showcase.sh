@@ -7,7 +7,8 @@
 #                                     # so the main table's predictions are committed with the run
 #   bash scripts/showcase.sh ablation # KnowHiRA with its gates at GATE_LR_SCALE x the rate (ABLATION_SEEDS)
 #   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
-#   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot, knowhira − hira),
+#   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot per seed group and per
+#                                     # seed, knowhira − hira),
 #                                     # analyze_adapter.py (gates, forgetting) of the seed-1 runs
 #   bash scripts/showcase.sh all      # the five in order
 # Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
@@ -136,8 +137,12 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
   local kind gate=knowhira_gate${GATE_LR_SCALE}_s1 runs=() m
   for kind in text cloze label; do
     [ -d "$DOCS/$kind" ] || continue
+    # seed groups (mean ± std); knowhira − hira over all their seeds
     "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --out "$DOCS/summary_$kind" \
-      --compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/hira_s1" \
+      --compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/hira_s1"
+    # one row per seed: Δ vs zero-shot and McNemar p of every seed (the target: p < 0.01 in each);
+    # the gate ablation against knowhira of the same seed
+    "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --no_seed_groups --out "$DOCS/summary_${kind}_per_seed" \
       $( [ -d "$DOCS/$kind/$gate" ] && echo --compare "$DOCS/$kind/$gate" "$DOCS/$kind/knowhira_s1" )
   done
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
