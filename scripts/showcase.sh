@@ -8,7 +8,7 @@
 #   bash scripts/showcase.sh ablation # KnowHiRA with its gates at GATE_LR_SCALE x the rate (ABLATION_SEEDS)
 #   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
 #   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot per seed group and per
-#                                     # seed, knowhira − hira),
+#                                     # seed, knowhira − hira), the main runs' validation curves and hours,
 #                                     # analyze_adapter.py (gates, forgetting) of the seed-1 runs
 #   bash scripts/showcase.sh all      # the five in order
 # Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
@@ -145,6 +145,7 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
     "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --no_seed_groups --out "$DOCS/summary_${kind}_per_seed" \
       $( [ -d "$DOCS/$kind/$gate" ] && echo --compare "$DOCS/$kind/$gate" "$DOCS/$kind/knowhira_s1" )
   done
+  "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
   "$PY" analyze_adapter.py "${runs[@]}" --out "$DOCS/adapters"
 }

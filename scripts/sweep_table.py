@@ -1,37 +1,52 @@
-"""The learning-rate sweep of scripts/showcase.sh as a table and a figure.
+"""The learning curves of scripts/showcase.sh as tables and figures: the learning-rate sweep, or the main runs.
 
     python scripts/sweep_table.py docs/experiments/NAME --out docs/experiments/NAME/sweep.md
+    python scripts/sweep_table.py docs/experiments/NAME --main --out docs/experiments/NAME/main_curves.md
 
-Reads every <folder>/sweep_<method>_lr<rate>/ (args.json, log.jsonl), writes a Markdown table (per
+Sweep (default): every <folder>/sweep_<method>_lr<rate>/ (args.json, log.jsonl); a Markdown table (per
 method and rate: validation accuracy at each validation step, the best one, the last validation loss,
 the median step time) with each method's chosen rate marked (highest best validation accuracy, lower
 last validation loss on a tie), and <out stem>.png (validation accuracy against step, one panel per
 method). Prints the table and one `LR_<method>=<rate>` line per method (for scripts/showcase.sh main).
+
+--main: every other <folder>/<config>_s<seed>/ with a train_summary.json (a finished run), grouped by
+<config>; per configuration the validation accuracy at each validation step as mean ± sample std over
+its seeds, the best step's, the median step time, and the wall-clock hours of training (first to last
+logged step, summed over seeds) and of evaluation (the "seconds" of every task in
+<folder>/{text,cloze,label}/<run>/results.json); a last row sums the hours. <out stem>.png: mean
+validation accuracy against step per configuration, its seeds as thin lines.
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 
 
+def read_run(run: Path) -> dict:
+    """A run folder's validation curve, best validation accuracy, last validation loss, median step time
+    and wall-clock seconds of training (first to last logged step)."""
+    args = json.loads((run / "args.json").read_text())
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    vals = [r for r in log if "val_acc" in r]
+    times = [(r["step"], r["time"]) for r in log if "time" in r]
+    steps = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(times, times[1:]) if s1 > s0]
+    return {"method": args["peft_type"], "lr": args["lr"], "seed": args.get("seed"), "run": run.name,
+            "curve": [(r["step"], r["val_acc"]) for r in vals],
+            "best": max((r["val_acc"] for r in vals), default=None),
+            "last_loss": vals[-1]["val_loss"] if vals else None,
+            "step_s": statistics.median(steps) if steps else None,
+            "train_s": times[-1][1] - times[0][1] if times else 0.0,
+            "finished": (run / "train_summary.json").is_file()}
+
+
+def runs_in(folder: Path, pattern: str) -> list[Path]:
+    return [r for r in sorted(folder.glob(pattern)) if (r / "args.json").is_file() and (r / "log.jsonl").is_file()]
+
+
 def load(folder: Path) -> list[dict]:
-    runs = []
-    for run in sorted(folder.glob("sweep_*_lr*")):
-        if not (run / "args.json").is_file() or not (run / "log.jsonl").is_file():
-            continue
-        args = json.loads((run / "args.json").read_text())
-        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-        vals = [r for r in log if "val_acc" in r]
-        times = [(r["step"], r["time"]) for r in log if "time" in r]
-        steps = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(times, times[1:]) if s1 > s0]
-        runs.append({"method": args["peft_type"], "lr": args["lr"], "run": run.name,
-                     "curve": [(r["step"], r["val_acc"]) for r in vals],
-                     "best": max((r["val_acc"] for r in vals), default=None),
-                     "last_loss": vals[-1]["val_loss"] if vals else None,
-                     "step_s": statistics.median(steps) if steps else None,
-                     "finished": (run / "train_summary.json").is_file()})
-    return runs
+    return [read_run(r) for r in runs_in(folder, "sweep_*_lr*")]
 
 
 def choose(runs: list[dict]) -> dict[str, dict]:
@@ -81,23 +96,114 @@ def figure(runs: list[dict], chosen: dict, out: Path) -> None:
     plt.close(fig)
 
 
+EVAL_KINDS = ("text", "cloze", "label")
+MAIN_RUN = re.compile(r"^(?!sweep_)(?P<config>.+)_s(?P<seed>\d+)$")
+
+
+def eval_seconds(folder: Path, run: str) -> float:
+    """Seconds of every task evaluated for `run` under <folder>/{text,cloze,label}/<run>/results.json."""
+    total = 0.0
+    for kind in EVAL_KINDS:
+        path = folder / kind / run / "results.json"
+        if path.is_file():
+            total += sum(t.get("seconds") or 0.0 for t in json.loads(path.read_text())["tasks"].values())
+    return total
+
+
+def load_main(folder: Path) -> dict[str, list[dict]]:
+    """Finished main runs, grouped by configuration (the folder name without _s<seed>), seeds in order."""
+    groups: dict[str, list[dict]] = {}
+    for path in runs_in(folder, "*_s*"):
+        match = MAIN_RUN.match(path.name)
+        if match and (path / "train_summary.json").is_file():
+            run = read_run(path)
+            run["eval_s"] = eval_seconds(folder, path.name)
+            groups.setdefault(match["config"], []).append(run)
+    return {c: sorted(rs, key=lambda r: r["seed"]) for c, rs in sorted(groups.items())}
+
+
+def mean_std(values: list[float]) -> str:
+    """"mean ± sample std" in %, or the single value."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def main_table(folder: Path, groups: dict[str, list[dict]]) -> str:
+    steps = sorted({s for rs in groups.values() for r in rs for s, _ in r["curve"]})
+    head = ["configuration", "method", "lr", "seeds", *[f"val acc @{s}" for s in steps], "best",
+            "s/step", "train h", "eval h"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    train_h = eval_h = 0.0
+    for config, rs in groups.items():
+        curves = [dict(r["curve"]) for r in rs]
+        at = [mean_std([c[s] for c in curves]) if all(s in c for c in curves) else "—" for s in steps]
+        t, e = sum(r["train_s"] for r in rs) / 3600, sum(r["eval_s"] for r in rs) / 3600
+        train_h, eval_h = train_h + t, eval_h + e
+        lines.append("| " + " | ".join([config, rs[0]["method"], f"{rs[0]['lr']:g}", ",".join(str(r["seed"]) for r in rs),
+                                        *at, mean_std([r["best"] for r in rs]),
+                                        f"{statistics.median(r['step_s'] for r in rs):.2f}", f"{t:.2f}", f"{e:.2f}"]) + " |")
+    zero = eval_seconds(folder, "zeroshot") / 3600
+    if zero:
+        eval_h += zero
+        lines.append("| zeroshot | — | — | — | " + " | ".join("—" for _ in steps) + f" | — | — | — | {zero:.2f} |")
+    lines.append("| **total** | | | | " + " | ".join("" for _ in steps) + f" | | | **{train_h:.2f}** | **{eval_h:.2f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main_figure(groups: dict[str, list[dict]], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (config, rs) in enumerate(groups.items()):
+        color = f"C{i}"
+        for r in rs:
+            xs, ys = zip(*r["curve"])
+            ax.plot(xs, [100 * y for y in ys], "-", color=color, lw=0.7, alpha=0.5)
+        steps = sorted(set.intersection(*[{s for s, _ in r["curve"]} for r in rs]))
+        mean = [100 * statistics.mean(dict(r["curve"])[s] for r in rs) for s in steps]
+        ax.plot(steps, mean, "o-", color=color, lw=2, label=f"{config} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+    ax.set(xlabel="optimizer step", ylabel="validation accuracy (%)",
+           title="main runs: mean over seeds (thick), single seeds (thin)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folder", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the Markdown file (the PNG goes beside it)")
+    p.add_argument("--main", action="store_true", help="the main runs (<config>_s<seed>), not the sweep")
     a = p.parse_args(argv)
-    runs = load(a.folder)
-    if not runs:
-        print(f"error: no sweep_<method>_lr<rate> runs with args.json and log.jsonl in {a.folder}", file=sys.stderr)
-        return 2
-    chosen = choose(runs)
-    text = table(runs, chosen)
+    if a.main:
+        groups = load_main(a.folder)
+        if not groups:
+            print(f"error: no finished <config>_s<seed> runs with args.json and log.jsonl in {a.folder}",
+                  file=sys.stderr)
+            return 2
+        text = main_table(a.folder, groups)
+        figure_of = lambda out: main_figure(groups, out)  # noqa: E731
+    else:
+        runs = load(a.folder)
+        if not runs:
+            print(f"error: no sweep_<method>_lr<rate> runs with args.json and log.jsonl in {a.folder}",
+                  file=sys.stderr)
+            return 2
+        chosen = choose(runs)
+        text = table(runs, chosen)
+        figure_of = lambda out: figure(runs, chosen, out)  # noqa: E731
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
-    figure(runs, chosen, a.out.with_suffix(".png"))
+    figure_of(a.out.with_suffix(".png"))
     print(text)
-    for m, r in sorted(chosen.items()):
-        print(f"LR_{m}={r['lr']:g}")
+    if not a.main:
+        for m, r in sorted(chosen.items()):
+            print(f"LR_{m}={r['lr']:g}")
     return 0
 
 
