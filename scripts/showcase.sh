@@ -5,12 +5,15 @@
 #   bash scripts/showcase.sh main     # SEEDS seeds per method at its chosen rate (LR_<method>), STEPS steps;
 #                                     # zero-shot and each finished run are evaluated in the text format at once,
 #                                     # so the main table's predictions are committed with the run
-#   bash scripts/showcase.sh ablation # KnowHiRA with its gates at GATE_LR_SCALE x the rate (ABLATION_SEEDS)
+#   bash scripts/showcase.sh ablation # KnowHiRA with its gates at GATE_LR_SCALE x the rate (ABLATION_SEEDS),
+#                                     # evaluated in the text format at once
+#   bash scripts/showcase.sh long     # the budget question: LONG_METHODS at LONG_STEPS steps (seed 1, their
+#                                     # chosen rates), evaluated in the text format at once
 #   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
 #   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot per seed group and per
 #                                     # seed, knowhira − hira), the main runs' validation curves and hours,
 #                                     # analyze_adapter.py (gates, forgetting) of the seed-1 runs
-#   bash scripts/showcase.sh all      # the five in order
+#   bash scripts/showcase.sh all      # the six in order
 # Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
 # --answer_format text; --protocol clean; r=32 on q,k,v,up,down; batch 8; warmup 10; cosine decay;
 # validation accuracy on 120 held-out records before training (step 0: the untrained model) and every
@@ -32,6 +35,9 @@ EVAL_STEPS=${EVAL_STEPS:-40}
 SEEDS=${SEEDS:-"1 2 3"}
 ABLATION_SEEDS=${ABLATION_SEEDS:-"1"}
 GATE_LR_SCALE=${GATE_LR_SCALE:-30}
+LONG_METHODS=${LONG_METHODS:-"knowhira hira"}
+LONG_STEPS=${LONG_STEPS:-1000}
+LONG_EVAL_STEPS=${LONG_EVAL_STEPS:-200}
 EVAL_N=${EVAL_N:-500}
 EVAL_TASKS=ARC-Easy,ARC-Challenge,openbookqa,boolq,piqa
 # learning-rate grids of the sweep (log-spaced, around each family's usual rates)
@@ -119,6 +125,17 @@ ablation() {
   for seed in $ABLATION_SEEDS; do
     train "knowhira_gate${GATE_LR_SCALE}_s$seed" knowhira "${LR_knowhira:?set LR_knowhira}" "$seed" "$STEPS" \
       --gate_lr_scale "$GATE_LR_SCALE"
+    evaluate text "knowhira_gate${GATE_LR_SCALE}_s$seed"
+  done
+}
+
+long_runs() {
+  local m var
+  for m in $LONG_METHODS; do
+    var="LR_$m"
+    EVAL_STEPS=$LONG_EVAL_STEPS train "${m}_long${LONG_STEPS}_s1" "$m" "${!var:?set $var to the rate the sweep chose}" 1 \
+      "$LONG_STEPS"
+    evaluate text "${m}_long${LONG_STEPS}_s1"
   done
 }
 
@@ -134,7 +151,7 @@ eval_all() {  # every evaluation kind over all runs before the next kind: (a) is
 }
 
 tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over each configuration's seed-1 run
-  local kind gate=knowhira_gate${GATE_LR_SCALE}_s1 runs=() m
+  local kind gate=knowhira_gate${GATE_LR_SCALE}_s1 long_k=knowhira_long${LONG_STEPS}_s1 long_h=hira_long${LONG_STEPS}_s1 runs=() m
   for kind in text cloze label; do
     [ -d "$DOCS/$kind" ] || continue
     # seed groups (mean ± std); knowhira − hira over all their seeds
@@ -143,7 +160,8 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
     # one row per seed: Δ vs zero-shot and McNemar p of every seed (the target: p < 0.01 in each);
     # the gate ablation against knowhira of the same seed
     "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --no_seed_groups --out "$DOCS/summary_${kind}_per_seed" \
-      $( [ -d "$DOCS/$kind/$gate" ] && echo --compare "$DOCS/$kind/$gate" "$DOCS/$kind/knowhira_s1" )
+      $( [ -d "$DOCS/$kind/$gate" ] && echo --compare "$DOCS/$kind/$gate" "$DOCS/$kind/knowhira_s1" ) \
+      $( [ -d "$DOCS/$kind/$long_k" ] && [ -d "$DOCS/$kind/$long_h" ] && echo --compare "$DOCS/$kind/$long_k" "$DOCS/$kind/$long_h" )
   done
   "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
@@ -154,8 +172,9 @@ case "${1:-all}" in
   sweep) sweep ;;
   main) main_runs ;;
   ablation) ablation ;;
+  long) long_runs ;;
   eval) eval_all ;;
   tables) tables ;;
-  all) sweep; main_runs; ablation; eval_all; tables ;;
-  *) echo "usage: $0 sweep|main|ablation|eval|tables|all" >&2; exit 2 ;;
+  all) sweep; main_runs; ablation; long_runs; eval_all; tables ;;
+  *) echo "usage: $0 sweep|main|ablation|long|eval|tables|all" >&2; exit 2 ;;
 esac
