@@ -11,8 +11,8 @@ method). Prints the table and one `LR_<method>=<rate>` line per method (for scri
 
 --main: every other <folder>/<config>_s<seed>/ with a train_summary.json (a finished run), grouped by
 <config>; per configuration the validation accuracy at each validation step as mean ± sample std over
-its seeds, the best step's, the median step time, and the wall-clock hours of training (first to last
-logged step, summed over seeds) and of evaluation (the "seconds" of every task in
+its seeds, the best step's, the median step time, and the wall-clock hours of training (summed over
+consecutive logged steps and over seeds) and of evaluation (the "seconds" of every task in
 <folder>/{text,cloze,label}/<run>/results.json); a last row sums the hours. <out stem>.png: mean
 validation accuracy against step per configuration, its seeds as thin lines.
 """
@@ -21,23 +21,28 @@ import json
 import re
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from analysis.paired import mean_std  # noqa: E402
 
 
 def read_run(run: Path) -> dict:
     """A run folder's validation curve, best validation accuracy, last validation loss, median step time
-    and wall-clock seconds of training (first to last logged step)."""
+    and wall-clock seconds of training (the sum over consecutive logged steps, so the pause of a killed
+    and resumed run, whose log goes back to its checkpoint's step, is not counted)."""
     args = json.loads((run / "args.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     vals = [r for r in log if "val_acc" in r]
     times = [(r["step"], r["time"]) for r in log if "time" in r]
-    steps = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(times, times[1:]) if s1 > s0]
+    spans = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in zip(times, times[1:]) if s1 > s0]
     return {"method": args["peft_type"], "lr": args["lr"], "seed": args.get("seed"), "run": run.name,
             "curve": [(r["step"], r["val_acc"]) for r in vals],
             "best": max((r["val_acc"] for r in vals), default=None),
             "last_loss": vals[-1]["val_loss"] if vals else None,
-            "step_s": statistics.median(steps) if steps else None,
-            "train_s": times[-1][1] - times[0][1] if times else 0.0,
+            "step_s": statistics.median(t / n for n, t in spans) if spans else None,
+            "train_s": sum(t for _, t in spans),
             "finished": (run / "train_summary.json").is_file()}
 
 
@@ -122,11 +127,10 @@ def load_main(folder: Path) -> dict[str, list[dict]]:
     return {c: sorted(rs, key=lambda r: r["seed"]) for c, rs in sorted(groups.items())}
 
 
-def mean_std(values: list[float]) -> str:
+def pct_mean_std(values: list[float]) -> str:
     """"mean ± sample std" in %, or the single value."""
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+    mean, std = mean_std(values)
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def main_table(folder: Path, groups: dict[str, list[dict]]) -> str:
@@ -137,11 +141,11 @@ def main_table(folder: Path, groups: dict[str, list[dict]]) -> str:
     train_h = eval_h = 0.0
     for config, rs in groups.items():
         curves = [dict(r["curve"]) for r in rs]
-        at = [mean_std([c[s] for c in curves]) if all(s in c for c in curves) else "—" for s in steps]
+        at = [pct_mean_std([c[s] for c in curves]) if all(s in c for c in curves) else "—" for s in steps]
         t, e = sum(r["train_s"] for r in rs) / 3600, sum(r["eval_s"] for r in rs) / 3600
         train_h, eval_h = train_h + t, eval_h + e
         lines.append("| " + " | ".join([config, rs[0]["method"], f"{rs[0]['lr']:g}", ",".join(str(r["seed"]) for r in rs),
-                                        *at, mean_std([r["best"] for r in rs]),
+                                        *at, pct_mean_std([r["best"] for r in rs]),
                                         f"{statistics.median(r['step_s'] for r in rs):.2f}", f"{t:.2f}", f"{e:.2f}"]) + " |")
     zero = eval_seconds(folder, "zeroshot") / 3600
     if zero:
@@ -187,7 +191,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         text = main_table(a.folder, groups)
-        figure_of = lambda out: main_figure(groups, out)  # noqa: E731
+        draw = partial(main_figure, groups)
     else:
         runs = load(a.folder)
         if not runs:
@@ -196,10 +200,10 @@ def main(argv=None) -> int:
             return 2
         chosen = choose(runs)
         text = table(runs, chosen)
-        figure_of = lambda out: figure(runs, chosen, out)  # noqa: E731
+        draw = partial(figure, runs, chosen)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
-    figure_of(a.out.with_suffix(".png"))
+    draw(a.out.with_suffix(".png"))
     print(text)
     if not a.main:
         for m, r in sorted(chosen.items()):
