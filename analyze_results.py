@@ -608,9 +608,19 @@ def to_markdown(header: list[str], rows: list[list[str]]) -> str:
 # ------------------------------------------------------------------------------------ plots
 
 def _bar_labels(rows: list[dict]) -> list[str]:
-    labels = [f"{row['method']}\n{row['model']}" + (f"\n{_format_hparams(row['hparams'])}"
-                                                     if row["hparams"] else "")
-              + (f"\n({len(row['runs'])} seeds)" if len(row["runs"]) > 1 else "") for row in rows]
+    """One x label per bar: the method; the model's file or folder name only where the bars' models
+    differ; the hyperparameters one per line (side by side they run into the next bar's label); the
+    number of seeds of a group."""
+    show_model = len({row["model"] for row in rows}) > 1
+    labels = []
+    for row in rows:
+        parts = [row["method"]]
+        if show_model:
+            parts.append(Path(str(row["model"]).rstrip("/")).name or str(row["model"]))
+        parts += _format_hparams(row["hparams"]).split(", ") if row["hparams"] else []
+        if len(row["runs"]) > 1:
+            parts.append(f"({len(row['runs'])} seeds)")
+        labels.append("\n".join(parts))
     if len(set(labels)) < len(labels):  # same method/model/hparams: tell rows apart by label
         labels = [f"{label}\n[{row['label']}]" for label, row in zip(labels, rows)]
     return labels
@@ -634,7 +644,7 @@ def plot_task(task: str, rows: list[dict], base: dict, out_path: Path) -> None:
            [100 * max(0.0, r["ci95_high"] - r["accuracy"]) for r in results]]
     labels = _bar_labels(shown)
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(shown) + 2.5), 5.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(shown) + 2.5), 5.5))
     x = list(range(len(shown)))
     bars = ax.bar(x, acc, yerr=err, capsize=6, color="tab:blue", alpha=0.85,
                   error_kw={"elinewidth": 1.2, "ecolor": "black"}, label="accuracy (95% interval)")

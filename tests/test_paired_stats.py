@@ -395,3 +395,17 @@ def test_metric_acc_norm_reads_the_norm_fields_and_pairs_correct_norm(tmp_path, 
     capsys.readouterr()
     assert analyze_results.main([str(root), "--metric", "acc_norm", "--mixed_protocols"]) == 2
     assert "has no acc_norm" in capsys.readouterr().err
+
+
+def test_bar_labels_name_the_model_only_where_it_differs_and_wrap_the_hyperparameters():
+    row = {"method": "knowhira", "model": "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+           "hparams": {"r_ab": 32, "lr": 0.003, "knowledge_alpha": 0.5, "max_steps": 200, "seed": 1},
+           "runs": ["a", "b"], "label": "knowhira"}
+    zero = {"method": "zero-shot", "model": row["model"], "hparams": {}, "runs": ["z"], "label": "zeroshot"}
+    assert analyze_results._bar_labels([row, zero]) == [
+        "knowhira\nr_ab=32\nlr=0.003\nknowledge_alpha=0.5\nmax_steps=200\nseed=1\n(2 seeds)", "zero-shot"]
+    other = dict(zero, model="/models/gpt-neo-125M/")  # a second model: each bar names its own
+    assert analyze_results._bar_labels([row, other])[0].split("\n")[1] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert analyze_results._bar_labels([row, other])[1] == "zero-shot\ngpt-neo-125M"
+    twin = dict(row, label="knowhira_b")  # same everything: the row labels tell them apart
+    assert analyze_results._bar_labels([row, twin])[1].endswith("\n[knowhira_b]")
