@@ -101,6 +101,8 @@ class EvalRecipe:
         self.protocol = get_protocol(self.protocol_name or trained.get("protocol", DEFAULT_PROTOCOL))
         self.answer_format = self.answer_format_name or trained.get("answer_format", "label")
         self.mode = self.opts.eval_mode or ("loglik" if self.answer_format == "text" else "generate")
+        if self.mode == "cloze" and self.answer_format_name is None:
+            self.answer_format = "label"  # cloze scores the choice texts in lm-eval's prompt: no answer format
         self.beam_size = self.opts.beam_size or self.protocol.num_beams
         self.max_new_tokens = self.opts.max_new_tokens or self.protocol.max_new_tokens
         self.meta.update(eval_mode=self.mode, answer_format=self.answer_format, max_examples=self.opts.max_examples,
@@ -119,7 +121,7 @@ class EvalRecipe:
             out["trained_protocol"] = trained["protocol"]
         if trained.get("train_on_inputs") not in (None, p.train_on_inputs):
             out["train_on_inputs"] = trained["train_on_inputs"]
-        if trained.get("answer_format", self.answer_format) != self.answer_format:
+        if self.mode != "cloze" and trained.get("answer_format", self.answer_format) != self.answer_format:
             out["trained_answer_format"] = trained["answer_format"]
         if self.mode == "generate":
             out.update({k: v for k, v, ref in (("beam_size", self.beam_size, p.num_beams),

@@ -117,6 +117,13 @@ def test_text_run_trains_validates_and_evaluation_names_a_format_mismatch(tiny_n
     results = json.loads((tmp_path / "other" / "results.json").read_text())
     assert results["meta"]["protocol_deviations"] == {"trained_answer_format": "text"}
     assert results["tasks"]["ARC-Easy"]["answer_format"] == "label"
+    # cloze scores the choice texts in lm-eval's own prompt: the run's text format is not inherited
+    rc, err = run_main(["--ckpt", run, "--data_dir", small, "--dataset", "arc-e", "--max_examples", "4",
+                        "--eval_mode", "cloze", "--results_dir", tmp_path / "cloze"], capsys)
+    assert rc == 0, err
+    results = json.loads((tmp_path / "cloze" / "results.json").read_text())
+    assert (results["meta"]["answer_format"], results["meta"]["protocol_deviations"]) == ("label", {})
+    assert results["tasks"]["ARC-Easy"]["mode"] == "cloze" and results["tasks"]["ARC-Easy"]["n"] == 4
 
 
 def test_training_refuses_a_record_without_parseable_options(tiny_neo_dir, data_dir, tmp_path, capsys):
