@@ -11,8 +11,9 @@
 #                                     # chosen rates), evaluated in the text format at once
 #   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
 #   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot per seed group and per
-#                                     # seed, knowhira − hira), the main runs' validation curves and hours,
-#                                     # analyze_adapter.py (gates, forgetting) of the seed-1 runs
+#                                     # seed, knowhira − hira; acc and acc_norm), the main runs' validation
+#                                     # curves and hours, analyze_adapter.py (gates, forgetting) of the
+#                                     # seed-1 runs
 #   bash scripts/showcase.sh all      # the six in order
 # Protocol (one for all): SmolLM2-135M-Instruct; the mix of every train file of the data folder;
 # --answer_format text; --protocol clean; r=32 on q,k,v,up,down; batch 8; warmup 10; cosine decay;
@@ -162,6 +163,9 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
     "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --no_seed_groups --out "$DOCS/summary_${kind}_per_seed" \
       $( [ -d "$DOCS/$kind/$gate" ] && echo --compare "$DOCS/$kind/$gate" "$DOCS/$kind/knowhira_s1" ) \
       $( [ -d "$DOCS/$kind/$long_k" ] && [ -d "$DOCS/$kind/$long_h" ] && echo --compare "$DOCS/$kind/$long_k" "$DOCS/$kind/$long_h" )
+    # the length-normalised score (score / option length; text and cloze only: label options are one word)
+    [ "$kind" = label ] || "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --metric acc_norm \
+      --out "$DOCS/summary_${kind}_norm" --compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/hira_s1"
   done
   "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
