@@ -112,6 +112,8 @@ def protocol_label(meta: dict, tasks: dict) -> str:
 
 
 METRICS = {"acc": "", "acc_norm": "_norm"}  # --metric -> the suffix of its results.json / eval/*.jsonl keys
+METRIC_NOTE = {"acc": "", "acc_norm": "Metric: acc_norm — every accuracy, interval and paired test here is of the "
+               "argmax of score / option length in characters, not of the summed score (acc)."}
 
 
 def load_run(path: Path, metric: str = "acc") -> dict:
@@ -629,7 +631,7 @@ def _bar_labels(rows: list[dict]) -> list[str]:
 ZERO_SHOT_STYLES = (("tab:gray", "-."), ("tab:purple", "-."), ("tab:brown", "-."), ("tab:olive", "-."))
 
 
-def plot_task(task: str, rows: list[dict], base: dict, out_path: Path) -> None:
+def plot_task(task: str, rows: list[dict], base: dict, out_path: Path, metric: str = "acc") -> None:
     """Bar chart of every row's accuracy on `task` with its 95% interval (Wilson for a run; over
     examples for a seed group, whose seeds are dots), and chance/majority/zero-shot lines."""
     import matplotlib
@@ -647,7 +649,8 @@ def plot_task(task: str, rows: list[dict], base: dict, out_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(shown) + 2.5), 5.5))
     x = list(range(len(shown)))
     bars = ax.bar(x, acc, yerr=err, capsize=6, color="tab:blue", alpha=0.85,
-                  error_kw={"elinewidth": 1.2, "ecolor": "black"}, label="accuracy (95% interval)")
+                  error_kw={"elinewidth": 1.2, "ecolor": "black"},
+                  label=f"{'accuracy' if metric == 'acc' else metric} (95% interval)")
     seeds_labelled, tops = False, [value + high for value, high in zip(acc, err[1])]
     for i, (bar, result) in enumerate(zip(bars, results)):
         if result.get("per_seed"):  # beside the whisker, not on it
@@ -668,10 +671,10 @@ def plot_task(task: str, rows: list[dict], base: dict, out_path: Path) -> None:
     for row, (color, style) in zip(zero_shot, ZERO_SHOT_STYLES * len(zero_shot)):
         value = 100 * row["tasks"][task]["accuracy"]
         ax.axhline(value, color=color, linestyle=style, linewidth=1.5,
-                   label=f"zero-shot {row['label']} ({value:.1f}%)")
+                   label=f"zero-shot{'' if 'zero' in row['label'] else ' ' + row['label']} ({value:.1f}%)")
     ns = sorted({r["n"] for r in results})
-    ax.set_title(f"{task}  (n = {', '.join(map(str, ns))})", fontsize=12)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{task}  (n = {', '.join(map(str, ns))}{'; ' + metric if metric != 'acc' else ''})", fontsize=12)
+    ax.set_ylabel("accuracy (%)" if metric == "acc" else f"{metric} (%)")
     ax.set_ylim(0, 105)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
@@ -716,7 +719,8 @@ def summarize(folders: list[str], out_dir, baseline: str | None = None, compares
 
     header, md_rows, csv_rows = build_tables(rows, deltas, base)
     table = to_markdown(header, md_rows)
-    doc = ["# Results", "", main_caption(common), "", table, FILES_NOTE, ""]
+    note = [METRIC_NOTE[metric], ""] if METRIC_NOTE[metric] else []
+    doc = ["# Results", "", *note, main_caption(common), "", table, FILES_NOTE, ""]
     groups = [row for row in rows if len(row["runs"]) > 1]
     if groups:
         doc += ["Seed groups:", ""] + [
@@ -734,11 +738,11 @@ def summarize(folders: list[str], out_dir, baseline: str | None = None, compares
     write_csv(out / "summary.csv", csv_rows)
     base_acc = baselines(rows, tasks)
     for task in tasks:
-        plot_task(task, rows, base_acc[task], out / f"{task}.png")
+        plot_task(task, rows, base_acc[task], out / f"{task}.png", metric)
     for a, b, caption, md, csv_rows in comparisons:
         stem = f"compare_{_safe(a['label'])}_vs_{_safe(b['label'])}"
         title = f"# {a['label']} vs {b['label']}"
-        (out / f"{stem}.md").write_text("\n".join([title, "", caption, "", md]), encoding="utf-8")
+        (out / f"{stem}.md").write_text("\n".join([title, "", *note, caption, "", md]), encoding="utf-8")
         write_csv(out / f"{stem}.csv", csv_rows)
         printed += f"\n{a['label']} − {b['label']} ({out / stem}.md):\n\n" + md
     return printed

@@ -389,7 +389,9 @@ def test_metric_acc_norm_reads_the_norm_fields_and_pairs_correct_norm(tmp_path, 
     assert float(rows["hira"]["ARC-Easy_delta"]) == pytest.approx(7 / 8)
     assert float(rows["hira"]["ARC-Easy_p"]) == pytest.approx(2 / 2 ** 7)  # 7 discordant pairs, all one way
     assert rows["hira"]["protocol"] == "clean (loglik, text)"
+    assert "Metric: acc_norm" in (out / "summary.md").read_text()
     assert analyze_results.main([str(root), "--out", str(tmp_path / "acc"), "--baseline", "zeroshot"]) == 0
+    assert "Metric:" not in (tmp_path / "acc" / "summary.md").read_text()
     assert float(read_csv(tmp_path / "acc" / "summary.csv")["hira"]["ARC-Easy_accuracy"]) == 0.0
     make_run(root / "generated", trained_meta(2), {"ARC-Easy": [1, 0, 0, 0, 0, 0, 0, 0]})
     capsys.readouterr()
