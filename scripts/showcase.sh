@@ -11,7 +11,7 @@
 #                                     # chosen rates), evaluated in the text format at once
 #   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
 #   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot per seed group and per
-#                                     # seed, knowhira − hira; acc and acc_norm), the main runs' validation
+#                                     # seed, knowhira − each method; acc and acc_norm), the main runs' validation
 #                                     # curves and hours, analyze_adapter.py (gates, forgetting) of the
 #                                     # seed-1 runs
 #   bash scripts/showcase.sh all      # the six in order
@@ -152,12 +152,17 @@ eval_all() {  # every evaluation kind over all runs before the next kind: (a) is
 }
 
 tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over each configuration's seed-1 run
-  local kind gate=knowhira_gate${GATE_LR_SCALE}_s1 long_k=knowhira_long${LONG_STEPS}_s1 long_h=hira_long${LONG_STEPS}_s1 runs=() m
+  local kind gate=knowhira_gate${GATE_LR_SCALE}_s1 long_k=knowhira_long${LONG_STEPS}_s1 long_h=hira_long${LONG_STEPS}_s1 runs=() vs m
   for kind in text cloze label; do
     [ -d "$DOCS/$kind" ] || continue
-    # seed groups (mean ± std); knowhira − hira over all their seeds
-    "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --out "$DOCS/summary_$kind" \
-      --compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/hira_s1"
+    vs=()  # knowhira − every other method (over all their seeds), where both are evaluated
+    for m in $METHODS; do
+      if [ "$m" != knowhira ] && [ -d "$DOCS/$kind/knowhira_s1" ] && [ -d "$DOCS/$kind/${m}_s1" ]; then
+        vs+=(--compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/${m}_s1")
+      fi
+    done
+    # seed groups (mean ± std)
+    "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --out "$DOCS/summary_$kind" "${vs[@]}"
     # one row per seed: Δ vs zero-shot and McNemar p of every seed (the target: p < 0.01 in each);
     # the gate ablation against knowhira of the same seed
     "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --no_seed_groups --out "$DOCS/summary_${kind}_per_seed" \
@@ -165,7 +170,7 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
       $( [ -d "$DOCS/$kind/$long_k" ] && [ -d "$DOCS/$kind/$long_h" ] && echo --compare "$DOCS/$kind/$long_k" "$DOCS/$kind/$long_h" )
     # the length-normalised score (score / option length; text and cloze only: label options are one word)
     [ "$kind" = label ] || "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --metric acc_norm \
-      --out "$DOCS/summary_${kind}_norm" --compare "$DOCS/$kind/knowhira_s1" "$DOCS/$kind/hira_s1"
+      --out "$DOCS/summary_${kind}_norm" "${vs[@]}"
   done
   "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
