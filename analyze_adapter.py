@@ -1,9 +1,10 @@
 """What did the adapter learn? Rank, knowledge-subspace alignment, size and forgetting of ΔW per layer.
 
-    python analyze_adapter.py RUN_DIR [RUN_DIR ...] --out DIR [--max_layers N] [--forgetting_texts N]
+    python analyze_adapter.py RUN_DIR [RUN_DIR ...] --out DIR [--results DIR] [--max_layers N] [--forgetting_texts N]
 
 Each RUN_DIR is a training run of train_knowhira.py (args.json + best/ or final/; results.json after
-evaluation). For every adapted layer the update ΔW (out x in) is rebuilt in float32 (analysis/deltas.py):
+evaluation, or RESULTS/<run folder name>/results.json with --results RESULTS when the evaluations were
+written elsewhere). For every adapted layer the update ΔW (out x in) is rebuilt in float32 (analysis/deltas.py):
 our methods via delta_weight(), LoRA as scaling·B A, DoRA/IA3 as W_merged − W0 from a float64 merge of
 that layer, fft as W_trained − W0 on the default (or args.json) target layers. Per layer:
 
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with <task>/test.json (env KNOWHIRA_DATA_DIR)")
     p.add_argument("--max_len", type=argtype(positive), default=128, help="tokens per forgetting text")
     p.add_argument("--batch", type=argtype(positive), default=8, help="batch size of the forgetting pass")
+    p.add_argument("--results", default=None, metavar="RESULTS",
+                   help="read each run's accuracies from RESULTS/<run folder name>/results.json "
+                        "(an evaluation's --results_dir root) instead of RUN_DIR/results.json")
     p.add_argument("--model_name", default=None,
                    help="override every run's base model (e.g. when args.json has a stale path)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -82,8 +86,9 @@ def _resolve_model(name: str) -> str:
     return name
 
 
-def read_run(run_dir: Path) -> dict:
-    """args.json, the method, the adapter folder and the evaluation accuracies of a run."""
+def read_run(run_dir: Path, results_root: str | None = None) -> dict:
+    """args.json, the method, the adapter folder and the evaluation accuracies of a run (from
+    RUN_DIR/results.json, or results_root/<run folder name>/results.json; none when absent)."""
     args_path = run_dir / "args.json"
     if not args_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no args.json (not a run folder)")
@@ -94,7 +99,7 @@ def read_run(run_dir: Path) -> dict:
     if not trained.is_dir():
         raise FileNotFoundError(f"{run_dir}: no trained adapter (best/ or final/)")
     accs = {}
-    results = run_dir / "results.json"
+    results = (Path(results_root) / run_dir.name if results_root else run_dir) / "results.json"
     if results.is_file():
         data = json.loads(results.read_text())
         accs = {t: float(v["accuracy"]) for t, v in (data.get("tasks") or {}).items()
@@ -112,7 +117,7 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
     from models.get_models import default_targets, load_base_model
     from models.methods import get_method
 
-    info = read_run(run_dir)
+    info = read_run(run_dir, opts.results)
     saved, method = info["args"], info["method"]
     impl = get_method(method)
     model_name = _resolve_model(opts.model_name or saved["model_name"])
@@ -256,7 +261,8 @@ def markdown(summary: list[dict], opts, n_texts: int, notes: list[str]) -> str:
         f"{n_texts} questions from the `{opts.forgetting_task}` TEST file (instruction template and "
         f"answers stripped; at most {opts.max_len} tokens each) — a stand-in for general pretraining "
         "text, which is not available offline. Δ > 0 means the adapted model fits that text worse.",
-        "- **acc avg**: unweighted mean accuracy over the tasks in the run's results.json.",
+        "- **acc avg**: unweighted mean accuracy over the tasks in the run's results.json"
+        + (f" (under {opts.results})." if opts.results else "."),
         "",
         "Files: adapter_summary.csv (this table, all columns), layers.csv (per layer), gates.csv "
         "(KnowHiRA per rank index), effective_rank.png, spectra.png (ΔW spectra of one layer every run "
@@ -335,7 +341,9 @@ def main(argv=None) -> int:
 
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         run_dirs = [Path(r) for r in opts.runs]
-        methods = [read_run(r)["method"] for r in run_dirs]  # fails early on a bad folder
+        if opts.results and not Path(opts.results).is_dir():
+            raise FileNotFoundError(f"--results {opts.results}: no such folder")
+        methods = [read_run(r, opts.results)["method"] for r in run_dirs]  # fails early on a bad folder
         texts = (forgetting_texts(opts.data_dir, opts.forgetting_task, opts.forgetting_texts)
                  if opts.forgetting_texts > 0 else None)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -399,3 +399,26 @@ def test_bad_run_dir(tmp_path, capsys):
 
     assert analyze_adapter.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no args.json" in capsys.readouterr().err
+
+
+def test_results_folder_elsewhere(runs, tmp_path, capsys):
+    """--results R reads R/<run folder name>/results.json; the run's own results.json is then ignored."""
+    import analyze_adapter
+
+    root, _ = runs
+    results = tmp_path / "text"
+    (results / "lora_run").mkdir(parents=True)
+    (results / "lora_run" / "results.json").write_text(json.dumps({"meta": {}, "tasks": {
+        "boolq": {"accuracy": 0.5}, "piqa": {"accuracy": 0.8}, "obqa": {"accuracy": 0.2}}}))
+    runs_args = [str(root / "knowhira_run"), str(root / "lora_run")]
+    rc = analyze_adapter.main(runs_args + ["--out", str(tmp_path / "o"), "--results", str(results),
+                                           "--max_layers", "1", "--forgetting_texts", "0", "--device", "cpu",
+                                           "--no_figures"])
+    assert rc == 0
+    summary = {r["method"]: r for r in _read(tmp_path / "o" / "adapter_summary.csv")}
+    assert float(summary["lora"]["acc_avg"]) == pytest.approx(0.5) and int(summary["lora"]["n_tasks"]) == 3
+    assert summary["knowhira"]["acc_avg"] == "" and int(summary["knowhira"]["n_tasks"]) == 0
+    assert f"under {results}" in (tmp_path / "o" / "adapter_summary.md").read_text()
+    assert analyze_adapter.main(runs_args + ["--out", str(tmp_path / "o2"), "--results",
+                                             str(tmp_path / "missing")]) == 2
+    assert "--results" in capsys.readouterr().err and not (tmp_path / "o2").exists()
