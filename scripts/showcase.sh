@@ -9,7 +9,8 @@
 #                                     # evaluated in the text format at once
 #   bash scripts/showcase.sh long     # the budget question: LONG_METHODS at LONG_STEPS steps (seed 1, their
 #                                     # chosen rates), evaluated in the text format at once
-#   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples
+#   bash scripts/showcase.sh eval     # every finished main and ablation run and zero-shot, same examples;
+#                                     # KINDS picks the evaluations (text cloze label), in that order
 #   bash scripts/showcase.sh tables   # analyze_results.py tables (Δ vs zero-shot per seed group and per
 #                                     # seed, knowhira − each method; acc and acc_norm), the main runs' validation
 #                                     # curves and hours, analyze_adapter.py (gates, forgetting) of the
@@ -40,6 +41,7 @@ LONG_METHODS=${LONG_METHODS:-"knowhira hira"}
 LONG_STEPS=${LONG_STEPS:-1000}
 LONG_EVAL_STEPS=${LONG_EVAL_STEPS:-200}
 EVAL_N=${EVAL_N:-500}
+KINDS=${KINDS:-"text cloze label"}
 EVAL_TASKS=ARC-Easy,ARC-Challenge,openbookqa,boolq,piqa
 # learning-rate grids of the sweep (log-spaced, around each family's usual rates)
 declare -A GRID=([fft]="1e-5 3e-5 1e-4" [lora]="3e-4 1e-3 3e-3" [dora]="3e-4 1e-3 3e-3"
@@ -144,7 +146,8 @@ eval_all() {  # every evaluation kind over all runs before the next kind: (a) is
   local kind seed m run runs=(zeroshot)
   for seed in $SEEDS; do for m in $METHODS; do runs+=("${m}_s$seed"); done; done
   for seed in $ABLATION_SEEDS; do runs+=("knowhira_gate${GATE_LR_SCALE}_s$seed"); done
-  for kind in text cloze label; do
+  for kind in $KINDS; do
+    case $kind in text|cloze|label) ;; *) echo "KINDS: unknown evaluation '$kind' (text|cloze|label)" >&2; exit 2 ;; esac
     for run in "${runs[@]}"; do
       if [ "$run" = zeroshot ] || [ -f "$RUNS/$run/train_summary.json" ]; then evaluate "$kind" "$run"; fi
     done
@@ -174,7 +177,7 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
   done
   "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
-  "$PY" analyze_adapter.py "${runs[@]}" --out "$DOCS/adapters"
+  "$PY" analyze_adapter.py "${runs[@]}" --results "$DOCS/text" --out "$DOCS/adapters"  # acc: text format
 }
 
 case "${1:-all}" in
