@@ -1,12 +1,13 @@
 """What did the adapter learn? Rank, knowledge-subspace alignment, size and forgetting of ΔW per layer.
 
-    python analyze_adapter.py RUN_DIR [RUN_DIR ...] --out DIR [--results DIR] [--max_layers N] [--forgetting_texts N]
+    python analyze_adapter.py RUN_DIR [RUN_DIR ...] --out DIR [--results DIR] [--max_layers N]
+                              [--forgetting_texts N]
 
 Each RUN_DIR is a training run of train_knowhira.py (args.json + best/ or final/; results.json after
 evaluation, or RESULTS/<run folder name>/results.json with --results RESULTS when the evaluations were
-written elsewhere). For every adapted layer the update ΔW (out x in) is rebuilt in float32 (analysis/deltas.py):
-our methods via delta_weight(), LoRA as scaling·B A, DoRA/IA3 as W_merged − W0 from a float64 merge of
-that layer, fft as W_trained − W0 on the default (or args.json) target layers. Per layer:
+written elsewhere). For every adapted layer the update ΔW (out x in) is rebuilt in float32
+(analysis/deltas.py): our methods via delta_weight(), LoRA as scaling·B A, DoRA/IA3 as W_merged − W0 from
+a float64 merge of that layer, fft as W_trained − W0 on the default (or args.json) target layers. Per layer:
 
 - numerical rank: #σ_i > max(out, in)·eps_float32·σ_1 (numpy/torch matrix_rank's default tolerance),
   next to an upper bound (rank_bound): r for LoRA/KaSA; min(rank(W0)·r, min(out, in)) for the Hadamard
