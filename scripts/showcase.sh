@@ -146,8 +146,10 @@ eval_all() {  # every evaluation kind over all runs before the next kind: (a) is
   local kind seed m run runs=(zeroshot)
   for seed in $SEEDS; do for m in $METHODS; do runs+=("${m}_s$seed"); done; done
   for seed in $ABLATION_SEEDS; do runs+=("knowhira_gate${GATE_LR_SCALE}_s$seed"); done
-  for kind in $KINDS; do
+  for kind in $KINDS; do  # checked before anything runs: a typo must not surface hours in
     case $kind in text|cloze|label) ;; *) echo "KINDS: unknown evaluation '$kind' (text|cloze|label)" >&2; exit 2 ;; esac
+  done
+  for kind in $KINDS; do
     for run in "${runs[@]}"; do
       if [ "$run" = zeroshot ] || [ -f "$RUNS/$run/train_summary.json" ]; then evaluate "$kind" "$run"; fi
     done
