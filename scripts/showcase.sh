@@ -179,6 +179,9 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
   done
   "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
+  if [ ${#runs[@]} -eq 0 ]; then  # it reads the weights, which stay in $RUNS (not in git)
+    echo "analyze_adapter: no seed-1 run in $RUNS; $DOCS/adapters left as it is" >&2; return 0
+  fi
   "$PY" analyze_adapter.py "${runs[@]}" --results "$DOCS/text" --out "$DOCS/adapters"  # acc: text format
 }
 
