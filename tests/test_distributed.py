@@ -4,14 +4,14 @@ Tiny RANDOM GPT-Neo with the real GPT-2 tokenizer; real training records."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+from training.checkpoint import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,17 +88,14 @@ def test_killed_two_process_run_resumes_exactly(tiny_neo_dir, small_data_dir, tm
                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(2, 29613) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "killed", 2, 8)
-                            + shard, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill the whole process group once step 5 is logged
-        log = run / "log.jsonl"
-        if log.exists() and len(log.read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # rank 0 SIGKILLs itself halfway through writing the step-6 checkpoint (checkpoint.py's fault hook);
+    # torchrun then stops rank 1. Deterministic: killing from outside once step 5 was logged raced a fast
+    # CPU, which finished all 8 steps first.
+    killed = subprocess.run(cmd(2, 29613) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "killed", 2, 8)
+                            + shard, cwd=ROOT, env=env(**{FAULT_ENV: "6"}), capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode != 0
+    assert (run / "checkpoints" / "latest").read_text() == "step_000004"  # step 6 was left half-written
     assert not (run / "final").exists()  # it really was interrupted
     resumed = subprocess.run(cmd(2, 29614) + ["--resume", str(run)], cwd=ROOT, env=env(),
                              capture_output=True, text=True, timeout=600)
