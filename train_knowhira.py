@@ -3,7 +3,7 @@
 Train:     python train_knowhira.py --model_name weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
                --dataset mix:boolq,ARC-Easy,ARC-Challenge,openbookqa --max_steps 40
 Resume:    python train_knowhira.py --resume RUN_DIR
-Evaluate:  python train_knowhira.py --ckpt RUN_DIR --dataset all
+Evaluate:  python train_knowhira.py --ckpt RUN_DIR --dataset all          (--adapter best|final|step_N)
            python train_knowhira.py --ckpt PEFT_ADAPTER_DIR --model_name ITS_BASE --dataset all
 Zero-shot: python train_knowhira.py --ckpt none --model_name MODEL --dataset boolq
 Export:    python train_knowhira.py --ckpt RUN_DIR --export peft --export_dir OUT    (or --export merged)
@@ -86,14 +86,26 @@ def train_values(given: dict, parser) -> dict:
 
 
 def resume_values(given: dict, parser) -> dict:
-    """The run's saved values, with the flags that may change safely applied (and printed)."""
+    """The run's saved values, with the flags that may change safely applied (and printed). The
+    training command itself may be repeated with --resume RUN_DIR added (as HF Trainer's
+    resume_from_checkpoint and torchtune's resume_from_checkpoint are used): a flag equal to the saved
+    value, and --output_folder/--run_name naming RUN_DIR, are accepted; a flag that differs is refused."""
     run_dir = Path(given["resume"])
     args_file = run_dir / "args.json"
     saved = run_args(run_dir, "--resume")
-    others = sorted(set(given) - {"resume", *RESUME_SAFE})
+
+    place = {"output_folder": run_dir.parent, "run_name": run_dir.name}  # the run's, from RUN_DIR
+
+    def changed(k) -> bool:
+        if k == "output_folder":
+            return Path(given[k]).resolve() != run_dir.parent.resolve()
+        return given[k] != place.get(k, saved.get(k))
+
+    others = sorted(k for k in set(given) - {"resume", *RESUME_SAFE} if changed(k))
     if others:
-        parser.error(f"--resume takes its configuration from {args_file}; {', '.join('--' + o for o in others)} "
-                     f"cannot change in a resumed run (allowed: {', '.join('--' + s for s in RESUME_SAFE)})")
+        parser.error(f"--resume takes its configuration from {args_file}; "
+                     + ", ".join(f"--{o} {given[o]} (the run's: {place.get(o, saved.get(o))})" for o in others)
+                     + f" cannot change in a resumed run (allowed: {', '.join('--' + s for s in RESUME_SAFE)})")
     for k in RESUME_SAFE:
         if k in given and given[k] != saved.get(k):
             print(f"note: resuming with --{k} {given[k]} (the run had {saved.get(k)})", file=sys.stderr)
@@ -123,8 +135,12 @@ def check_model_flags(given: dict, parser) -> None:
     """--model_name/--gguf_file/--load_bit: the base of --ckpt none or of a peft adapter folder
     (--model_name required there); a run folder's base comes from its args.json."""
     if given["ckpt"] == "none":
+        if "adapter" in given:
+            parser.error("--adapter picks a state of a trained run (--ckpt RUN_DIR); --ckpt none is the base model")
         return
     kind = checkpoint_kind(given["ckpt"])  # not a run nor a peft adapter: a one-line error
+    if kind == "peft" and "adapter" in given:
+        parser.error(f"--adapter picks a state of a run folder; --ckpt {given['ckpt']} is a peft adapter (one state)")
     if kind == "run" and set(MODEL_FLAGS) & given.keys():
         parser.error("--model_name/--gguf_file/--load_bit come from the run's args.json with --ckpt RUN_DIR; "
                      "they are for --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR (its base model)")

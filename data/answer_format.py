@@ -1,5 +1,7 @@
-"""What the response names: the answer LABEL ("the correct answer is answer2") or the chosen option's
-TEXT ("the correct answer is a bacterial population in the bloodstream").
+"""What the model is trained to say: the answer LABEL ("the correct answer is answer2"), the chosen
+option's TEXT ("the correct answer is a bacterial population in the bloodstream"), or, with no
+instruction template at all, the gold choice as the CLOZE continuation of its question
+("Question: ...\nAnswer:" + " a bacterial population in the bloodstream"; data/cloze.py).
 
 `--answer_format label` is the published datasets' own response. `text` rewrites it with the text of
 the gold option, parsed from the instruction as the cloze mode parses it (data/questions.py); boolq's
@@ -8,13 +10,18 @@ within thousands of examples, but it can learn to name the right option's text (
 comparison shows').
 
 Evaluation scores every offered option as the response to the same prompt (eval/loglik.py):
-label format: RESPONSE_PREFIX + the answer word; text format: RESPONSE_PREFIX + the option's text.
+label format: RESPONSE_PREFIX + the answer word; text format: RESPONSE_PREFIX + the option's text;
+cloze format: every choice's continuation after its context, as `--eval_mode cloze` (eval/cloze.py),
+which is how a cloze-format run is evaluated by default. Validation accuracy scores the same way
+(`scored_choices`): text format by the summed score (acc), cloze format by the summed score over the
+choice's length in characters (acc_norm, lm-eval's headline for ARC and OBQA).
 """
 from data.choices import answer_words, record_choices
+from data.cloze import cloze_train_example, encoded_requests
 from data.questions import FORMATS, parse_record
 from data.tasks import ANSWER_WORDS
 
-ANSWER_FORMATS = ("label", "text")
+ANSWER_FORMATS = ("label", "text", "cloze")
 RESPONSE_PREFIX = "the correct answer is "
 
 
@@ -44,6 +51,9 @@ def options(record: dict, index: int | None, answer_format: str, task: str | Non
     texts (text format); ValueError naming the record when its options cannot be parsed."""
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {answer_format!r}")
+    if answer_format == "cloze":
+        raise ValueError("the cloze answer format offers no responses to score: evaluate it with --eval_mode "
+                         "cloze, or name a response format with --answer_format label|text")
     if answer_format == "label":
         task = task or record.get("task")
         words = record_choices(record, task) if task else answer_words(record) or []
@@ -70,3 +80,28 @@ def with_answer_format(record: dict, index: int | None, answer_format: str) -> d
         raise ValueError(f"{where(index)}answer {record.get('answer')!r} is not one of its options "
                          f"{'/'.join(words)}")
     return {**record, "output": candidate_response(texts[words.index(record["answer"])])}
+
+
+def train_example(protocol, tokenizer, record: dict, index: int | None, answer_format: str, cutoff_len: int,
+                  train_on_inputs: bool) -> dict:
+    """dict(input_ids, labels) of one training record in `answer_format`: the protocol's prompt and the
+    response (label, text), or the gold choice's cloze request (cloze; no protocol, no template)."""
+    if answer_format == "cloze":
+        return cloze_train_example(tokenizer, record, record_task(record, index), cutoff_len, train_on_inputs, index)
+    return protocol.train_example(tokenizer, with_answer_format(record, index, answer_format), cutoff_len,
+                                  train_on_inputs)
+
+
+def scored_choices(protocol, tokenizer, record: dict, answer_format: str
+                   ) -> tuple[list[tuple[list[int], list[int]]], int, list[int] | None]:
+    """What validation accuracy scores for one record (text and cloze formats): ([(context ids,
+    continuation ids) per option], gold index, the lengths its score is divided by, or None: the
+    summed score). Text: the protocol's evaluation prompt and each option's response, as --eval_mode
+    loglik scores them; cloze: each choice's request, as --eval_mode cloze scores them (acc_norm)."""
+    if answer_format == "cloze":
+        pairs, lengths, item = encoded_requests(tokenizer, record, record_task(record, None), None)
+        return pairs, item.gold, lengths
+    words, texts = options(record, None, answer_format)
+    prompt = protocol.eval_prompt_ids(tokenizer, record)
+    responses = [tokenizer(candidate_response(t), add_special_tokens=False)["input_ids"] for t in texts]
+    return [(prompt, r) for r in responses], words.index(record["answer"]), None

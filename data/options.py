@@ -20,9 +20,11 @@ class DataOptions(Options):
     protocol: str = option(DEFAULT_PROTOCOL, "prompts, tokenisation, masking, decoding and answer extraction, "
                            "for training and evaluation (README 'Protocols'); evaluation: default the run's",
                            choices=tuple(PROTOCOLS))
-    answer_format: str = option("label", "what the response names: the answer label ('the correct answer is "
-                                "answer2', as published) or the chosen option's text; evaluation: default "
-                                "the run's (README 'Answer formats')", choices=ANSWER_FORMATS)
+    answer_format: str = option("label", "what the model is trained to say: the answer label ('the correct answer "
+                                "is answer2', as published), the chosen option's text, or (cloze) the gold "
+                                "choice as the continuation of 'Question: ...\\nAnswer:', lm-eval's cloze "
+                                "request, no template; evaluation: default the run's (README 'Answer formats')",
+                                choices=ANSWER_FORMATS)
     train_on_inputs: bool | None = option(None, "also put loss on the prompt (default: the protocol's; on "
                                           "for llm_adapters)")
     cache_dir: str = option(DEFAULT_CACHE_DIR, "tokenised features are kept here and reused by runs with the "

@@ -27,7 +27,8 @@ from data.answer_format import options
 from data.protocols import Protocol
 from data.tasks import ANSWER_WORDS, resolve_task
 from data.choices import record_choices
-from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows, parse_record
+from data.questions import parse_record
+from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows
 from eval.generate import generate_answers
 from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval

@@ -12,9 +12,22 @@ from models.get_models import ModelOptions
 from utils.options import Options, option, positive
 
 
+def parse_adapter(text: str) -> str:
+    """'best', 'final' or 'step_N' (N >= 0, written without zero padding: step_400)."""
+    if text in ("best", "final"):
+        return text
+    number = text[len("step_"):] if text.startswith("step_") else ""
+    if not number.isdigit():
+        raise ValueError(f"must be best, final or step_N (a checkpoint's step, e.g. step_400), got {text!r}")
+    return f"step_{int(number)}"
+
+
 @dataclass
 class EvalOptions(Options):
     ckpt: str | None = option(None, "evaluate a trained run RUN_DIR (or 'none': the base model zero-shot)")
+    adapter: str = option("best", "which state of the run --ckpt evaluates: best/ (else final/ when the run "
+                          "kept no best/), final/, or the checkpoint of step N (step_N: "
+                          "RUN_DIR/checkpoints/step_<N>/)", parse=parse_adapter)
     eval_mode: str | None = option(None, "generate and extract the answer (generate), score each option's "
                                    "response (loglik), or score the choice texts as lm-eval does (cloze); "
                                    "default: generate, loglik for the text answer format", choices=MODES)
@@ -73,7 +86,7 @@ class EvalRecipe:
             self.out_dir = Path(self.opts.results_dir or Path(self.output_folder) / f"zeroshot_{Path(name).name}")
         else:
             # a run folder (its args.json names method and base) or a stock peft adapter on self.base
-            ckpt = open_checkpoint(self.opts.ckpt, self.base)
+            ckpt = open_checkpoint(self.opts.ckpt, self.base, self.opts.adapter)
             method = ckpt.method
             model, self.tokenizer = ckpt.load()
             # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
@@ -82,7 +95,7 @@ class EvalRecipe:
             hparams = [f for f in method.config_cls.option_fields() if f.name != "target_modules"]
             if ckpt.kind == "run":
                 saved = ckpt.run_args
-                self.meta = {"method": method.name, "model_name": saved["model_name"], "adapter": ckpt.saved_dir.name,
+                self.meta = {"method": method.name, "model_name": saved["model_name"], "adapter": ckpt.adapter,
                              # counted at training time: peft loads lora/dora/ia3 frozen (count 0 here)
                              "trainable_params": saved.get("trainable_params"),
                              **{f.name: saved.get(f.name) for f in hparams},
@@ -100,9 +113,13 @@ class EvalRecipe:
         self.model = model.to(self.state.device).eval()
         self.protocol = get_protocol(self.protocol_name or trained.get("protocol", DEFAULT_PROTOCOL))
         self.answer_format = self.answer_format_name or trained.get("answer_format", "label")
-        self.mode = self.opts.eval_mode or ("loglik" if self.answer_format == "text" else "generate")
+        self.mode = self.opts.eval_mode or {"text": "loglik", "cloze": "cloze"}.get(self.answer_format, "generate")
         if self.mode == "cloze" and self.answer_format_name is None:
-            self.answer_format = "label"  # cloze scores the choice texts in lm-eval's prompt: no answer format
+            self.answer_format = "cloze"  # the choice texts in lm-eval's prompt (the cloze answer format's own)
+        if self.mode != "cloze" and self.answer_format == "cloze":
+            raise ValueError(f"--eval_mode {self.mode} scores a response after the protocol's prompt; the cloze "
+                             "answer format has none: use --eval_mode cloze, or name a response format with "
+                             "--answer_format label|text")
         self.beam_size = self.opts.beam_size or self.protocol.num_beams
         self.max_new_tokens = self.opts.max_new_tokens or self.protocol.max_new_tokens
         self.meta.update(eval_mode=self.mode, answer_format=self.answer_format, max_examples=self.opts.max_examples,

@@ -78,6 +78,8 @@ class Checkpoint:
     saved_dir: Path  # the adapter (or, for fft, model) folder
     base: ModelOptions  # the base model: a run's from args.json; a peft adapter's from --model_name
     run_args: dict | None = None  # a run's args.json
+    adapter: str | None = None  # a run's evaluated state: best, final or step_N
+    step_dir: Path | None = None  # step_N: RUN_DIR/checkpoints/step_<N>/, whose trainable tensors replace saved_dir's
     peft_config: dict | None = None  # a peft adapter's adapter_config.json
     cfg: object = None  # a peft adapter's config as the method's (set by `load`)
 
@@ -87,7 +89,10 @@ class Checkpoint:
 
         model, tokenizer = load_base_model(**asdict(self.base))
         if self.kind == "run":
-            return self.method.load(model, self.saved_dir), tokenizer
+            model = self.method.load(model, self.saved_dir)
+            if self.step_dir is not None:
+                load_step_tensors(model, self.step_dir / "trainable.safetensors")
+            return model, tokenizer
         model, self.cfg = self.method.load_peft(model, self.saved_dir, self.peft_config)
         return model, tokenizer
 
@@ -111,20 +116,68 @@ class Checkpoint:
         return total
 
 
-def open_checkpoint(ckpt, base: ModelOptions | None = None) -> Checkpoint:
-    """A run folder (its args.json names method and base; the adapter is best/, else final/) or a
-    stock peft adapter folder (HiRA, LoRA, DoRA, IA3) on the base model `base`."""
+def load_step_tensors(model, path: Path) -> None:
+    """Copy a training checkpoint's trainable tensors (training/checkpoint.py: every trainable
+    parameter by name) into `model`, a run's saved state loaded by its method: that gives the
+    structure and the tensors that never train (KnowHiRA's σ_norm, KaSA's truncated W0, ...), the
+    checkpoint the values of the step. A name or shape that does not fit is an error naming the file."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        saved = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}; damaged or truncated?)") from None
+    params = dict(model.named_parameters())
+    missing = sorted(saved.keys() - params.keys())
+    if missing:
+        raise ValueError(f"{path}: {missing[0]} is no parameter of the run's model"
+                         f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+    with torch.no_grad():
+        for name, value in saved.items():
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, the model's is "
+                                 f"{tuple(params[name].shape)}")
+            params[name].copy_(value)
+
+
+def run_state(path: Path, adapter: str) -> tuple[Path, Path | None, str]:
+    """(the saved folder the method loads, the step checkpoint folder or None, the state's name) of
+    `adapter` (best, final, step_N) in a run folder; FileNotFoundError saying what is missing."""
+    if adapter == "best":
+        saved_dir = saved_dir_of(path)  # best/, else final/ (a run that kept no best/)
+        if not saved_dir.is_dir():
+            raise FileNotFoundError(f"{path} has no trained adapter (best/ or final/)")
+        return saved_dir, None, saved_dir.name
+    if adapter == "final":
+        if not (path / "final").is_dir():
+            raise FileNotFoundError(f"--adapter final: {path / 'final'} not found (the run has not finished)")
+        return path / "final", None, "final"
+    step_dir = path / "checkpoints" / f"step_{int(adapter[len('step_'):]):06d}"
+    if not (step_dir / "trainable.safetensors").is_file():
+        kept = sorted(p.name for p in (path / "checkpoints").glob("step_*") if (p / "trainable.safetensors").is_file())
+        raise FileNotFoundError(f"--adapter {adapter}: no checkpoint {step_dir} (kept: {', '.join(kept) or 'none'})")
+    structure = saved_dir_of(path)  # the method's saved layout; the step's tensors replace its values
+    if not structure.is_dir():
+        raise FileNotFoundError(f"--adapter {adapter}: {path} has neither best/ nor final/, which give the "
+                                "adapter's structure")
+    return structure, step_dir, adapter
+
+
+def open_checkpoint(ckpt, base: ModelOptions | None = None, adapter: str = "best") -> Checkpoint:
+    """A run folder (its args.json names method and base; `adapter` picks best/ (else final/), final/
+    or the checkpoint of step N) or a stock peft adapter folder (HiRA, LoRA, DoRA, IA3) on the base
+    model `base`."""
     from models.methods import get_method, method_for_peft_config
 
     path = Path(ckpt)
     if checkpoint_kind(path) == "run":
         saved = run_args(path, "--ckpt")
-        saved_dir = saved_dir_of(path)
-        if not saved_dir.is_dir():
-            raise FileNotFoundError(f"{path} has no trained adapter (best/ or final/)")
+        saved_dir, step_dir, name = run_state(path, adapter)
         opts = ModelOptions(model_name=saved["model_name"],
                             **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
-        return Checkpoint(path, "run", get_method(saved["peft_type"]), saved_dir, opts, run_args=saved)
+        return Checkpoint(path, "run", get_method(saved["peft_type"]), saved_dir, opts, run_args=saved,
+                          adapter=name, step_dir=step_dir)
     if base is None:
         raise ValueError(f"--ckpt {ckpt} is a peft adapter: name its base model with --model_name")
     config = peft_adapter_config(path)

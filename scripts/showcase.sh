@@ -54,51 +54,31 @@ MIX=${MIX:-$(train_mix "$DATA_DIR")}
 PY=.venv/bin/python
 export TOKENIZERS_PARALLELISM=false
 
-keep() {  # copy a finished folder's small outputs: $RUNS/<path> -> $DOCS/<path>
-  local src=$RUNS/$1 dst=$DOCS/$1 f
-  mkdir -p "$dst"
-  for f in args.json log.jsonl train_summary.json loss.png results.json; do
-    [ -f "$src/$f" ] && cp "$src/$f" "$dst/"
-  done
-  if [ -d "$src/eval" ]; then mkdir -p "$dst/eval"; cp "$src"/eval/*.jsonl "$dst/eval/"; fi
-  return 0
-}
-
 train() {  # run name, method, learning rate, seed, steps, [extra flags...]
-  local dir=$RUNS/$1 extra
+  local extra
   read -ra extra <<< "${EXTRA[$2]:-}"
   extra+=("${@:6}")
-  [ -f "$dir/train_summary.json" ] && return 0
-  if [ -f "$dir/args.json" ]; then
-    "$PY" train_knowhira.py --resume "$dir"
-  else
-    "$PY" train_knowhira.py --model_name "$MODEL" --data_dir "$DATA_DIR" --dataset "mix:$MIX" \
-      --answer_format text --protocol clean --peft_type "$2" --r_ab 32 \
-      --target_modules q_proj,k_proj,v_proj,up_proj,down_proj --lr "$3" --seed "$4" --max_steps "$5" \
-      --batch 8 --warmup 10 --lr_scheduler cosine --val_size 120 --eval_steps "$EVAL_STEPS" \
-      --best_metric val_acc --validate_at_start --save_steps 20 --keep_checkpoints 1 \
-      --output_folder "$RUNS" --run_name "$1" "${extra[@]}"
-  fi
-  rm -rf "$dir/checkpoints"  # finished: best/ and final/ stay, the resume state is not needed
-  keep "$1"
+  train_run "$1" --model_name "$MODEL" --data_dir "$DATA_DIR" --dataset "mix:$MIX" \
+    --answer_format text --protocol clean --peft_type "$2" --r_ab 32 \
+    --target_modules q_proj,k_proj,v_proj,up_proj,down_proj --lr "$3" --seed "$4" --max_steps "$5" \
+    --batch 8 --warmup 10 --lr_scheduler cosine --val_size 120 --eval_steps "$EVAL_STEPS" \
+    --best_metric val_acc --validate_at_start --save_steps 20 --keep_checkpoints 1 "${extra[@]}"
 }
 
 evaluate() {  # kind (text|cloze|label), run name (or "zeroshot"): results in $RUNS/<kind>/<name>/
-  local kind=$1 name=$2 ckpt=$RUNS/$2 base=() args
+  local kind=$1 name=$2 args
   [ -f "$RUNS/$kind/$name/.done" ] && return 0
-  if [ "$name" = zeroshot ]; then ckpt=none; base=(--model_name "$MODEL"); fi
   case $kind in
     # (a) text format: ARC-Easy, ARC-Challenge, OBQA, BoolQ and PIQA (transfer) on EVAL_N seeded examples
-    text) args=(--answer_format text --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N") ;;
+    text) args=(--answer_format text --eval_mode loglik --max_examples "$EVAL_N") ;;
     # (b) knowledge kept or lost: lm-eval-style cloze on the full ARC-Easy and PIQA test files
-    cloze) args=(--eval_mode cloze --dataset ARC-Easy,piqa) ;;
+    cloze) args=(--eval_mode cloze) ;;
     # (c) the label format on the same examples as (a)
-    label) args=(--answer_format label --eval_mode loglik --dataset "$EVAL_TASKS" --max_examples "$EVAL_N") ;;
+    label) args=(--answer_format label --eval_mode loglik --max_examples "$EVAL_N") ;;
   esac
-  "$PY" train_knowhira.py --ckpt "$ckpt" "${base[@]}" --data_dir "$DATA_DIR" --protocol clean \
-    --eval_batch 16 "${args[@]}" --results_dir "$RUNS/$kind/$name"
+  eval_run "$kind/$name" "$name" "$([ "$kind" = cloze ] && echo ARC-Easy,piqa || echo "$EVAL_TASKS")" \
+    --protocol clean --eval_batch 16 "${args[@]}"
   touch "$RUNS/$kind/$name/.done"
-  keep "$kind/$name"
 }
 
 sweep() {  # the middle rate of every method first, then the low ones, then the high ones

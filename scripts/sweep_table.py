@@ -14,7 +14,8 @@ method). Prints the table and one `LR_<method>=<rate>` line per method (for scri
 its seeds, the best step's, the median step time, and the wall-clock hours of training (summed over
 consecutive logged steps and over seeds) and of evaluation (the "seconds" of every task in
 <folder>/{text,cloze,label}/<run>/results.json); a last row sums the hours. <out stem>.png: mean
-validation accuracy against step per configuration, its seeds as thin lines.
+validation accuracy against step per configuration, its seeds as thin lines; runs that log per-task
+validation accuracy (val_acc/<task>) add one panel per task. Runs named pilot_* are not main runs.
 """
 import argparse
 import json
@@ -37,8 +38,10 @@ def read_run(run: Path) -> dict:
     vals = [r for r in log if "val_acc" in r]
     times = [(r["step"], r["time"]) for r in log if "time" in r]
     spans = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in zip(times, times[1:]) if s1 > s0]
+    tasks = sorted({k[len("val_acc/"):] for r in vals for k in r if k.startswith("val_acc/")})
     return {"method": args["peft_type"], "lr": args["lr"], "seed": args.get("seed"), "run": run.name,
             "curve": [(r["step"], r["val_acc"]) for r in vals],
+            "task_curves": {t: [(r["step"], r[f"val_acc/{t}"]) for r in vals if f"val_acc/{t}" in r] for t in tasks},
             "best": max((r["val_acc"] for r in vals), default=None),
             "last_loss": vals[-1]["val_loss"] if vals else None,
             "step_s": statistics.median(t / n for n, t in spans) if spans else None,
@@ -102,7 +105,7 @@ def figure(runs: list[dict], chosen: dict, out: Path) -> None:
 
 
 EVAL_KINDS = ("text", "cloze", "label")
-MAIN_RUN = re.compile(r"^(?!sweep_)(?P<config>.+)_s(?P<seed>\d+)$")
+MAIN_RUN = re.compile(r"^(?!sweep_|pilot_)(?P<config>.+)_s(?P<seed>\d+)$")
 
 
 def eval_seconds(folder: Path, run: str) -> float:
@@ -156,23 +159,31 @@ def main_table(folder: Path, groups: dict[str, list[dict]]) -> str:
 
 
 def main_figure(groups: dict[str, list[dict]], out: Path) -> None:
+    """Validation accuracy against step: all records, then (runs that log val_acc/<task>) one panel per task."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, (config, rs) in enumerate(groups.items()):
-        color = f"C{i}"
-        for r in rs:
-            xs, ys = zip(*r["curve"])
-            ax.plot(xs, [100 * y for y in ys], "-", color=color, lw=0.7, alpha=0.5)
-        steps = sorted(set.intersection(*[{s for s, _ in r["curve"]} for r in rs]))
-        mean = [100 * statistics.mean(dict(r["curve"])[s] for r in rs) for s in steps]
-        ax.plot(steps, mean, "o-", color=color, lw=2, label=f"{config} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
-    ax.set(xlabel="optimizer step", ylabel="validation accuracy (%)",
-           title="main runs: mean over seeds (thick), single seeds (thin)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    tasks = sorted({t for rs in groups.values() for r in rs for t in r["task_curves"]})
+    panels = [("all validation records", lambda r: r["curve"])] + \
+        [(t, lambda r, t=t: r["task_curves"].get(t, [])) for t in tasks]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 + 4.5 * (len(panels) - 1), 4), squeeze=False)
+    for ax, (title, curve_of) in zip(axes[0], panels):
+        for i, (config, rs) in enumerate(groups.items()):
+            color, curves = f"C{i}", [curve_of(r) for r in rs]
+            if not all(curves):
+                continue
+            for c in curves:
+                xs, ys = zip(*c)
+                ax.plot(xs, [100 * y for y in ys], "-", color=color, lw=0.7, alpha=0.5)
+            steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
+            mean = [100 * statistics.mean(dict(c)[s] for c in curves) for s in steps]
+            seeds = f"{len(rs)} seed{'s' if len(rs) > 1 else ''}"
+            ax.plot(steps, mean, "o-", color=color, lw=2, label=f"{config} ({seeds})")
+        ax.set(xlabel="optimizer step", ylabel="validation accuracy (%)", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("main runs: mean over seeds (thick), single seeds (thin)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -122,7 +122,7 @@ def test_text_run_trains_validates_and_evaluation_names_a_format_mismatch(tiny_n
                         "--eval_mode", "cloze", "--results_dir", tmp_path / "cloze"], capsys)
     assert rc == 0, err
     results = json.loads((tmp_path / "cloze" / "results.json").read_text())
-    assert (results["meta"]["answer_format"], results["meta"]["protocol_deviations"]) == ("label", {})
+    assert (results["meta"]["answer_format"], results["meta"]["protocol_deviations"]) == ("cloze", {})
     assert results["tasks"]["ARC-Easy"]["mode"] == "cloze" and results["tasks"]["ARC-Easy"]["n"] == 4
 
 

@@ -21,8 +21,9 @@ import pytest
 
 from conftest import tiny_model
 from data.protocols import get_protocol
-from eval.cloze import (PROTOCOL_NAME, cloze_requests, cloze_rows, encode_pair, hellaswag_preprocess,
-                        parse_record)
+from data.cloze import cloze_requests, encode_pair, hellaswag_preprocess
+from data.questions import parse_record
+from eval.cloze import PROTOCOL_NAME, cloze_rows
 from eval.evaluate import evaluate_task
 from eval.metrics import wilson_interval
 

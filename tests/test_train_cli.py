@@ -486,6 +486,22 @@ def test_resume_rejects_a_configuration_flag(tiny_run, tmp_path, capsys):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files  # nothing touched
 
 
+def test_resume_accepts_the_training_command_repeated(tiny_run, tiny_neo_dir, small_data_dir, tmp_path, capsys,
+                                                      threads1):
+    """The habit of every trainer: the same command with --resume RUN_DIR added (flags equal to the saved
+    values, --output_folder/--run_name naming the run) continues the run; a changed flag is named."""
+    run = copy_run(tiny_run, tmp_path)
+    same = tiny_train_args(tiny_neo_dir, small_data_dir, run.parent, "--run_name", run.name)
+    rc, err = run_main([*same, "--max_steps", 3, "--resume", run], capsys)
+    assert rc == 0, err
+    assert [r["step"] for r in read_log(run)] == [1, 2, 3]
+    other = tiny_train_args(tiny_neo_dir, small_data_dir, run.parent, "--run_name", "elsewhere")
+    rc, err = run_main([*other, "--seed", 4, "--resume", run], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert "--run_name elsewhere (the run's: tiny)" in line and "--seed 4 (the run's: 3)" in line
+
+
 def test_resume_with_more_max_steps_continues(tiny_run, tmp_path, capsys, threads1):
     run = copy_run(tiny_run, tmp_path)
     rc = train_knowhira.main(["--resume", str(run), "--max_steps", "5"])

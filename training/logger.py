@@ -84,7 +84,8 @@ def read_log(run_dir) -> list[dict]:
 
 
 def plot_losses(run_dir) -> Path:
-    """RUN_DIR/loss.png: task and validation loss, and the regulariser, against the optimizer step."""
+    """RUN_DIR/loss.png: task and validation loss, the regulariser, and the validation accuracy (over
+    all records and per task, dashed, with each task's record count) against the optimizer step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,11 +109,16 @@ def plot_losses(run_dir) -> Path:
     if acc:
         steps = [r["step"] for r in acc]
         ax[2].plot(steps, [r["val_acc"] for r in acc], "o-", color="tab:red", label="validation accuracy")
-        label_format = all("val_answer_loss" in r for r in acc)  # text format: options scored whole
+        for task in sorted({k[len("val_acc/"):] for r in acc for k in r if k.startswith("val_acc/")}):
+            points = [(r["step"], r[f"val_acc/{task}"], r.get(f"val_acc_n/{task}", "?")) for r in acc
+                      if f"val_acc/{task}" in r]
+            ax[2].plot([p[0] for p in points], [p[1] for p in points], ".--", lw=1, alpha=0.8,
+                       label=f"{task} ({points[-1][2]})")
+        label_format = all("val_answer_loss" in r for r in acc)  # text/cloze format: options scored whole
         ax[2].set(xlabel="optimizer step", ylim=(0, 1),
                   ylabel="accuracy at the answer token" if label_format else "accuracy (options scored)",
                   title=f"Validation accuracy ({acc[-1].get('val_acc_n', '?')} records)")
-        ax[2].legend(loc="upper left")
+        ax[2].legend(loc="upper left", fontsize=7)
         if label_format:
             twin = ax[2].twinx()
             twin.plot(steps, [r["val_answer_loss"] for r in acc], "s--", color="tab:purple", alpha=0.6,

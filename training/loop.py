@@ -209,28 +209,41 @@ def task_loss_sum(model, batch: dict, head: OutputHead | None = None) -> tuple[t
 
 @torch.no_grad()
 def validate(accelerator, model, features: list[dict], collate, batch: int, slots=None, head=None,
-             choices=None) -> dict:
+             choices=None, tasks=None) -> dict:
     """Validation numbers, sharded over ranks:
     val_loss         token-averaged task loss (what the training loss measures);
     val_acc          label answer format: share of records whose gold answer word scores highest among
                      the offered ones at the answer position (data.protocols.answer_slot), i.e. argmax
                      of the logits of the answer tokens there, one forward per record;
-                     text answer format: share of records whose gold option's response scores highest
-                     (summed log-probability, eval.scoring, as --eval_mode loglik scores it);
-                     over the records with known options (val_acc_n);
+                     text and cloze answer formats: share of records whose gold option scores highest
+                     (data.answer_format.scored_choices: text by the summed log-probability, as
+                     --eval_mode loglik; cloze by it over the choice's length, acc_norm of --eval_mode
+                     cloze); over the records with known options (val_acc_n);
+    val_acc/<task>   the same over the records of each task (`tasks[i]`: features[i]'s task, None: none);
+                     weighted by val_acc_n/<task> they average to val_acc;
     val_answer_loss  (label format) mean −log p(gold answer token) at that position.
-    `slots[i]` is answer_slot(...) of features[i], `choices[i]` (text format) is (prompt ids, [response
-    ids of each option], gold index); None: not scored. `head`: the model's OutputHead, or None."""
+    `slots[i]` is answer_slot(...) of features[i], `choices[i]` (text and cloze formats) is
+    scored_choices(...) of its record; None: not scored. `head`: the model's OutputHead, or None."""
     from eval.scoring import score_token_pairs
 
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(len(features)))[rank::world]
-    total = torch.zeros(5, device=accelerator.device, dtype=torch.float64)  # loss, n, correct, nll, scored
+    names = sorted({t for t in tasks or () if t is not None})
+    column = {t: 5 + 2 * k for k, t in enumerate(names)}  # per task: correct, scored
+    # loss, n, correct, nll, scored, then the per-task pairs
+    total = torch.zeros(5 + 2 * len(names), device=accelerator.device, dtype=torch.float64)
+
+    def count(j, right: bool):
+        total[2] += float(right)
+        total[4] += 1
+        if tasks and tasks[j] is not None:
+            total[column[tasks[j]]] += float(right)
+            total[column[tasks[j]] + 1] += 1
+
     for i in range(0, len(mine), batch):
         chunk = mine[i:i + batch]
         b = {k: v.to(accelerator.device) for k, v in collate([features[j] for j in chunk]).items()}
-        correct = nll = scored = 0.0
         with accelerator.autocast():
             if head is None:
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -251,19 +264,20 @@ def validate(accelerator, model, features: list[dict], collate, batch: int, slot
                 position, token_ids, gold = slot
                 at = logits[row, position] if head is None else kept[where[row, position]]
                 logp = torch.log_softmax(at.float(), dim=-1)[token_ids]
-                correct += float(int(logp.argmax()) == gold)
-                nll -= logp[gold].item()
-                scored += 1
-            known = [choices[j] for j in chunk if choices and choices[j] is not None]
+                count(j, int(logp.argmax()) == gold)
+                total[3] -= logp[gold].item()
+            known = [j for j in chunk if choices and choices[j] is not None]
             if known:
-                flat = score_token_pairs(model, [(p, r) for p, options, _ in known for r in options],
+                flat = score_token_pairs(model, [pair for j in known for pair in choices[j][0]],
                                          collate.pad_id, batch_size=batch, show_progress=False)
-                for p, options, gold in known:
-                    scores, flat = flat[:len(options)], flat[len(options):]
-                    correct += float(max(range(len(scores)), key=scores.__getitem__) == gold)
-                    scored += 1
-        total += torch.tensor([loss.item(), n, correct, nll, scored], device=accelerator.device,
-                              dtype=torch.float64)
+                for j in known:
+                    pairs, gold, lengths = choices[j]
+                    scores, flat = flat[:len(pairs)], flat[len(pairs):]
+                    if lengths is not None:  # acc_norm: the score per character of the choice
+                        scores = [s / n_chars if n_chars else float("-inf") for s, n_chars in zip(scores, lengths)]
+                    count(j, max(range(len(scores)), key=lambda k: (scores[k], -k)) == gold)
+        total[0] += loss.item()
+        total[1] += n
     total = accelerator.reduce(total, "sum")
     model.train()
     out = {"val_loss": (total[0] / total[1]).item()}
@@ -271,6 +285,10 @@ def validate(accelerator, model, features: list[dict], collate, batch: int, slot
         out.update(val_acc=(total[2] / total[4]).item(), val_acc_n=int(total[4]))
         if slots:
             out["val_answer_loss"] = (total[3] / total[4]).item()
+        for t in names:
+            c = column[t]
+            if total[c + 1] > 0:
+                out.update({f"val_acc/{t}": (total[c] / total[c + 1]).item(), f"val_acc_n/{t}": int(total[c + 1])})
     return out
 
 
@@ -297,11 +315,12 @@ class Trainer:
 
     def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
                  cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None, val_choices=None,
-                 lr_scales=None):
+                 lr_scales=None, val_tasks=None):
         self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
         self.train_features, self.val_features, self.save = train_features, val_features, save
         self.val_slots, self.config = val_slots, config  # config: saved with checkpoints, checked on resume
-        self.val_choices = val_choices  # text answer format: what val_acc scores (validate)
+        self.val_choices = val_choices  # text and cloze answer formats: what val_acc scores (validate)
+        self.val_tasks = val_tasks  # each validation record's task (val_acc/<task>), or None
         self.reg_fn, self.reg_weight = regularizer if regularizer is not None else (None, 0.0)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.global_batch = cfg.batch * cfg.grad_acc * self.world
@@ -454,7 +473,7 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         if cfg.validate_at_start and self.step == 0 and self.val_features:  # the untrained model's numbers
             numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots,
-                               self.head, self.val_choices)
+                               self.head, self.val_choices, self.val_tasks)
             if logger is not None:
                 logger.log({"step": 0, **numbers})
         stopped_early, t_last, tokens_since = False, time.time(), 0
@@ -487,7 +506,7 @@ class Trainer:
                     or (cfg.eval_strategy == "epoch" and (end_of_epoch or step == total)))
                 if do_eval:
                     numbers = validate(acc, self.wrapped, self.val_features, self.collate, cfg.batch, self.val_slots,
-                                       self.head, self.val_choices)
+                                       self.head, self.val_choices, self.val_tasks)
                     record = {**(record or {"step": step}), **numbers}
                     if cfg.best_metric not in numbers:
                         raise ValueError(f"--best_metric {cfg.best_metric}: no validation record has a known "

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from data.answer_format import candidate_response, options, with_answer_format
+from data.answer_format import record_task, scored_choices, train_example
 from data.options import DataOptions
 from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
@@ -118,9 +118,8 @@ class TrainRecipe:
             with tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2) as bar:  # closed before an error
                 for r in bar:
                     try:
-                        example = with_answer_format(r, None, self.data.answer_format)
-                        features.append(self.protocol.train_example(self.tokenizer, example, self.data.cutoff_len,
-                                                                    self.data.train_on_inputs))
+                        features.append(train_example(self.protocol, self.tokenizer, r, None, self.data.answer_format,
+                                                      self.data.cutoff_len, self.data.train_on_inputs))
                     except ValueError as e:  # e.g. a response longer than --cutoff_len: name file and record
                         where = record_place(self.data.data_dir, self.data.dataset, records, r)
                         raise DataError(f"{where}: {e}") from None
@@ -132,7 +131,9 @@ class TrainRecipe:
         if self.data.answer_format == "label":
             self.val_slots = [answer_slot(self.protocol, self.tokenizer, r, self.data.cutoff_len) for r in val_records]
         else:
-            self.val_choices = [self.option_choices(r) for r in val_records]
+            self.val_choices = [scored_choices(self.protocol, self.tokenizer, r, self.data.answer_format)
+                                for r in val_records]
+        self.val_tasks = [task_of(r) for r in val_records]  # val_acc/<task>
         # after from_pretrained: σ_norm (KnowHiRA) and the truncation (KaSA) see the pretrained weights
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: not the user's concern
             warnings.filterwarnings("ignore", r".*is_gradient_checkpointing.* is deprecated", FutureWarning)
@@ -142,13 +143,6 @@ class TrainRecipe:
             self.accelerator.print(message)
         self.n_trainable = count_trainable(self.model)
         return self
-
-    def option_choices(self, record: dict) -> tuple[list[int], list[list[int]], int]:
-        """(evaluation prompt ids, response ids of each offered option, gold index) of a validation
-        record in the text answer format: what val_acc scores (as --eval_mode loglik does)."""
-        words, texts = options(record, None, self.data.answer_format)
-        responses = [self.tokenizer(candidate_response(t), add_special_tokens=False)["input_ids"] for t in texts]
-        return self.protocol.eval_prompt_ids(self.tokenizer, record), responses, words.index(record["answer"])
 
     def initialise(self) -> str | None:
         """The method's data-dependent initialisation (HiRA-SB's gradient pass), on a sample of
@@ -173,7 +167,7 @@ class TrainRecipe:
     def trainer(self) -> Trainer:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
                        self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
-                       self.val_slots, config=self.config(), val_choices=self.val_choices,
+                       self.val_slots, config=self.config(), val_choices=self.val_choices, val_tasks=self.val_tasks,
                        lr_scales=self.method.lr_scales(self.method_cfg))
 
     def save(self, model, out_dir, write: bool = True) -> None:
@@ -221,6 +215,14 @@ class TrainRecipe:
                       f"median step {summary['median_step_s']:.2f} s, "
                       f"peak memory {summary['peak_memory_gib']:.2f} GiB ({summary['memory_kind']})")
         return result
+
+
+def task_of(record: dict) -> str | None:
+    """The record's task for the per-task validation accuracy, or None when no task fits it."""
+    try:
+        return record_task(record, None)
+    except ValueError:
+        return None
 
 
 def train_summary(run_dir, result, device) -> dict:
