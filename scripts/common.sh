@@ -25,15 +25,14 @@ keep() {
   return 0
 }
 
-# train_run NAME FLAGS...: a finished $RUNS/NAME is skipped, a started one continues with --resume, else
+# train_run NAME FLAGS...: a started $RUNS/NAME continues with --resume, a finished one is left as it is, else
 # it trains with FLAGS; then its resume state is dropped (best/ and final/ stay) and its outputs kept
 train_run() {
   local name=$1 dir=$RUNS/$1
   shift
-  [ -f "$dir/train_summary.json" ] && return 0
-  if [ -f "$dir/args.json" ]; then
+  if [ -f "$dir/args.json" ] && [ ! -f "$dir/train_summary.json" ]; then
     "$PY" train_knowhira.py --resume "$dir"
-  else
+  elif [ ! -f "$dir/args.json" ]; then
     "$PY" train_knowhira.py "$@" --output_folder "$RUNS" --run_name "$name"
   fi
   rm -rf "$dir/checkpoints"

@@ -70,8 +70,8 @@ def choose_format(folder: Path) -> int:
     lines += ["", *[f"- {f}: {n} task(s) pass, mean Δ {100 * m:+.2f} points" for f, (n, m) in score.items()],
               "", f"**Chosen: {chosen}** (metric {METRIC[chosen]})"]
     (folder / "choice.md").write_text("\n".join(lines) + "\n")
+    (folder / "format").write_text(chosen + "\n")  # what scripts/knowledge.sh reads
     print("\n".join(lines))
-    print(chosen)
     return 0
 
 
