@@ -2,6 +2,8 @@
 
 Train:     python train_knowhira.py --model_name weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
                --dataset mix:boolq,ARC-Easy,ARC-Challenge,openbookqa --max_steps 40
+           python train_knowhira.py --config runs/X/args.json --seed 2 --run_name X_s2   (a file's flags,
+               JSON or YAML {flag: value}; flags on the command line override them)
 Resume:    python train_knowhira.py --resume RUN_DIR
 Evaluate:  python train_knowhira.py --ckpt RUN_DIR --dataset all          (--adapter best|final|step_N)
            python train_knowhira.py --ckpt PEFT_ADAPTER_DIR --model_name ITS_BASE --dataset all
@@ -21,8 +23,8 @@ from eval.recipe import EvalOptions, EvalRecipe
 from models.export import ExportOptions, checkpoint_kind, export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
 from models.methods import REGISTRY
-from training.recipe import RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
-from utils.options import add_arguments, defaults_of
+from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
+from utils.options import add_arguments, defaults_of, read_config
 from utils.runs import run_args
 
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p.add_argument_group("evaluation (--ckpt)"), EvalOptions, seen)
     add_arguments(p.add_argument_group("export (--ckpt RUN_DIR --export peft|merged --export_dir OUT)"),
                   ExportOptions, seen)
+    p.add_argument("--config", metavar="FILE", help="training flags from a JSON or YAML file {flag: value} (a run's "
+                   "args.json is one); flags on the command line override it; args.json records the result")
+    p.fields = seen  # flag name -> its dataclass field (read_config checks a file's values with them)
     return p
 
 
@@ -85,6 +90,16 @@ def train_values(given: dict, parser) -> dict:
     return values
 
 
+def config_values(path, parser) -> dict:
+    """The training flags of a --config file (utils/options.py read_config); the modes' own flags (--ckpt,
+    --resume, --export) are not configuration and are refused."""
+    values = read_config(path, parser.fields, ignored=RECORDED)
+    modes = sorted({"ckpt", "resume", "export", "export_dir"} & values.keys())
+    if modes:
+        raise ValueError(f"{path}: {modes[0]}: not a training flag (--config holds a new run's configuration)")
+    return values
+
+
 def resume_values(given: dict, parser) -> dict:
     """The run's saved values, with the flags that may change safely applied (and printed). The
     training command itself may be repeated with --resume RUN_DIR added (as HF Trainer's
@@ -104,7 +119,7 @@ def resume_values(given: dict, parser) -> dict:
     others = sorted(k for k in set(given) - {"resume", *RESUME_SAFE} if changed(k))
     if others:
         parser.error(f"--resume takes its configuration from {args_file}; "
-                     + ", ".join(f"--{o} {given[o]} (the run's: {place.get(o, saved.get(o))})" for o in others)
+                     + ", ".join(f"--{o} {place.get(o, saved.get(o))} → {given[o]}" for o in others)
                      + f" cannot change in a resumed run (allowed: {', '.join('--' + s for s in RESUME_SAFE)})")
     for k in RESUME_SAFE:
         if k in given and given[k] != saved.get(k):
@@ -174,7 +189,11 @@ def main(argv=None) -> int:
     given = vars(parser.parse_args(argv))
     if "ckpt" in given and "resume" in given:
         parser.error("--ckpt (evaluate) and --resume (train) exclude each other")
+    if "config" in given and {"ckpt", "resume"} & given.keys():
+        parser.error("--config supplies the flags of a new training run; --ckpt and --resume take theirs from the run")
     try:
+        if "config" in given:
+            given = {**config_values(given.pop("config"), parser), **given}
         if "ckpt" in given and {"export", "export_dir"} & given.keys():
             print(export_run(given, parser))
             return 0

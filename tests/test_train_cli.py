@@ -499,7 +499,53 @@ def test_resume_accepts_the_training_command_repeated(tiny_run, tiny_neo_dir, sm
     rc, err = run_main([*other, "--seed", 4, "--resume", run], capsys)
     assert rc == 2
     line = one_line(err)
-    assert "--run_name elsewhere (the run's: tiny)" in line and "--seed 4 (the run's: 3)" in line
+    assert "--run_name tiny → elsewhere" in line and "--seed 3 → 4" in line
+
+
+def test_config_file_is_the_flags_and_args_json_is_one(tiny_run, tiny_neo_dir, small_data_dir, tmp_path, capsys,
+                                                       threads1):
+    """--config FILE: its values are the flags (YAML or JSON), the command line overrides them, and a run's
+    args.json repeats the run with one change (here the seed)."""
+    out = tmp_path / "runs"
+    rc, err = run_main(["--config", tiny_run / "args.json", "--seed", 4, "--run_name", "tiny_s4",
+                        "--output_folder", out], capsys)
+    assert rc == 0, err
+    a, b = (json.loads((r / "args.json").read_text()) for r in (tiny_run, out / "tiny_s4"))
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"seed", "run_name", "output_folder"}
+    assert b["seed"] == 4
+    # a hand-written YAML config + one override = the same flags typed out
+    (tmp_path / "c.yaml").write_text("model_name: %s\ndata_dir: %s\ndataset: boolq\nval_size: 4\ncutoff_len: 128\n"
+                                     "batch: 12\nr_ab: %d\ntarget_modules: [%s]\nlr: 1.0e-2\nseed: 3\n"
+                                     "eval_strategy: 'no'\nsave_steps: 1000\nmax_steps: 1\n"
+                                     % (tiny_neo_dir, small_data_dir, R, TARGETS))
+    rc, err = run_main(["--config", tmp_path / "c.yaml", "--lr", "2e-2", "--output_folder", out, "--run_name", "y"],
+                       capsys)
+    assert rc == 0, err
+    rc, err = run_main(tiny_train_args(tiny_neo_dir, small_data_dir, out, "--max_steps", 1, "--lr", "2e-2",
+                                       "--run_name", "flags"), capsys)
+    assert rc == 0, err
+    y, flags = (json.loads((out / n / "args.json").read_text()) for n in ("y", "flags"))
+    assert {k for k in y.keys() | flags.keys() if y.get(k) != flags.get(k)} == {"run_name"}
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"lrr": 1}', "unknown key 'lrr' (not a flag of train_knowhira.py)"),
+    ('{"lr": [1]}', "lr: must be a float, got list [1]"),
+    ('{"max_steps": 2.5}', "max_steps: must be an int, got float 2.5"),
+    ('{"lr": -1}', "lr: must be > 0, got -1"),
+    ('{"lr": "fast"}', "lr: could not convert string to float"),
+    ('{"ckpt": "runs/x"}', "ckpt: not a training flag"),
+    ('[1, 2]', "expected an object of flag names and values, got list"),
+    ('{"lr": ', "not valid JSON"),
+])
+def test_bad_config_is_a_one_line_error(content, needle, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(content)
+    rc, err = run_main(["--config", config, "--output_folder", tmp_path / "runs"], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert line.startswith(f"error: {config}: ") and needle in line, line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resume_with_more_max_steps_continues(tiny_run, tmp_path, capsys, threads1):

@@ -43,6 +43,8 @@ TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptio
 RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
                "keep_checkpoints", "cache_dir", "validate_at_start")
 RUN_PLACE = ("output_folder", "run_name", "resume")
+# what args.json records besides the options (a run's args.json is also a --config file: these are skipped)
+RECORDED = ("trainable_params", "n_train", "n_val")
 
 
 def default_run_name(values: dict) -> str:

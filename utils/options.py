@@ -195,3 +195,61 @@ def argtype(check=None, parse=parse_int):
 
 def defaults_of(cls) -> dict:
     return {f.name: _default(f) for f in cls.option_fields()}
+
+
+# ---- run configs as files (train_knowhira.py --config FILE) ----------------------------------------
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def config_value(f, value):
+    """A config file's value of field `f`, checked as the flag's own text would be: text is parsed by the
+    flag's parser; a JSON number, bool or list must be of the flag's type (a list only where the flag
+    parses a comma list, e.g. --target_modules). ValueError saying what is wrong."""
+    if isinstance(value, str):
+        return check_value(f, value)
+    if isinstance(value, list) and f.metadata.get("parse") is not None and all(isinstance(v, str) for v in value):
+        return check_value(f, ",".join(value))
+    kind = _base_type(f)
+    if isinstance(value, bool) and kind != "bool" or not isinstance(value, _TYPES.get(kind, (str,))):
+        raise ValueError(f"must be {'an' if kind == 'int' else 'a'} {kind}, got {type(value).__name__} {value!r}")
+    return check_value(f, value)
+
+
+def read_config(path, fields: dict, ignored=()) -> dict:
+    """Flag values from a JSON (or, by suffix .yaml/.yml, YAML) object {flag name: value}; `fields` maps
+    flag names to their dataclass fields, keys in `ignored` (what a run's args.json records besides its
+    options) are skipped, and a null equal to the option's default is left out (as an absent flag).
+    Unknown keys, wrong types and values that fail a check: ValueError '<file>: <key>: why'."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # json's and yaml's own error types
+        raise ValueError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} "
+                         f"({' '.join(str(e).split())[:160]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object of flag names and values, got {type(data).__name__}")
+    values = {}
+    for key, value in data.items():
+        if key in ignored:
+            continue
+        if key not in fields:
+            raise ValueError(f"{path}: unknown key {key!r} (not a flag of train_knowhira.py)")
+        if value is None and _default(fields[key]) is None:
+            continue
+        try:
+            values[key] = config_value(fields[key], value)
+        except ValueError as e:
+            raise ValueError(f"{path}: {key}: {e}") from None
+    return values
