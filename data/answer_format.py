@@ -6,8 +6,8 @@ instruction template at all, the gold choice as the CLOZE continuation of its qu
 `--answer_format label` is the published datasets' own response. `text` rewrites it with the text of
 the gold option, parsed from the instruction as the cloze mode parses it (data/questions.py); boolq's
 true/false are already text and stay. A 135M model does not learn to map questions to answer1..answer5
-within thousands of examples, but it can learn to name the right option's text (README 'What the
-comparison shows').
+within thousands of examples, but it can learn to name the right option's text
+(docs/experiments/smollm2_20261124/README.md).
 
 Evaluation scores every offered option as the response to the same prompt (eval/loglik.py):
 label format: RESPONSE_PREFIX + the answer word; text format: RESPONSE_PREFIX + the option's text;

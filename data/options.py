@@ -18,12 +18,12 @@ class DataOptions(Options):
     cutoff_len: int = option(256, "maximum tokens of prompt + response (the prompt is cut from the left)",
                              check=positive)
     protocol: str = option(DEFAULT_PROTOCOL, "prompts, tokenisation, masking, decoding and answer extraction, "
-                           "for training and evaluation (README 'Protocols'); evaluation: default the run's",
+                           "for training and evaluation (docs/evaluation.md); evaluation: default the run's",
                            choices=tuple(PROTOCOLS))
     answer_format: str = option("label", "what the model is trained to say: the answer label ('the correct answer "
                                 "is answer2', as published), the chosen option's text, or (cloze) the gold "
                                 "choice as the continuation of 'Question: ...\\nAnswer:', lm-eval's cloze "
-                                "request, no template; evaluation: default the run's (README 'Answer formats')",
+                                "request, no template; evaluation: default the run's (docs/evaluation.md)",
                                 choices=ANSWER_FORMATS)
     train_on_inputs: bool | None = option(None, "also put loss on the prompt (default: the protocol's; on "
                                           "for llm_adapters)")

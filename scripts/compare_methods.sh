@@ -19,7 +19,7 @@ EVAL_MODE=${EVAL_MODE:-generate}
 OUT=${OUT:-runs/compare}
 LR_OVERRIDE=${LR_OVERRIDE:-}   # one LR for every method (used by scripts/sweep_lr.sh)
 SKIP_EVAL=${SKIP_EVAL:-0}      # 1: train only (validation loss), no test-set evaluation
-# Learning rate per method (README "Learning rates"); re-tune with scripts/sweep_lr.sh.
+# Learning rate per method (docs/methods.md, "Learning rates"); re-tune with scripts/sweep_lr.sh.
 declare -A LR=([fft]=2e-5 [lora]=5e-4 [dora]=5e-4 [ia3]=3e-3 [hira]=1e-3 [kasa]=5e-4 [hira_sb]=1e-3 [knowhira]=1e-3)
 # per-method flags: plain HiRA has no orthogonality term (fft and ia3 report --r_ab as unused)
 declare -A EXTRA=([hira]="--ortho_lambda 0")

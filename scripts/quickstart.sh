@@ -27,7 +27,7 @@ MIX=$(train_mix "$DATA_DIR" "$KNOWLEDGE_TASKS")
 [ -n "$MIX" ] || { echo "error: no <task>/train.json of $KNOWLEDGE_TASKS under $DATA_DIR" >&2; exit 2; }
 echo "training mix: $MIX"
 export TOKENIZERS_PARALLELISM=false
-# the cloze answer format: "Question: ...\nAnswer:" + " <the gold choice>", loss on the choice (README "Answer formats")
+# the cloze answer format: "Question: ...\nAnswer:" + " <the gold choice>", loss on the choice (docs/evaluation.md)
 .venv/bin/python train_knowhira.py --model_name "$GGUF" --data_dir "$DATA_DIR" --dataset "mix:$MIX" \
   --answer_format cloze --peft_type knowhira --r_ab "$R" --target_modules q_proj,k_proj,v_proj,up_proj,down_proj \
   --lr "$LR" --warmup 20 --batch "$BATCH" --max_steps "$MAX_STEPS" --eval_steps 50 --save_steps 50 \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The showcase comparison (README "What the comparison shows"), one command per phase; every phase is
+# The 200-step showcase (docs/experiments/smollm2_20261124/README.md), one command per phase; every phase is
 # resumable (finished runs are skipped, an unfinished one continues with --resume), so it can span sessions:
 #   bash scripts/showcase.sh sweep    # SWEEP_STEPS steps per (method, learning rate): validation accuracy
 #   bash scripts/showcase.sh main     # SEEDS seeds per method at its chosen rate (LR_<method>), STEPS steps;

@@ -9,7 +9,7 @@
    LoRA run's folder) with the same predictions as the equivalent run of this project;
 4. our adapter folders are not peft folders (old runs still load), and the export command's errors
    are one line, exit 2, nothing written.
-The real SmolLM2-135M check (README "Sharing a result") runs with KNOWHIRA_EXPORT_SMOLLM2=1.
+The real SmolLM2-135M check (docs/export.md) runs with KNOWHIRA_EXPORT_SMOLLM2=1.
 """
 import json
 import os
@@ -335,7 +335,7 @@ def test_export_command_errors_are_one_line(base_dirs, tmp_path, capsys):
     assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
-# ---- the real SmolLM2-135M (README "Sharing a result"; ~1-2 min) -------------------------------
+# ---- the real SmolLM2-135M (docs/export.md; ~1-2 min) -------------------------------
 @pytest.mark.skipif(os.environ.get("KNOWHIRA_EXPORT_SMOLLM2") != "1" or not os.environ.get("KNOWHIRA_SMOLLM2_GGUF"),
                     reason="set KNOWHIRA_EXPORT_SMOLLM2=1 and KNOWHIRA_SMOLLM2_GGUF (the real SmolLM2 export check)")
 def test_real_smollm2_knowhira_export(tmp_path):

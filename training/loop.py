@@ -66,7 +66,7 @@ class LoopConfig(Options):
     mixed_precision: str = option("no", "autocast compute dtype (accelerate)", choices=("no", "bf16", "fp16"))
     fsdp: bool = option(False, "shard parameters, gradients and optimizer state over the processes (torch "
                         "FSDP2 full-shard, one unit per decoder block; GPU and CPU/gloo); for 7B-13B "
-                        "models under torchrun, see README 'Scaling out'")
+                        "models under torchrun, see docs/scaling.md")
 
 
 @dataclass

@@ -34,7 +34,7 @@ class RunOptions(Options):
 
 @dataclass
 class MethodChoice(Options):
-    peft_type: str = option("knowhira", "the fine-tuning method (README 'Methods')")
+    peft_type: str = option("knowhira", "the fine-tuning method (docs/methods.md)")
 
 
 TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptions,

@@ -1,5 +1,5 @@
 """The registry: method name -> Method. Built-in methods register below; a new method is one file
-defining a config dataclass and a Method subclass, plus one `register(...)` call (see README "How to
+defining a config dataclass and a Method subclass, plus one `register(...)` call (see docs/methods.md "How to
 add a method"). Everything else asks the registry:
 
     method = get_method("knowhira"); cfg = method.config_cls(r_ab=32, ...)
