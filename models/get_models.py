@@ -80,7 +80,8 @@ def load_base_model(model_name: str, **options):
     if gguf_file is None and Path(model_name).is_dir() and not (Path(model_name) / "config.json").is_file():
         raise FileNotFoundError(f"model folder {model_name} has no config.json (expected a Hugging Face model "
                                 "folder: config.json, weights and tokenizer files; or a .gguf file)")
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    # a model folder's own Python code is never run (transformers would otherwise ask "[y/N]" mid-run)
+    kwargs = {"trust_remote_code": False, **({"gguf_file": gguf_file} if gguf_file else {})}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs)

@@ -13,7 +13,7 @@ MAX_STEPS=${MAX_STEPS:-200}
 BATCH=${BATCH:-8}
 LR=${LR:-2e-3}
 R=${R:-32}
-EVAL_EXAMPLES=${EVAL_EXAMPLES:-500}
+EVAL_EXAMPLES=${EVAL_EXAMPLES:-300}
 OUT=${OUT:-runs/quickstart}
 
 if [ ! -d "$DATA_DIR" ]; then

@@ -118,7 +118,9 @@ def runs(tmp_path_factory, tiny_neo_dir, small_data_dir):
                          "steps": logged_steps(out / "C")}
     info["rc_A"] = wait(procs["A"], out, "A")
     assert info["rc_A"] == 0, console(out, "A")
-    resumed = {n: start(["--resume", str(out / n)], out, f"{n}.resume") for n in "BC"}
+    # B resumes with --resume alone, C with its original training command plus --resume (what users type)
+    resumed = {"B": start(["--resume", str(out / "B")], out, "B.resume"),
+               "C": start([*args["C"], "--resume", str(out / "C")], out, "C.resume")}
     for n, p in resumed.items():
         info[f"rc_{n}_resume"] = wait(p, out, f"{n}.resume")
     return info
@@ -459,6 +461,8 @@ def test_a_flag_of_another_method_is_noted_and_ignored(tmp_path, capsys, tiny_ne
     (["--epoch", "0"], "argument --epoch: must be > 0"),
     (["--target_modules", "re:(q_proj"], "argument --target_modules: invalid regex '(q_proj'"),
     (["--target_modules", "re:"], "argument --target_modules: empty regex"),
+    (["--run_name", "../x"], "argument --run_name: must be a folder name, not a path"),
+    (["--run_name", "/tmp/x"], "argument --run_name: must be a folder name, not a path"),
 ])
 def test_bad_value_is_a_one_line_parse_error(flag, needle, tmp_path, capsys, tiny_neo_dir, small_data_dir):
     out = tmp_path / "out"

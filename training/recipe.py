@@ -24,10 +24,18 @@ from training.loop import LoopConfig, Trainer, epoch_order, task_loss_sum
 from utils.options import Options, option
 
 
+def plain_name(v):
+    """A folder name inside --output_folder: no path separator, not '.' or '..'."""
+    if v is None or ("/" not in v and "\\" not in v and v not in ("", ".", "..")):
+        return None
+    return f"must be a folder name, not a path (got {v!r}); --output_folder says where"
+
+
 @dataclass
 class RunOptions(Options):
     output_folder: str = option("runs", "folder that holds the run folders")
-    run_name: str | None = option(None, "run folder name (default: method, model, lr, seed, time, pid)")
+    run_name: str | None = option(None, "run folder name (default: method, model, lr, seed, time, pid); a name, "
+                                  "not a path", check=plain_name)
     resume: str | None = option(None, "continue the run in RUN_DIR from its latest checkpoint "
                                 "(its args.json is used)")
 
