@@ -115,7 +115,8 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
     from analysis.adapter_stats import layer_stats
     from analysis.deltas import iter_deltas, layer_modules, select_layers
     from analysis.forgetting import lm_loss
-    from models.get_models import default_targets, load_base_model
+    from models.get_models import load_base_model
+    from models.targets import default_targets
     from models.methods import get_method
 
     info = read_run(run_dir, opts.results)

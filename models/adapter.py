@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from models.hadamard import MergeableAdapter, base_weight
+from models.targets import default_targets
 from utils.atomic import atomic_save_safetensors, atomic_write_json
 from utils.dist import full
 
@@ -84,7 +85,6 @@ def inject(model: nn.Module, target_modules, make_layer) -> list[str]:
     truncation) see the weights the model holds now, on their device.
     """
     if target_modules is None:
-        from models.get_models import default_targets
 
         target_modules = default_targets(model.config.model_type)
     targets = find_targets(model, target_modules)

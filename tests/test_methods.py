@@ -30,7 +30,8 @@ from conftest import tiny_model
 from data.options import DataOptions
 from models.adapter import (ADAPTER_WEIGHTS, adapter_layers, count_trainable, export_merged,
                             read_adapter_config)
-from models.get_models import ModelOptions, default_targets
+from models.get_models import ModelOptions
+from models.targets import default_targets
 from models.methods import REGISTRY, AdapterMethod, Regularizer, build, get_method, method_of, register
 from models.methods.hira import HiRAConfig, ortho_loss
 from models.methods.knowhira import KnowHiRAConfig

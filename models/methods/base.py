@@ -59,7 +59,7 @@ class MethodConfig(Options):
 class TargetsConfig(MethodConfig):
     target_modules: list[str] | str | None = option(
         None, "comma list of module-name suffixes, 'all-linear', or 're:<regex>' (full names); "
-              "default: per architecture (models/get_models.py)", parse=parse_targets, check=_targets_check)
+              "default: per architecture (models/targets.py)", parse=parse_targets, check=_targets_check)
 
 
 @dataclass
@@ -227,7 +227,7 @@ class AdapterMethod(Method):
         (the old AdapterConfig held every method's fields: those, and its renamed ones, are read)."""
         from dataclasses import fields
 
-        from models.methods import REGISTRY
+        from models.methods.registry import REGISTRY
 
         known = {"peft_type", *self.RENAMED, *(f.name for m in REGISTRY.values() for f in fields(m.config_cls))}
         unknown = sorted(set(saved) - known)

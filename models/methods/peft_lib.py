@@ -10,6 +10,7 @@ import torch
 
 from models.hadamard import _is_conv1d, base_weight
 from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig
+from models.targets import default_targets
 from utils.dist import gather_state, is_sharded
 from utils.options import option
 
@@ -53,7 +54,6 @@ class PeftMethod(Method):
     def build(self, model, cfg):
         from peft import get_peft_model
 
-        from models.get_models import default_targets
 
         targets = cfg.target_modules or default_targets(model.config.model_type)
         return get_peft_model(model, self.peft_config(cfg, targets, model.config.model_type))

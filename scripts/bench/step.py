@@ -56,7 +56,7 @@ def random_gptneo(args) -> nn.Module:
 
 
 def targets_for(model_kind: str, args) -> list[str]:
-    from models.get_models import default_targets
+    from models.targets import default_targets
 
     if model_kind == "smollm2":
         return args.targets.split(",")
