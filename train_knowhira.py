@@ -125,8 +125,13 @@ def resume_values(given: dict, parser) -> dict:
         if k in given and given[k] != saved.get(k):
             print(f"note: resuming with --{k} {given[k]} (the run had {saved.get(k)})", file=sys.stderr)
     defaults = train_values({"peft_type": saved.get("peft_type", "knowhira")}, parser)
-    return {**defaults, **saved, **{k: given[k] for k in RESUME_SAFE if k in given},
-            "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None}
+    values = {**defaults, **saved, **{k: given[k] for k in RESUME_SAFE if k in given},
+              "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None}
+    try:  # an edited args.json: every value checked (type and range) before anything runs
+        TrainRecipe.from_values(values)
+    except ValueError as e:
+        raise ValueError(f"{args_file}: {e}") from None
+    return values
 
 
 def eval_recipe(given: dict, parser) -> EvalRecipe:

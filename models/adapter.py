@@ -260,7 +260,4 @@ def export_merged(model: nn.Module, tokenizer, out_dir) -> None:
     the adapted model (its adapters are merged and removed). For any method, from a run folder:
     `models.export.export_checkpoint` (`train_knowhira.py --ckpt RUN --export merged`).
     """
-    model = merge_and_unload(model)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    save_plain_model(model, tokenizer, out_dir)
+    save_plain_model(merge_and_unload(model), tokenizer, out_dir)

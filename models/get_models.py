@@ -73,7 +73,7 @@ def load_base_model(model_name: str, **options):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if opts.enable_grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model, tokenizer
 

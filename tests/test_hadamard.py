@@ -283,7 +283,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     results = []
     for ckpt in (False, True):
         if ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.zero_grad()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()

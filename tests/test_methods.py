@@ -417,7 +417,10 @@ def test_export_merged_equals_adapted(method, arch, tmp_path):
     model, _ = make(method, arch)
     perturb(model)
     ref = logits(model)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     export_merged(model, None, tmp_path)
+    # the merged model's parameters keep their requires_grad (export used to set it on every one)
+    assert frozen and all(not p.requires_grad for n, p in model.named_parameters() if n in frozen)
     plain, info = AutoModelForCausalLM.from_pretrained(str(tmp_path), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not adapter_layers(plain)

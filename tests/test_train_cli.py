@@ -532,6 +532,29 @@ def test_config_file_is_the_flags_and_args_json_is_one(tiny_run, tiny_neo_dir, s
     assert {k for k in y.keys() | flags.keys() if y.get(k) != flags.get(k)} == {"run_name"}
 
 
+@pytest.mark.parametrize("cls,values,needle", [
+    (LoopConfig, {"batch": None}, "batch: must be an int, got NoneType None"),
+    (LoopConfig, {"batch": True}, "batch: must be an int, got bool True"),
+    (LoopConfig, {"batch": 2.5}, "batch: must be an int, got float 2.5"),
+    (LoopConfig, {"lr": "1e-3x"}, "lr: could not convert string to float"),
+    (KnowHiRAConfig, {"r_ab": 3.5}, "r_ab: must be an int, got float 3.5"),
+    (ModelOptions, {"gguf_file": 7}, "gguf_file: must be a str, got int 7"),
+])
+def test_option_values_are_type_checked(cls, values, needle):
+    """Options built from Python or from an (edited) args.json are checked for type, not only range."""
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        cls(**values)
+    assert cls(**{k: 1 for k in values if k == "lr"}).__class__ is cls  # an int is a float's value too
+
+
+def test_edited_args_json_is_a_one_line_error_on_resume(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path)
+    saved = json.loads((run / "args.json").read_text())
+    (run / "args.json").write_text(json.dumps({**saved, "r_ab": 3.5}))
+    rc, err = run_main(["--resume", run], capsys)
+    assert rc == 2 and one_line(err) == f"error: {run / 'args.json'}: r_ab: must be an int, got float 3.5"
+
+
 @pytest.mark.parametrize("content,needle", [
     ('{"lrr": 1}', "unknown key 'lrr' (not a flag of train_knowhira.py)"),
     ('{"lr": [1]}', "lr: must be a float, got list [1]"),

@@ -102,12 +102,25 @@ def _parser_for(f):
     return f.metadata.get("parse") or _PARSERS.get(_base_type(f), str)
 
 
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_type(f, value) -> None:
+    """ValueError unless `value` (not text) is of field `f`'s type: an int for int (not a bool), a number for
+    float, a bool for bool; fields of other types (lists, custom parsers) are left to their checks."""
+    kind = _base_type(f)
+    if kind in _TYPES and (isinstance(value, bool) and kind != "bool" or not isinstance(value, _TYPES[kind])):
+        raise ValueError(f"must be {'an' if kind == 'int' else 'a'} {kind}, got {type(value).__name__} {value!r}")
+
+
 def check_value(f, value):
     """The parsed-and-checked value of field `f` (ValueError naming what is wrong)."""
-    if value is None and f.default is None:
+    if value is None and _default(f) is None:
         return None
     if isinstance(value, str):  # from the command line or a JSON file; values from Python as they are
         value = _parser_for(f)(value)
+    else:
+        check_type(f, value)
     if isinstance(value, float) and finite_problem(value):
         raise ValueError(finite_problem(value))
     choices = f.metadata.get("choices")
@@ -198,20 +211,15 @@ def defaults_of(cls) -> dict:
 
 
 # ---- run configs as files (train_knowhira.py --config FILE) ----------------------------------------
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
 def config_value(f, value):
-    """A config file's value of field `f`, checked as the flag's own text would be: text is parsed by the
-    flag's parser; a JSON number, bool or list must be of the flag's type (a list only where the flag
-    parses a comma list, e.g. --target_modules). ValueError saying what is wrong."""
-    if isinstance(value, str):
-        return check_value(f, value)
+    """A config file's value of field `f`, checked as the flag's own text would be (check_value: text is
+    parsed by the flag's parser, anything else must be of the flag's type); a list only where the flag
+    parses a comma list (e.g. --target_modules). ValueError saying what is wrong."""
     if isinstance(value, list) and f.metadata.get("parse") is not None and all(isinstance(v, str) for v in value):
         return check_value(f, ",".join(value))
-    kind = _base_type(f)
-    if isinstance(value, bool) and kind != "bool" or not isinstance(value, _TYPES.get(kind, (str,))):
-        raise ValueError(f"must be {'an' if kind == 'int' else 'a'} {kind}, got {type(value).__name__} {value!r}")
+    if not isinstance(value, (str, int, float, bool)) and value is not None:
+        raise ValueError(f"must be {'an' if _base_type(f) == 'int' else 'a'} {_base_type(f)}, "
+                         f"got {type(value).__name__} {value!r}")
     return check_value(f, value)
 
 

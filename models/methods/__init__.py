@@ -7,7 +7,7 @@ add a method"). Everything else asks the registry:
 """
 from models.methods.base import AdapterMethod, Method, MethodConfig, Regularizer  # noqa: F401
 from models.methods.registry import (REGISTRY, build, get_method, method_for_peft_config,  # noqa: F401
-                                     method_names, method_of, register)
+                                     method_of, register)
 
 
 def _register_builtins() -> None:

@@ -14,7 +14,7 @@ from typing import Callable, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from models import adapter as io
+from models import adapter as layers
 from utils.options import Options, in_range, option, positive
 
 
@@ -186,26 +186,26 @@ class AdapterMethod(Method):
         """Whole-model initialisation after injection (e.g. KnowHiRA's batched σ_norm)."""
 
     def build(self, model, cfg, compute: bool = True):
-        io.inject(model, cfg.target_modules, lambda base: self.make_layer(base, cfg, compute))
+        layers.inject(model, cfg.target_modules, lambda base: self.make_layer(base, cfg, compute))
         self.after_inject(model, cfg, compute)
         return model
 
     def save(self, model, cfg, out_dir, write=True):
-        io.save_adapter(model, {"peft_type": self.name, **asdict(cfg)}, out_dir, write)
+        layers.save_adapter(model, {"peft_type": self.name, **asdict(cfg)}, out_dir, write)
 
     def load(self, model, saved_dir):
-        saved = io.read_adapter_config(saved_dir)
-        self.check_saved_keys(saved, io.adapter_file(saved_dir, io.ADAPTER_CONFIG))
+        saved = layers.read_adapter_config(saved_dir)
+        self.check_saved_keys(saved, layers.adapter_file(saved_dir, layers.ADAPTER_CONFIG))
         cfg = self.config_from_saved(saved)
         self.build(model, cfg, compute=False)
-        io.load_adapter_tensors(model, saved_dir)
+        layers.load_adapter_tensors(model, saved_dir)
         return model
 
     def merge_and_unload(self, model):
-        return io.merge_and_unload(model)
+        return layers.merge_and_unload(model)
 
     def layer_modules(self, model, targets):
-        return io.adapter_layers(model)
+        return layers.adapter_layers(model)
 
     def deltas(self, modules, names, trained_dir):
         for name in names:
@@ -213,7 +213,7 @@ class AdapterMethod(Method):
 
     @torch.no_grad()
     def delta(self, name: str, layer: nn.Module) -> LayerDelta:
-        w0 = io.base_weight(layer.base).detach().float()
+        w0 = layers.base_weight(layer.base).detach().float()
         return LayerDelta(name, layer.delta_weight().detach().float(), w0, w0, layer.r)
 
     # adapter_config.json of runs made before the redesign used the layer's own names

@@ -16,10 +16,6 @@ def register(method):
     return method
 
 
-def method_names() -> list[str]:
-    return list(REGISTRY)
-
-
 def get_method(name: str):
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(REGISTRY)}")
