@@ -372,3 +372,28 @@ def test_validate_at_start_logs_the_untrained_model_as_step_0(tmp_path, features
     with torch.no_grad():
         loss, n = task_loss_sum(base.eval(), batch)
     assert log[0]["val_loss"] == pytest.approx(loss.item() / n, rel=1e-5)
+
+
+def test_regulariser_stays_fp32_under_bf16_autocast(tmp_path, features, gpt2_tokenizer):
+    """--mixed_precision bf16 autocasts the model's forward, not L_ortho: the logged regulariser of the
+    first step is the fp32 value on the initial weights (under autocast its r x r Gram matmuls ran in bf16)."""
+    model, cfg = adapted_neo()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a random B, so that ||BᵀB - I||² carries bits bf16 loses
+        for layer in adapter_layers(model).values():
+            layer.hira_B.copy_(0.3 * torch.randn(layer.hira_B.shape, generator=g))
+    from accelerate.state import AcceleratorState
+
+    method = method_of(cfg)
+    expected = ortho_loss(model).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ortho_loss(model).item() != expected  # the bf16 value differs: the test can tell them apart
+    AcceleratorState._reset_state(True)  # accelerate's process-wide state: this test's precision, then reset
+    try:
+        acc = Accelerator(cpu=True, mixed_precision="bf16")
+        trainer = Trainer(acc, model, gpt2_tokenizer, features[:8], [],
+                          LoopConfig(batch=2, lr=1e-2, eval_strategy="no", max_steps=1, mixed_precision="bf16"),
+                          tmp_path, lambda m, d, write: method.save(m, cfg, d, write), method.regularizer(cfg))
+        assert trainer.train_step()["loss_reg"] == expected
+    finally:
+        AcceleratorState._reset_state(True)

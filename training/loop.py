@@ -386,12 +386,12 @@ class Trainer:
             with acc.no_sync(self.wrapped) if not last else nullcontext():
                 with acc.autocast():
                     loss_sum, _ = task_loss_sum(self.wrapped, b, self.head)
-                    # DDP averages gradients over ranks, hence the factor `world`
-                    loss = loss_sum * world / n_targets
-                    if self.reg_fn is not None:  # + λ·L_reg, spread over the micro-steps
-                        reg = self.reg_fn(self.model)
-                        loss = loss + self.reg_weight * reg / cfg.grad_acc
-                        reg_value = reg.item()
+                # DDP averages gradients over ranks, hence the factor `world`
+                loss = loss_sum * world / n_targets
+                if self.reg_fn is not None:  # + λ·L_reg, spread over the micro-steps; outside autocast, so
+                    reg = self.reg_fn(self.model)  # the r x r Gram matrices of the fp32 factors stay fp32
+                    loss = loss + self.reg_weight * reg / cfg.grad_acc
+                    reg_value = reg.item()
                 acc.backward(loss)
             loss_task += loss_sum.detach().double()
         loss_task = acc.reduce(loss_task, "sum") / n_targets
