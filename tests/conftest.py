@@ -86,6 +86,20 @@ def small_data_dir(tmp_path_factory, data_dir):
     return out
 
 
+@pytest.fixture(scope="session")
+def arc_obqa_dir(tmp_path_factory, data_dir):
+    """A data folder with the first 24 real train and test records of ARC-Easy and openbookqa."""
+    import json
+
+    out = tmp_path_factory.mktemp("arc_obqa")
+    for task in ("ARC-Easy", "openbookqa"):
+        (out / task).mkdir()
+        for split in ("train", "test"):
+            records = json.loads((data_dir / task / f"{split}.json").read_text())[:24]
+            (out / task / f"{split}.json").write_text(json.dumps(records))
+    return out
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One intra-op thread for a test module: tiny models gain nothing from more, and on a busy

@@ -88,13 +88,8 @@ def test_text_scoring_equals_each_option_scored_alone(data_dir, gpt2_tokenizer, 
                       show_progress=False, answer_format="text")
 
 
-def test_text_run_trains_validates_and_evaluation_names_a_format_mismatch(tiny_neo_dir, data_dir, tmp_path, capsys):
-    small = tmp_path / "data"
-    for task in ("ARC-Easy", "openbookqa"):
-        (small / task).mkdir(parents=True)
-        for split in ("train", "test"):
-            records = json.loads((data_dir / task / f"{split}.json").read_text())[:24]
-            (small / task / f"{split}.json").write_text(json.dumps(records))
+def test_text_run_trains_validates_and_evaluation_names_a_format_mismatch(tiny_neo_dir, arc_obqa_dir, tmp_path, capsys):
+    small = arc_obqa_dir
     run = tmp_path / "runs" / "text"
     rc, err = run_main(["--model_name", tiny_neo_dir, "--data_dir", small, "--dataset", "mix:ARC-Easy,openbookqa",
                         "--answer_format", "text", "--protocol", "clean", "--peft_type", "hira", "--r_ab", "4",

@@ -90,13 +90,8 @@ def test_cloze_val_acc_equals_cloze_evaluation(data_dir, gpt2_tokenizer, tmp_pat
     assert weighted == pytest.approx(got["val_acc"], abs=1e-12)
 
 
-def test_cloze_run_trains_logs_per_task_and_evaluates_in_cloze(tiny_neo_dir, data_dir, tmp_path, capsys):
-    small = tmp_path / "data"
-    for task in ("ARC-Easy", "openbookqa"):
-        (small / task).mkdir(parents=True)
-        for split in ("train", "test"):
-            records = json.loads((data_dir / task / f"{split}.json").read_text())[:24]
-            (small / task / f"{split}.json").write_text(json.dumps(records))
+def test_cloze_run_trains_logs_per_task_and_evaluates_in_cloze(tiny_neo_dir, arc_obqa_dir, tmp_path, capsys):
+    small = arc_obqa_dir
     run = tmp_path / "runs" / "cloze"
     rc, err = run_main(["--model_name", tiny_neo_dir, "--data_dir", small, "--dataset", "mix:ARC-Easy,openbookqa",
                         "--answer_format", "cloze", "--peft_type", "knowhira", "--r_ab", "4", "--max_steps", "2",
