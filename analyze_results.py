@@ -103,8 +103,11 @@ def _short_model(name) -> str:
 def protocol_label(meta: dict, tasks: dict) -> str:
     """How a run was evaluated: its protocol (results.json meta; runs made before protocols existed
     used `clean`), with the evaluation mode when it is not generation and the answer format when it
-    is not the published label one (e.g. "clean (loglik, text)")."""
+    is not the published label one (e.g. "clean (loglik, text)"). Cloze evaluations use lm-eval's requests,
+    not a protocol's prompt: they read "cloze (lm-eval style)" whatever protocol their meta names."""
     rows = [t for t in tasks.values() if isinstance(t, dict)]
+    if rows and all(t.get("mode") == "cloze" for t in rows):
+        return str(rows[0].get("protocol") or "cloze (lm-eval style)")
     modes = sorted({str(t["mode"]) for t in rows if t.get("mode") and t["mode"] != "generate"})
     formats = sorted({str(t["answer_format"]) for t in rows if t.get("answer_format") not in (None, "label")})
     how = ", ".join(["/".join(modes)] * bool(modes) + ["/".join(formats)] * bool(formats))

@@ -350,6 +350,21 @@ def test_without_flags_the_table_keeps_its_columns(tmp_path, capsys):
     assert "50.0 ± " in printed and "(4) |" in printed  # accuracy ± Wilson half-width (n)
 
 
+def test_cloze_runs_are_one_protocol_whatever_their_meta_names(tmp_path):
+    """Cloze scoring uses lm-eval's requests, not a protocol's prompt: a zero-shot cloze run recorded under the
+    default protocol (hira) and a trained one under clean belong in one comparison."""
+    import analyze_results
+
+    for name, meta in (("a", {**trained_meta(1), "protocol": "clean"}), ("b", {**ZERO_SHOT_META, "protocol": "hira"})):
+        make_run(tmp_path / name, meta, {"boolq": [1, 0, 1, 1]})
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        results["tasks"]["boolq"].update(mode="cloze", protocol="cloze (lm-eval style)")
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    assert analyze_results.main([str(tmp_path), "--out", str(tmp_path / "s")]) == 0
+    rows = read_csv(tmp_path / "s" / "summary.csv")
+    assert {r["protocol"] for r in rows.values() if r.get("protocol")} == {"cloze (lm-eval style)"}
+
+
 def test_runs_of_different_protocols_are_not_mixed_unless_asked(tmp_path, capsys):
     import analyze_results
 
