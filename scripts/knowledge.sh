@@ -70,9 +70,16 @@ pilot() {
   for fmt in text cloze; do
     train "pilot_${fmt}_knowhira_s1" knowhira 2e-3 1 "$STEPS" "$fmt" 100
   done
+  local m1 m2
   for fmt in text cloze; do
     evaluate "$fmt" zeroshot "pilot/$fmt" "$MIX" --max_examples "$PILOT_N"
     evaluate "$fmt" "pilot_${fmt}_knowhira_s1" "pilot/$fmt" "$MIX" --max_examples "$PILOT_N"
+    m1=$([ "$fmt" = cloze ] && echo acc_norm || echo acc)  # the format's fixed metric, then the other
+    m2=$([ "$m1" = acc ] && echo acc_norm || echo acc)
+    "$PY" analyze_results.py "$DOCS/pilot/$fmt" --baseline zeroshot --no_seed_groups --metric "$m1" \
+      --out "$DOCS/pilot/summary_$fmt" >/dev/null
+    "$PY" analyze_results.py "$DOCS/pilot/$fmt" --baseline zeroshot --no_seed_groups --metric "$m2" \
+      --out "$DOCS/pilot/summary_${fmt}_$m2" >/dev/null
   done
   "$PY" scripts/knowledge_rules.py format "$DOCS/pilot"
 }
