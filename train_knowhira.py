@@ -29,10 +29,10 @@ from utils.runs import run_args
 
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
-EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "dataset", "data_dir", "seed", "batch",
+EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "attn_implementation", "dataset", "data_dir", "seed", "batch",
                "eval_strategy", "output_folder", "protocol", "answer_format")
 # the base-model flags: with --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR; a run has its own
-MODEL_FLAGS = ("model_name", "gguf_file", "load_bit")
+MODEL_FLAGS = ("model_name", "gguf_file", "load_bit", "attn_implementation")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -175,7 +175,7 @@ def open_checkpoint(ckpt, base: ModelOptions | None = None, adapter: str = "best
         saved = run_args(path, "--ckpt")
         saved_dir, step_dir, name = run_state(path, adapter)
         opts = ModelOptions(model_name=saved["model_name"],
-                            **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
+                            **{k: saved[k] for k in ("gguf_file", "load_bit", "attn_implementation") if k in saved})
         return Checkpoint(path, "run", get_method(saved["peft_type"]), saved_dir, opts, run_args=saved,
                           adapter=name, step_dir=step_dir)
     if base is None:

@@ -8,6 +8,7 @@ import torch
 from utils.options import Options, option
 
 DEFAULT_MODEL = "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # scripts/fetch_smollm2.sh
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 
 @dataclass
@@ -16,6 +17,9 @@ class ModelOptions(Options):
     gguf_file: str | None = option(None, "GGUF file name inside --model_name's folder")
     load_bit: int = option(32, "32: fp32 base; 16: bf16 base where supported, else fp16", choices=(32, 16))
     enable_grad_ckpt: bool = option(False, "gradient checkpointing")
+    attn_implementation: str | None = option(None, "the attention kernel transformers uses (from_pretrained's "
+                                             "attn_implementation); default: the one it picks",
+                                             choices=ATTN_IMPLEMENTATIONS)
 
 def load_dtype(load_bit: int, device: str | None = None) -> torch.dtype:
     """32 -> fp32; 16 -> bf16 where the device supports it, else fp16."""
@@ -63,10 +67,21 @@ def load_base_model(model_name: str, **options):
                                 "folder: config.json, weights and tokenizer files; or a .gguf file)")
     # a model folder's own Python code is never run (transformers would otherwise ask "[y/N]" mid-run)
     kwargs = {"trust_remote_code": False, **({"gguf_file": gguf_file} if gguf_file else {})}
+    kernel = {"attn_implementation": opts.attn_implementation} if opts.attn_implementation else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs)
-    except (OSError, ValueError) as e:  # not on the hub / offline / a folder without model or tokenizer files
+        model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs, **kernel)
+    except ImportError as e:  # e.g. flash_attention_2 without its package
+        raise ValueError(f"--attn_implementation {opts.attn_implementation}: not available on this machine "
+                         f"({' '.join(str(e).split())[:200]})") from None
+    except ValueError as e:
+        if kernel and "attn_implementation" in str(e):  # the architecture has no such kernel
+            raise ValueError(f"--attn_implementation {opts.attn_implementation}: {model_name} does not support it "
+                             f"({' '.join(str(e).split())[:200]})") from None
+        first = " ".join(str(e).split())[:300] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"model {model_name} could not be loaded (a hub name like org/model, a local "
+                                f"model folder, or a .gguf file): {first}") from None
+    except OSError as e:  # not on the hub / offline / a folder without model or tokenizer files
         first = " ".join(str(e).split())[:300] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"model {model_name} could not be loaded (a hub name like org/model, a local "
                                 f"model folder, or a .gguf file): {first}") from None

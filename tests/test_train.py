@@ -397,3 +397,21 @@ def test_regulariser_stays_fp32_under_bf16_autocast(tmp_path, features, gpt2_tok
         assert trainer.train_step()["loss_reg"] == expected
     finally:
         AcceleratorState._reset_state(True)
+
+
+def test_a_checkpoint_without_a_newer_option_resumes(tmp_path):
+    """A checkpoint records the run's configuration; an option added since (absent from it) matches when it
+    is at its default None, and any real difference is still refused, naming it."""
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    def state():
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+    model, optimizer, scheduler = state()
+    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"config": {"r_ab": 4}})
+    load_checkpoint(path, *state(), {"r_ab": 4, "attn_implementation": None})
+    with pytest.raises(ValueError, match=r"another configuration than the run's args.json: attn_implementation "
+                                         r"None -> 'sdpa'"):
+        load_checkpoint(path, *state(), {"r_ab": 4, "attn_implementation": "sdpa"})

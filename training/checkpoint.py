@@ -178,10 +178,12 @@ def load_checkpoint(path, model, optimizer, scheduler, config: dict | None = Non
             recorded = torch.load(path / "state.pt", weights_only=True).get("config")
         except Exception as e:
             raise ValueError(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
-        if recorded is not None and recorded != config:
-            first = ("peft_type", "model_name", "r_ab", "target_modules", "dataset")
-            diff = sorted((k for k in recorded.keys() | config.keys() if recorded.get(k) != config.get(k)),
-                          key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
+        # an option added since the checkpoint was written is absent from it: equal when at its default None
+        first = ("peft_type", "model_name", "r_ab", "target_modules", "dataset")
+        diff = [] if recorded is None else sorted(
+            (k for k in recorded.keys() | config.keys() if recorded.get(k) != config.get(k)),
+            key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
+        if diff:
             more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
             raise ValueError(f"{path} was made with another configuration than the run's args.json: "
                              + ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in diff[:6]) + more)
