@@ -225,12 +225,20 @@ def answer_slot(protocol: Protocol, tokenizer, record: dict, cutoff_len: int) ->
     words, gold = answer_words(record), record.get("answer")
     if not words or gold not in words or gold not in record["output"]:
         return None
-    ids = [protocol.train_example(tokenizer, {**record, "output": record["output"].replace(gold, w)},
-                                  cutoff_len, False)["input_ids"] for w in words]
+    head, _, tail = record["output"].rpartition(gold)  # the answer is the LAST occurrence of the gold word
+    ids = [protocol.train_example(tokenizer, {**record, "output": head + w + tail}, cutoff_len, False)["input_ids"]
+           for w in words]
     gold_ids = ids[words.index(gold)]
-    diverge = [next((k for k, (a, b) in enumerate(zip(c, gold_ids)) if a != b), None) for c in ids]
-    points = [d for d in diverge if d is not None]
+    points = [d for d in (first_difference(c, gold_ids) for c in ids) if d is not None]
     if not points:
         return None
     d = min(points)
+    if d == 0 or any(len(c) <= d for c in ids):  # an example ends there (e.g. cut by truncation): no slot
+        return None
     return d - 1, [c[d] for c in ids], words.index(gold)
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first index at which two token lists differ (one ending there counts), None when equal."""
+    k = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return k if k is not None or len(a) == len(b) else min(len(a), len(b))

@@ -111,3 +111,25 @@ def test_best_metric_val_acc_keeps_the_most_accurate(monkeypatch, tiny_neo_dir, 
     assert (summary["best_val_acc"], summary["best_val_loss"], summary["best_metric"]) == (0.6, 0.2, "val_acc")
     log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert [r["val_acc"] for r in log if "val_acc" in r] == [0.2, 0.6, 0.4]
+
+
+def test_answer_slot_is_the_last_occurrence_and_none_where_an_example_ends(gpt2_tokenizer, records):
+    """The gold word may also appear earlier in the output: the slot is its last occurrence (the answer). A
+    candidate whose example ends where the examples diverge (e.g. cut by truncation) leaves no slot (it used
+    to raise IndexError)."""
+    from data.protocols import Protocol
+
+    p, tok = get_protocol("clean"), gpt2_tokenizer
+    boolq = next(r for r in records if r["task"] == "boolq" and r["answer"] == "true")
+    echoed = {**boolq, "output": "true or not: the correct answer is true"}
+    position, tokens, gold = answer_slot(p, tok, echoed, 256)
+    ex = p.train_example(tok, echoed, 256, False)
+    assert ex["input_ids"][position + 1] == tokens[gold] == tok(" true", add_special_tokens=False)["input_ids"][0]
+    assert position + 1 == len(ex["input_ids"]) - 2  # the answer token, then EOS: not the echoed "true"
+
+    class Cut(Protocol):  # candidate examples of different lengths: "false" ends where they diverge
+        def train_example(self, tokenizer, record, cutoff_len, train_on_inputs):
+            out = {"true": [1, 2, 3, 9], "false": [1, 2]}[record["output"].rsplit(" ", 1)[-1]]
+            return {"input_ids": out, "labels": out}
+
+    assert answer_slot(Cut(), tok, boolq, 256) is None
