@@ -42,6 +42,10 @@ class EvalOptions(Options):
                                      "<output_folder>/zeroshot_<model>)")
 
 
+# what one results.json is the evaluation of: its meta holds these once, for every task in it
+CONFIGURATION = ("method", "model_name", "adapter", "seed", "lr", "protocol", "answer_format", "eval_mode")
+
+
 def eval_tasks(spec: str, data_dir) -> tuple[list[str], list[str]]:
     """(tasks to run, tasks skipped because their test file is missing)."""
     from data.commonsense import task_file
@@ -127,7 +131,13 @@ class EvalRecipe:
                          protocol_deviations=self.deviations(trained))
         from eval.evaluate import read_results
 
-        read_results(self.out_dir / "results.json")  # a damaged results.json: refused before anything is written
+        path = self.out_dir / "results.json"
+        held = read_results(path)  # a damaged results.json: refused before anything is written
+        changed = [k for k in CONFIGURATION if held["tasks"] and k in held["meta"] and held["meta"][k] != self.meta.get(k)]
+        if changed:  # one results.json, one configuration: its meta describes every task in it
+            k = changed[0]
+            raise ValueError(f"{path} holds evaluations of another configuration ({k} {held['meta'][k]!r}, this one "
+                             f"{self.meta.get(k)!r}); evaluate into another --results_dir")
         return self
 
     def deviations(self, trained: dict) -> dict:

@@ -16,7 +16,10 @@ backward: the effective weight is rebuilt from W0, BM and A.
 
 Precision: the adapter factors stay fp32; the effective weight W0 ⊙ (1 + s·BM A) is formed in fp32
 and rounded ONCE to the compute dtype (the input's dtype: bf16/fp16 under a 16-bit base or
-autocast) for the GEMM; the factor gradients are accumulated in fp32. This is exactly the rounding a
+autocast) for the GEMM. In backward the weight gradient Gw = gyᵀ x is one GEMM in the compute dtype (its
+products are summed in fp32 inside the GEMM, its out x in result rounded to the compute dtype), then cast to
+fp32 (one more out x in fp32 matrix), where W0 ⊙ Gw and the small factor GEMMs giving the factor gradients
+run: so under 16 bits the factor gradients carry one rounding of Gw, not an fp32 Gw. This is exactly the rounding a
 merged 16-bit model applies, so a merged export computes what training computed. With adapter
 dropout the layer uses the plain two-path autograd form base(x) + dropout(x) (s·W0⊙BMA)ᵀ.
 """

@@ -62,3 +62,28 @@ def test_adapter_errors_are_one_line(tiny_neo_dir, boolq_dir, tmp_path, capsys):
                         "--adapter", "final"], capsys)
     assert rc == 2 and "--ckpt none is the base model" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_one_results_json_holds_one_configuration(tiny_neo_dir, boolq_dir, tmp_path, capsys):
+    """A second evaluation of another state (or of the base model) into the same results folder is refused
+    before anything is written: results.json's meta describes every task in it."""
+    run = tmp_path / "runs" / "r"
+    rc, err = run_main(["--model_name", tiny_neo_dir, "--data_dir", boolq_dir, "--dataset", "boolq",
+                        "--peft_type", "hira", "--r_ab", "4", "--max_steps", "2", "--batch", "4", "--val_size", "0",
+                        "--save_steps", "1", "--output_folder", run.parent, "--run_name", "r"], capsys)
+    assert rc == 0, err
+    out = tmp_path / "out"
+    base = ["--data_dir", boolq_dir, "--dataset", "boolq", "--eval_mode", "loglik", "--max_examples", "4",
+            "--results_dir", out]
+    rc, err = run_main(["--ckpt", run, "--adapter", "final", *base], capsys)
+    assert rc == 0, err
+    before = (out / "results.json").read_bytes()
+    rc, err = run_main(["--ckpt", run, "--adapter", "step_1", *base], capsys)
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        f"error: {out / 'results.json'} holds evaluations of another configuration (adapter 'final', this one "
+        "'step_1'); evaluate into another --results_dir")
+    rc, err = run_main(["--ckpt", "none", "--model_name", tiny_neo_dir, *base], capsys)
+    assert rc == 2 and "(method 'hira', this one 'zero-shot')" in err
+    assert (out / "results.json").read_bytes() == before
+    rc, err = run_main(["--ckpt", run, "--adapter", "final", *base], capsys)  # the same again: replaced in place
+    assert rc == 0, err
