@@ -133,7 +133,8 @@ class EvalRecipe:
 
         path = self.out_dir / "results.json"
         held = read_results(path)  # a damaged results.json: refused before anything is written
-        changed = [k for k in CONFIGURATION if held["tasks"] and k in held["meta"] and held["meta"][k] != self.meta.get(k)]
+        changed = [k for k in CONFIGURATION
+                   if held["tasks"] and k in held["meta"] and held["meta"][k] != self.meta.get(k)]
         if changed:  # one results.json, one configuration: its meta describes every task in it
             k = changed[0]
             raise ValueError(f"{path} holds evaluations of another configuration ({k} {held['meta'][k]!r}, this one "

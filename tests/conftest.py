@@ -73,6 +73,15 @@ def tiny_neo_dir(tmp_path_factory, gpt2_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, gpt2_tokenizer):
+    """A tiny RANDOM Llama (tiny_model("llama")) saved with the real GPT-2 tokenizer: a local --model_name."""
+    out = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama").save_pretrained(str(out))
+    gpt2_tokenizer.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
 def small_data_dir(tmp_path_factory, data_dir):
     """A data folder holding the FIRST 40 real training records of boolq and openbookqa
     (<task>/train.json), so CLI runs spend their time training rather than tokenizing."""

@@ -196,11 +196,8 @@ def _read(path):
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, gpt2_tokenizer):
-    out = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(str(out))
-    gpt2_tokenizer.save_pretrained(str(out))
-    return out
+def base_dir(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 def _write_run(run, base_dir, peft_type, **extra):

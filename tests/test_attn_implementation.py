@@ -5,18 +5,10 @@ import json
 import pytest
 import torch
 
-from conftest import run_main, tiny_model
+from conftest import run_main
 from models.get_models import load_base_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory, gpt2_tokenizer):
-    out = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(str(out))
-    gpt2_tokenizer.save_pretrained(str(out))
-    return out
 
 
 def test_eager_and_sdpa_compute_the_same_logits(tiny_llama_dir):

@@ -57,7 +57,7 @@ def test_cloze_example_cuts_the_context_from_the_left(data_dir, gpt2_tokenizer):
     assert cut["input_ids"] == full["input_ids"][-(n_cont + 3):]  # GPT-2 adds no BOS: the last tokens
     assert cut["labels"][-n_cont:] == full["labels"][-n_cont:]
     assert n_cont == 6  # " a bacterial population in the bloodstream"
-    with pytest.raises(ValueError, match="gold continuation is 6 tokens: --cutoff_len 6 leaves no room for its context"):
+    with pytest.raises(ValueError, match="continuation is 6 tokens: --cutoff_len 6 leaves no room for its context"):
         train_example(CLEAN, tok, arc, 0, "cloze", n_cont, False)
 
 

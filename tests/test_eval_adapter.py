@@ -12,7 +12,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def scores(folder) -> list[float]:
     """Every option's score of every question, flat."""
-    return [s for line in (folder / "eval" / "boolq.jsonl").read_text().splitlines() for s in json.loads(line)["scores"]]
+    lines = (folder / "eval" / "boolq.jsonl").read_text().splitlines()
+    return [s for line in lines for s in json.loads(line)["scores"]]
 
 
 @pytest.mark.parametrize("method", ["knowhira", "lora", "kasa", "fft"])

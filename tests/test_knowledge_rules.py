@@ -31,8 +31,8 @@ GAIN = {k: [True] * k + [False] * (N - k) for k in (5, 10, 40)}  # k wins, no lo
 def test_format_rule_counts_passing_tasks_then_mean_delta(tmp_path):
     # text: 40 wins on ARC-Easy (p 1.8e-12, acc 40% > majority 30%), 10 on the others (acc 10% < majority)
     write_run(tmp_path / "text" / "zeroshot", dict.fromkeys(TASKS, ZERO), dict.fromkeys(TASKS, ZERO))
-    write_run(tmp_path / "text" / "pilot_text", {"ARC-Easy": GAIN[40], "ARC-Challenge": GAIN[10], "openbookqa": GAIN[10]},
-              dict.fromkeys(TASKS, ZERO))
+    write_run(tmp_path / "text" / "pilot_text",
+              {"ARC-Easy": GAIN[40], "ARC-Challenge": GAIN[10], "openbookqa": GAIN[10]}, dict.fromkeys(TASKS, ZERO))
     # cloze on acc_norm: 40 wins on two tasks -> 2 passing tasks (acc, its other metric, would pass none)
     write_run(tmp_path / "cloze" / "zeroshot", dict.fromkeys(TASKS, ZERO), dict.fromkeys(TASKS, ZERO))
     write_run(tmp_path / "cloze" / "pilot_cloze", dict.fromkeys(TASKS, ZERO),

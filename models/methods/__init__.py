@@ -1,6 +1,6 @@
 """The methods: the registry (registry.py: method name -> Method) with the built-in methods registered
-below; a new method is one file defining a config dataclass and a Method subclass, plus one `register(...)` call (see docs/methods.md "How to
-add a method"). Everything else asks the registry:
+below; a new method is one file defining a config dataclass and a Method subclass, plus one
+`register(...)` call (see docs/methods.md "How to add a method"). Everything else asks the registry:
 
     method = get_method("knowhira"); cfg = method.config_cls(r_ab=32, ...)
     model = build(model, cfg)            # the method is found from the config's class
