@@ -115,8 +115,11 @@ def plot_losses(run_dir) -> Path:
             ax[2].plot([p[0] for p in points], [p[1] for p in points], ".--", lw=1, alpha=0.8,
                        label=f"{task} ({points[-1][2]})")
         label_format = all("val_answer_loss" in r for r in acc)  # text/cloze format: options scored whole
+        args = Path(run_dir) / "args.json"
+        cloze = args.is_file() and json.loads(args.read_text()).get("answer_format") == "cloze"
         ax[2].set(xlabel="optimizer step", ylim=(0, 1),
-                  ylabel="accuracy at the answer token" if label_format else "accuracy (options scored)",
+                  ylabel="accuracy at the answer token" if label_format else
+                  "acc_norm (choices scored, lm-eval cloze)" if cloze else "accuracy (options scored)",
                   title=f"Validation accuracy ({acc[-1].get('val_acc_n', '?')} records)")
         ax[2].legend(loc="upper left", fontsize=7)
         if label_format:
