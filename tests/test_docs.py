@@ -41,6 +41,8 @@ def cli_flags() -> dict:
             found |= set(FLAG.findall(m.group(1)))
         flags[cli] = found | {"--help", "-h"}          # knowledge_rules.py has positional arguments only
     flags["scripts/bench"] = flags["scripts/bench/run.py"]          # python -m scripts.bench
+    for script in sorted((ROOT / "scripts").glob("*.sh")):  # a shell script's own flags: [ "$1" = --dry ]
+        flags[f"scripts/{script.name}"] = set(re.findall(r"=\s*(--[a-z][a-z_]*)\s*\]", script.read_text()))
     return flags
 
 
