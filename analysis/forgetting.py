@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from utils.batching import pad, pad_token_id, shifted_ce_sum
+from utils.batching import IGNORE_INDEX, pad, pad_token_id, shifted_ce_sum
 
 TEMPLATE_PREFIX = re.compile(r"^Please [^:]*:\s*")
 
@@ -53,7 +53,7 @@ def lm_loss(model, tokenizer, texts: list[str], batch_size: int, max_len: int) -
         input_ids, mask = pad(ids, pad_id, "right")
         input_ids, mask = input_ids.to(device), mask.to(device)
         logits = model(input_ids=input_ids, attention_mask=mask).logits
-        loss, n = shifted_ce_sum(logits, input_ids.masked_fill(mask == 0, -100))
+        loss, n = shifted_ce_sum(logits, input_ids.masked_fill(mask == 0, IGNORE_INDEX))
         total += loss.item()
         count += n
     model.train(was_training)

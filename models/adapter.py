@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.hadamard import MergeableAdapter, base_weight
+from models.hadamard import MergeableAdapter, _is_conv1d, base_weight
 from models.targets import default_targets
 from utils.atomic import atomic_save_safetensors, atomic_write_json
 from utils.dist import full
@@ -20,14 +20,16 @@ from utils.dist import full
 # the stock peft form of the Hadamard family.
 ADAPTER_WEIGHTS = "knowhira_adapter.safetensors"
 ADAPTER_CONFIG = "knowhira_adapter.json"
-# the names runs made before that change used (peft's, with our lowercase method names); still read
-LEGACY_WEIGHTS = "adapter_model.safetensors"
-LEGACY_CONFIG = "adapter_config.json"
+# peft's own file names (a stock peft adapter folder; models/methods/peft_lib.py, models/export.py)
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+# runs made before that change used peft's names, with our lowercase method names; still read
+LEGACY_WEIGHTS, LEGACY_CONFIG = PEFT_WEIGHTS, PEFT_CONFIG
 
 
 # ---- target matching ---------------------------------------------------------------------------
 def _is_linear(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+    return isinstance(m, nn.Linear) or _is_conv1d(m)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:

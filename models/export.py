@@ -20,14 +20,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.adapter import ADAPTER_CONFIG, LEGACY_CONFIG
+from models.adapter import ADAPTER_CONFIG, LEGACY_CONFIG, PEFT_CONFIG
 from models.get_models import ModelOptions
 from utils.atomic import fsync_dir
 from utils.options import Options, option
 from utils.runs import read_json, run_args, saved_dir_of
 
 EXPORT_KINDS = ("peft", "merged")
-PEFT_CONFIG = "adapter_config.json"  # = models.methods.peft_lib.PEFT_CONFIG (peft's own name)
 
 
 @dataclass

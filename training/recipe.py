@@ -20,7 +20,7 @@ from data.options import DataOptions
 from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
 from models.methods import get_method
-from training.loop import LoopConfig, Trainer, epoch_order, task_loss_sum
+from training.loop import LoopConfig, Trainer, count_targets, epoch_order, task_loss_sum
 from utils.options import Options, option
 
 
@@ -166,7 +166,7 @@ class TrainRecipe:
         order = epoch_order(len(self.train_features), self.loop.seed, epoch=-1)
         batches = [{k: v.to(device) for k, v in collate([self.train_features[i] for i in order[j:j + b]]).items()}
                    for j in range(0, n_batches * b, b)]
-        total = sum(int((x["labels"][:, 1:] != -100).sum()) for x in batches)
+        total = count_targets([self.train_features[i] for i in order[:n_batches * b]])  # the batches' labels
         return self.method.initialise(self.model, self.method_cfg, batches,
                                       lambda model, batch: task_loss_sum(model, batch)[0] / total)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from models.adapter import adapter_layers
+from models.adapter import PEFT_WEIGHTS, adapter_layers
 from models.hadamard import HadamardLinear, _is_conv1d
 from models.methods.base import AdapterMethod, LowRankConfig, Regularizer
-from models.methods.peft_lib import PEFT_PREFIX, PEFT_WEIGHTS
+from models.methods.peft_lib import PEFT_PREFIX
 from utils.options import non_negative, option
 
 _PEFT_KEY = re.compile(re.escape(PEFT_PREFIX) + r"(.+)\.(hira_A|hira_B)")

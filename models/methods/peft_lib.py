@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from models.adapter import PEFT_CONFIG, PEFT_WEIGHTS
 from models.hadamard import _is_conv1d, base_weight
 from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig
 from models.targets import default_targets
@@ -15,8 +16,6 @@ from utils.dist import gather_state, is_sharded
 from utils.options import option
 
 PEFT_PREFIX = "base_model.model."  # peft's prefix of a causal LM's module names in its files
-PEFT_CONFIG = "adapter_config.json"  # peft's file names
-PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
 def peft_targets(value):
