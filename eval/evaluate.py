@@ -60,6 +60,25 @@ def validate_records(records: list[dict], task: str) -> None:
                              f"offers only {'/'.join(record_choices(record, task))}")
 
 
+def check_records(records: list[dict], task: str, mode: str, answer_format: str) -> list[str]:
+    """ValueError naming the task and record unless every record can be evaluated in `mode` and
+    `answer_format` (gold among its options; cloze: question and choices parse; text: every option
+    parses); returns the strings offered as answers (the answer words, or the text options)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not records:
+        raise ValueError(f"{task}: no records to evaluate")
+    validate_records(records, task)
+    if answer_format == "text" and mode != "loglik":
+        raise ValueError(f"the text answer format is scored, not generated: use --eval_mode loglik, not {mode}")
+    if mode == "cloze":  # every rank checks every record before any runs the model
+        for index, record in enumerate(records):
+            parse_record(record, task, index)
+    if answer_format == "text":  # every option of every record parses, or a one-line error names it
+        return [t for index, record in enumerate(records) for t in options(record, index, "text", task)[1]]
+    return ANSWER_WORDS[task]
+
+
 def select_ids(n_total: int, max_examples: int | None, seed: int) -> list[int]:
     """Indices to evaluate: all, or a fixed seeded subset of max_examples in file order."""
     if max_examples is None or max_examples >= n_total:
@@ -169,21 +188,9 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
     result, only rank 0 writes.
     """
     task = resolve_task(task)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    if not records:
-        raise ValueError(f"{task}: no records to evaluate")
-    validate_records(records, task)
-    if answer_format == "text" and mode != "loglik":
-        raise ValueError(f"the text answer format is scored, not generated: use --eval_mode loglik, not {mode}")
-    if mode == "cloze":  # every rank checks every record before any runs the model
-        for index, record in enumerate(records):
-            parse_record(record, task, index)
-    offered = ANSWER_WORDS[task]
-    if answer_format == "text":  # every option of every record parses, or a one-line error names it
-        offered = [t for index, record in enumerate(records) for t in options(record, index, "text", task)[1]]
+    offered = check_records(records, task, mode, answer_format)
 
     ids = select_ids(len(records), max_examples, seed)
     room, truncated = None, None  # prompts longer than the model's positions allow are cut (counted)

@@ -129,8 +129,12 @@ class EvalRecipe:
         self.meta.update(eval_mode=self.mode, answer_format=self.answer_format, max_examples=self.opts.max_examples,
                          protocol=self.protocol.name, beam_size=self.beam_size, max_new_tokens=self.max_new_tokens,
                          protocol_deviations=self.deviations(trained))
-        from eval.evaluate import read_results
+        from eval.evaluate import check_records, load_test_records, read_results
 
+        # every requested task's test file read and checked before anything is evaluated or written
+        self.records = {t: load_test_records(self.data_dir, t) for t in self.tasks}
+        for task, records in self.records.items():
+            check_records(records, task, self.mode, self.answer_format)
         path = self.out_dir / "results.json"
         held = read_results(path)  # a damaged results.json: refused before anything is written
         changed = [k for k in CONFIGURATION
@@ -158,11 +162,10 @@ class EvalRecipe:
         return out
 
     def run(self) -> dict:
-        from eval.evaluate import evaluate_task, load_test_records, update_results_json
+        from eval.evaluate import evaluate_task, update_results_json
 
         o, results = self.opts, {}
-        for task in self.tasks:
-            records = load_test_records(self.data_dir, task)
+        for task, records in self.records.items():
             result = evaluate_task(self.model, self.tokenizer, records, task, self.out_dir,
                                    protocol=self.protocol, mode=self.mode, batch_size=o.eval_batch,
                                    max_new_tokens=self.max_new_tokens, beam_size=self.beam_size,

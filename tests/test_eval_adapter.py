@@ -88,3 +88,14 @@ def test_one_results_json_holds_one_configuration(tiny_neo_dir, boolq_dir, tmp_p
     assert (out / "results.json").read_bytes() == before
     rc, err = run_main(["--ckpt", run, "--adapter", "final", *base], capsys)  # the same again: replaced in place
     assert rc == 0, err
+
+
+def test_every_requested_task_is_checked_before_anything_is_written(tiny_neo_dir, arc_obqa_dir, tmp_path, capsys):
+    """--dataset openbookqa,hellaswag where hellaswag has no test file: one line naming it, and openbookqa is
+    not evaluated first (it used to be written, then the run stopped)."""
+    out = tmp_path / "out"
+    rc, err = run_main(["--ckpt", "none", "--model_name", tiny_neo_dir, "--data_dir", arc_obqa_dir,
+                        "--dataset", "openbookqa,hellaswag", "--eval_mode", "cloze", "--results_dir", out], capsys)
+    line = err.strip().splitlines()[-1]
+    assert rc == 2 and line.startswith("error: ") and "hellaswag" in line and "test.json" in line, line
+    assert not out.exists()

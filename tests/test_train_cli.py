@@ -575,6 +575,14 @@ def test_bad_config_is_a_one_line_error(content, needle, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_resume_with_fewer_steps_than_reached_is_refused(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc, err = run_main(["--resume", run, "--max_steps", "1"], capsys)
+    assert rc == 2 and "is at step 2, beyond the 1 steps asked for" in err.strip().splitlines()[-1]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files  # args.json still says 2
+
+
 def test_resume_with_more_max_steps_continues(tiny_run, tmp_path, capsys, threads1):
     run = copy_run(tiny_run, tmp_path)
     rc = train_knowhira.main(["--resume", str(run), "--max_steps", "5"])

@@ -360,6 +360,9 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, self.config)
+            if state["step"] > self.total_steps:  # nothing to train, and args.json would record fewer steps
+                raise ValueError(f"the run's newest checkpoint {ckpt} is at step {state['step']}, beyond the "
+                                 f"{self.total_steps} steps asked for (--max_steps/--epoch): resume with more steps")
             self.step, self.best_val = state["step"], state.get("best_val")
             self.bad_evals = state.get("bad_evals", 0)
             self.start_step = self.step
