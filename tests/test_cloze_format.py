@@ -68,7 +68,7 @@ def test_cloze_val_acc_equals_cloze_evaluation(data_dir, gpt2_tokenizer, tmp_pat
 
     from data.tokenize import Collator
     from eval.cloze import cloze_rows
-    from training.loop import validate
+    from training.validation import validate
 
     tok, model = gpt2_tokenizer, tiny_model("llama", seed=3)
     by_task = {t: load_task_split(data_dir, t, "train")[:n] for t, n in

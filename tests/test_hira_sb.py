@@ -15,7 +15,7 @@ from models.hira_sb import (accumulate_full_gradients, hira_sb_initialise, sb_fa
 from models.methods import build
 from models.methods.hira import HiRAConfig
 from models.methods.hira_sb import HiRASBConfig, HiRASBLinear
-from training.loop import task_loss_sum
+from training.loss import task_loss_sum
 from utils.batching import IGNORE_INDEX
 
 TARGETS = {"gpt2": ["c_attn", "mlp.c_proj"], "llama": ["q_proj", "down_proj"],

@@ -24,7 +24,9 @@ from models.methods.hira import ortho_loss
 from models.methods.knowhira import KnowHiRAConfig
 from training.checkpoint import latest_checkpoint
 from training.logger import read_log
-from training.loop import LoopConfig, NonFiniteLoss, Trainer, epoch_order, param_groups, task_loss_sum, train
+from training.loop import LoopConfig, NonFiniteLoss, Trainer, param_groups
+from training.loss import task_loss_sum
+from training.order import epoch_order
 
 TARGETS = ["q_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 CUTOFF = 128
@@ -57,13 +59,13 @@ def adapted_neo(r=4, lam=1e-3, embed_scale=1.0, seed=0):
 
 
 def run_loop(run_dir, model, cfg, tokenizer, train_f, val_f=(), accelerator=None, **kw):
-    """training.loop.train as TrainRecipe.trainer() calls it: the method's save and its
+    """Trainer(...).run() as TrainRecipe.trainer() builds it: the method's save and its
     Regularizer(fn, weight)."""
     method = method_of(cfg)
     settings = {"batch": 2, "lr": 1e-2, "save_steps": 1000, "eval_strategy": "no", **kw}
-    return train(accelerator or Accelerator(cpu=True), model, tokenizer, list(train_f), list(val_f),
-                 LoopConfig(**settings), run_dir,
-                 lambda m, d, write: method.save(m, cfg, d, write), method.regularizer(cfg))
+    return Trainer(accelerator or Accelerator(cpu=True), model, tokenizer, list(train_f), list(val_f),
+                   LoopConfig(**settings), run_dir,
+                   lambda m, d, write: method.save(m, cfg, d, write), method.regularizer(cfg)).run()
 
 
 def trainable(model):

@@ -48,7 +48,7 @@ def test_validate_against_per_candidate_forwards(records, gpt2_tokenizer):
     from conftest import tiny_model
     from data.choices import answer_words
     from data.tokenize import Collator
-    from training.loop import validate
+    from training.validation import validate
 
     p, tok = get_protocol("hira"), gpt2_tokenizer
     model = tiny_model("gpt_neo")

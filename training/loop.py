@@ -9,13 +9,8 @@ The task loss is normalised by the number of target tokens of the WHOLE effectiv
 gradient. Every rank can count those tokens itself because the data order is a pure function of
 (seed, epoch): no communication is needed for it.
 
-Data order: epoch e uses torch.randperm(n, generator=seed + e); with --group_by_length (the default)
-that order is cut into mega-batches of MEGA_BATCHES global batches, each sorted by length, and the
-global batches are then shuffled (same generator), so a batch holds records of similar length and
-pads little (HF's LengthGroupedSampler, made a pure function of (seed, epoch)). Optimizer step k of
-an epoch takes the global slice [k·G, (k+1)·G) with G = batch · grad_acc · world; micro-step j of
-rank r takes batch examples from it. Resuming from step k therefore only needs k (plus the saved RNG
-states), and 2 processes x b still see exactly the examples of 1 process x 2b.
+The data order (training/order.py), the loss and the output head (training/loss.py) and validation
+(training/validation.py) live beside this file; the Trainer below puts them together.
 """
 import math
 import sys
@@ -30,7 +25,9 @@ from tqdm.auto import tqdm
 from data.tokenize import Collator
 from training.checkpoint import complete, discard_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.logger import RunLogger, plot_losses
-from utils.batching import IGNORE_INDEX, kept_ce_sum, shifted_ce_sum
+from training.loss import OutputHead, count_targets, task_loss_sum
+from training.order import epoch_order
+from training.validation import validate
 from utils.dist import full, shard_model
 from utils.options import Options, non_negative, option, positive
 
@@ -132,164 +129,6 @@ def lr_lambda(cfg: LoopConfig, total_steps: int):
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return max(0.0, 1.0 - progress)
     return f
-
-
-MEGA_BATCHES = 50  # global batches per length-sorted mega-batch (HF's LengthGroupedSampler uses 50)
-
-
-def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, global_batch: int = 1
-                ) -> list[int]:
-    """The example order of an epoch: a seeded permutation; with `lengths`, grouped by length: the
-    permutation's first n - n mod G examples in mega-batches of MEGA_BATCHES·G sorted longest first,
-    cut into global batches of G, those batches shuffled; the remainder (never a full batch) last."""
-    g = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    if lengths is None:
-        return order
-    used, rest = order[:n - n % global_batch], order[n - n % global_batch:]
-    mega = MEGA_BATCHES * global_batch
-    ranked = [i for s in range(0, len(used), mega)
-              for i in sorted(used[s:s + mega], key=lambda i: -lengths[i])]
-    batches = [ranked[s:s + global_batch] for s in range(0, len(ranked), global_batch)]
-    return [i for k in torch.randperm(len(batches), generator=g).tolist() for i in batches[k]] + rest
-
-
-def count_targets(features: list[dict]) -> int:
-    """Tokens that carry loss in these examples (labels shifted by one, as in the loss)."""
-    return sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in features)
-
-
-class OutputHead:
-    """The output layer of a transformers causal LM, run only at chosen positions.
-
-    `logits_at(model, batch, keep)` runs the model's ordinary forward with a pre-hook on its output
-    layer (get_output_embeddings()) that replaces the layer's input, the (batch, length, width) hidden
-    states, by its rows at the positions `keep` (a batch x length bool mask), so the layer computes
-    only those logits: (keep.sum(), vocabulary), row-major in `keep`. The layer runs inside the forward,
-    so DDP and FSDP2 (whose root unit gathers the head's weight only there) see an ordinary forward, and
-    what the model does to the layer's output (e.g. Gemma's soft-capping) is elementwise and still
-    applied. `of(model)` gives None for a model without an output layer (the full-logits path)."""
-
-    def __init__(self, head):
-        self.head = head
-
-    @classmethod
-    def of(cls, model) -> "OutputHead | None":
-        get = getattr(model, "get_output_embeddings", None)  # peft models pass it to their base
-        head = get() if get is not None else None
-        return cls(head) if isinstance(head, torch.nn.Module) else None
-
-    def logits_at(self, model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
-        def gather(module, args):
-            return (args[0][keep],)
-        handle = self.head.register_forward_pre_hook(gather)
-        try:
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        finally:
-            handle.remove()
-
-
-def labelled(labels: torch.Tensor) -> torch.Tensor:
-    """The positions whose logits predict a labelled token (the label at t + 1 is not ignored)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return keep
-
-
-def task_loss_sum(model, batch: dict, head: OutputHead | None = None) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the labelled tokens, and their count. With the model's
-    OutputHead the head runs only where a label is: the same loss and gradients (tested to 1e-6), a
-    fifth fewer FLOPs on SmolLM2 and no batch x length x vocabulary logits tensor."""
-    if head is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return shifted_ce_sum(logits, batch["labels"])
-    keep = labelled(batch["labels"])
-    return kept_ce_sum(head.logits_at(model, batch, keep), batch["labels"][:, 1:][keep[:, :-1]])
-
-
-@torch.no_grad()
-def validate(accelerator, model, features: list[dict], collate, batch: int, slots=None, head=None,
-             choices=None, tasks=None) -> dict:
-    """Validation numbers, sharded over ranks:
-    val_loss         token-averaged task loss (what the training loss measures);
-    val_acc          label answer format: share of records whose gold answer word scores highest among
-                     the offered ones at the answer position (data.protocols.answer_slot), i.e. argmax
-                     of the logits of the answer tokens there, one forward per record;
-                     text and cloze answer formats: share of records whose gold option scores highest
-                     (data.answer_format.scored_choices: text by the summed log-probability, as
-                     --eval_mode loglik; cloze by it over the choice's length, acc_norm of --eval_mode
-                     cloze); over the records with known options (val_acc_n);
-    val_acc/<task>   the same over the records of each task (`tasks[i]`: features[i]'s task, None: none);
-                     weighted by val_acc_n/<task> they average to val_acc;
-    val_answer_loss  (label format) mean −log p(gold answer token) at that position.
-    `slots[i]` is answer_slot(...) of features[i], `choices[i]` (text and cloze formats) is
-    scored_choices(...) of its record; None: not scored. `head`: the model's OutputHead, or None."""
-    from eval.scoring import score_token_pairs
-
-    model.eval()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = list(range(len(features)))[rank::world]
-    names = sorted({t for t in tasks or () if t is not None})
-    column = {t: 5 + 2 * k for k, t in enumerate(names)}  # per task: correct, scored
-    # loss, n, correct, nll, scored, then the per-task pairs
-    total = torch.zeros(5 + 2 * len(names), device=accelerator.device, dtype=torch.float64)
-
-    def count(j, right: bool):
-        total[2] += float(right)
-        total[4] += 1
-        if tasks and tasks[j] is not None:
-            total[column[tasks[j]]] += float(right)
-            total[column[tasks[j]] + 1] += 1
-
-    for i in range(0, len(mine), batch):
-        chunk = mine[i:i + batch]
-        b = {k: v.to(accelerator.device) for k, v in collate([features[j] for j in chunk]).items()}
-        with accelerator.autocast():
-            if head is None:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                loss, n = shifted_ce_sum(logits, b["labels"])
-            else:  # the head at the labelled positions and the answer positions only
-                keep = labelled(b["labels"])
-                answer = torch.zeros_like(keep)
-                for row, j in enumerate(chunk):
-                    if slots and slots[j] is not None:
-                        answer[row, slots[j][0]] = True
-                kept = head.logits_at(model, b, keep | answer)
-                where = torch.cumsum((keep | answer).flatten(), 0).view_as(keep) - 1  # row of kept per position
-                loss, n = kept_ce_sum(kept[where[keep]], b["labels"][:, 1:][keep[:, :-1]])
-            for row, j in enumerate(chunk):
-                slot = slots[j] if slots else None
-                if slot is None:
-                    continue
-                position, token_ids, gold = slot
-                at = logits[row, position] if head is None else kept[where[row, position]]
-                logp = torch.log_softmax(at.float(), dim=-1)[token_ids]
-                count(j, int(logp.argmax()) == gold)
-                total[3] -= logp[gold].item()
-            known = [j for j in chunk if choices and choices[j] is not None]
-            if known:
-                flat = score_token_pairs(model, [pair for j in known for pair in choices[j][0]],
-                                         collate.pad_id, batch_size=batch, show_progress=False)
-                for j in known:
-                    pairs, gold, lengths = choices[j]
-                    scores, flat = flat[:len(pairs)], flat[len(pairs):]
-                    if lengths is not None:  # acc_norm: the score per character of the choice
-                        scores = [s / n_chars if n_chars else float("-inf") for s, n_chars in zip(scores, lengths)]
-                    count(j, max(range(len(scores)), key=lambda k: (scores[k], -k)) == gold)
-        total[0] += loss.item()
-        total[1] += n
-    total = accelerator.reduce(total, "sum")
-    model.train()
-    out = {"val_loss": (total[0] / total[1]).item()}
-    if total[4] > 0:
-        out.update(val_acc=(total[2] / total[4]).item(), val_acc_n=int(total[4]))
-        if slots:
-            out["val_answer_loss"] = (total[3] / total[4]).item()
-        for t in names:
-            c = column[t]
-            if total[c + 1] > 0:
-                out.update({f"val_acc/{t}": (total[c] / total[c + 1]).item(), f"val_acc_n/{t}": int(total[c + 1])})
-    return out
 
 
 def param_groups(model, lr: float, scales: dict[str, float]) -> list[dict]:
@@ -547,10 +386,3 @@ class Trainer:
         acc.wait_for_everyone()
         best = self.best_val if self.best_val is None or cfg.best_metric == "val_loss" else -self.best_val
         return LoopResult(steps=self.step, best_metric=cfg.best_metric, best_value=best, stopped_early=stopped_early)
-
-
-def train(accelerator, model, tokenizer, train_features, val_features, cfg: LoopConfig, run_dir, save,
-          regularizer=None, val_slots=None) -> LoopResult:
-    """Run (or resume) training: Trainer(...).run()."""
-    return Trainer(accelerator, model, tokenizer, train_features, val_features, cfg, run_dir, save,
-                   regularizer, val_slots).run()

@@ -20,7 +20,9 @@ from data.options import DataOptions
 from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
 from models.methods import get_method
-from training.loop import LoopConfig, Trainer, count_targets, epoch_order, task_loss_sum
+from training.loop import LoopConfig, Trainer
+from training.loss import count_targets, task_loss_sum
+from training.order import epoch_order
 from utils.options import Options, option
 
 

@@ -196,7 +196,7 @@ class PeftHiraStep:
         self.step, self.tokens = 0, []
 
     def __call__(self) -> None:
-        from training.loop import epoch_order
+        from training.order import epoch_order
 
         b = self.cfg.batch
         epoch, k = divmod(self.step, self.per_epoch)
