@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import analyze_results
+from analysis import report
 import download_all_eval_datasets
 import train_knowhira
 from data import download
@@ -129,7 +130,7 @@ def test_analyze_results_without_arguments_reads_runs(run, tiny_neo_dir):
     table_row = next(line for line in proc.stdout.splitlines() if line.startswith("| tiny |"))
     cells = [c.strip() for c in table_row.strip("|").split("|")]
     assert cells[1:4] == ["knowhira", "hira", tiny_neo_dir.name]  # method, protocol (the default), model
-    assert cells[5] == analyze_results._format_count(args["trainable_params"])
+    assert cells[5] == report._format_count(args["trainable_params"])
 
 
 def test_analyze_results_without_a_runs_folder(tmp_path, monkeypatch, capsys):

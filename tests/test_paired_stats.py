@@ -8,6 +8,7 @@ import math
 import pytest
 
 import analyze_results
+from analysis import report
 from analysis.paired import (PairingError, Predictions, agresti_min_interval, format_p, load_predictions,
                              mcnemar_exact_p, mean_std, paired_difference, seedless_name, sign_flip_p)
 from eval.metrics import wilson_interval
@@ -419,10 +420,10 @@ def test_bar_labels_name_the_model_only_where_it_differs_and_wrap_the_hyperparam
            "hparams": {"r_ab": 32, "lr": 0.003, "knowledge_alpha": 0.5, "max_steps": 200, "seed": 1},
            "runs": ["a", "b"], "label": "knowhira"}
     zero = {"method": "zero-shot", "model": row["model"], "hparams": {}, "runs": ["z"], "label": "zeroshot"}
-    assert analyze_results._bar_labels([row, zero]) == [
+    assert report._bar_labels([row, zero]) == [
         "knowhira\nr_ab=32\nlr=0.003\nknowledge_alpha=0.5\nmax_steps=200\nseed=1\n(2 seeds)", "zero-shot"]
     other = dict(zero, model="/models/gpt-neo-125M/")  # a second model: each bar names its own
-    assert analyze_results._bar_labels([row, other])[0].split("\n")[1] == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert analyze_results._bar_labels([row, other])[1] == "zero-shot\ngpt-neo-125M"
+    assert report._bar_labels([row, other])[0].split("\n")[1] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert report._bar_labels([row, other])[1] == "zero-shot\ngpt-neo-125M"
     twin = dict(row, label="knowhira_b")  # same everything: the row labels tell them apart
-    assert analyze_results._bar_labels([row, twin])[1].endswith("\n[knowhira_b]")
+    assert report._bar_labels([row, twin])[1].endswith("\n[knowhira_b]")
