@@ -5,7 +5,8 @@ folder, and write it for the stock ecosystem.
     python train_knowhira.py --ckpt RUN --export merged --export_dir OUT   # a plain HF model folder
 
 `--export peft` is the method's `export_peft` (models/methods/): the Hadamard family writes peft's
-HiRA with B′ = s·B·M (hira.py), lora/dora/ia3 copy their peft adapter, kasa and fft refuse.
+HiRA with B′ = s·B·M (hira.py), kasa writes peft's own KaSA (a LoRA variant; kasa.py), lora/dora/ia3 copy their
+peft adapter, fft refuses.
 `--export merged` loads the trained state, merges it with the method's `merge_and_unload`, and writes
 weights (safetensors), config, generation config and tokenizer (`models.adapter.save_plain_model`);
 a GGUF base is written as plain dequantised weights. Either is written into a temporary folder

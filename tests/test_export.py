@@ -136,14 +136,14 @@ def test_peft_export_loads_in_peft_and_computes_our_logits(method, arch, base_di
 
 
 def test_peft_export_of_other_methods(base_dirs, tmp_path, capsys):
-    """lora: the saved peft adapter copied byte for byte; kasa, fft: a one-line refusal pointing to
+    """lora: the saved peft adapter copied byte for byte; fft: a one-line refusal pointing to
     --export merged, exit 2, nothing left behind."""
     model, cfg = trained("lora", "llama", steps=1)
     run = write_run(tmp_path / "lora", model, "lora", cfg, base_dirs["llama"])
     export_checkpoint(open_checkpoint(run), "peft", tmp_path / "lora_out")
     for f in (run / "best").iterdir():
         assert (tmp_path / "lora_out" / f.name).read_bytes() == f.read_bytes()
-    for method, why in (("kasa", "truncated"), ("fft", "every weight")):
+    for method, why in (("fft", "every weight"),):
         m = get_method(method)
         cfg = m.config_cls.from_values({"target_modules": TARGETS["llama"], "r_ab": R})
         run = write_run(tmp_path / method, m.build(tiny_model("llama"), cfg), method, cfg, base_dirs["llama"])
@@ -151,6 +151,23 @@ def test_peft_export_of_other_methods(base_dirs, tmp_path, capsys):
         assert rc == 2 and len(err.strip().splitlines()) == 1, err
         assert f"{method} has no adapter form" in err and why in err and "--export merged" in err
         assert not list(tmp_path.glob(f"*{method}_out*"))
+
+
+def test_kasa_exports_as_peft_kasa(base_dirs, tmp_path):
+    """kasa: peft's own KaSA (LoraConfig(kasa_config=...)); PeftModel.from_pretrained on the PRETRAINED base
+    truncates it as ours did and computes our trained model's logits."""
+    from peft import PeftModel
+
+    model, cfg = trained("kasa", "llama", steps=2)
+    ref = logits(model)
+    run = write_run(tmp_path / "kasa", model, "kasa", cfg, base_dirs["llama"])
+    line = export_checkpoint(open_checkpoint(run), "peft", tmp_path / "out")
+    assert "peft KaSA adapter" in line
+    saved_cfg = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert (saved_cfg["peft_type"], saved_cfg["r"], saved_cfg["lora_alpha"]) == ("LORA", R, cfg.kasa_alpha)
+    assert saved_cfg["kasa_config"] == {"beta": cfg.kasa_beta, "gamma": cfg.kasa_gamma}
+    peft_model = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "out")).eval()
+    torch.testing.assert_close(logits(peft_model), ref, rtol=0, atol=1e-5)
 
 
 # ---- 2. merged export: transformers alone ------------------------------------------------------

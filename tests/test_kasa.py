@@ -299,3 +299,40 @@ def test_rank_too_large_conv1d_and_bad_args():
     for name in ("kasa_beta", "kasa_gamma"):
         with pytest.raises(ValueError, match=f"{name}: must be >= 0"):
             KaSAConfig(**{name: -1e-3})
+
+
+def test_our_kasa_equals_peft_kasa():
+    """Two independent implementations of the KaSA paper: ours and peft's LoRA variant
+    (LoraConfig(kasa_config=KasaConfig(...)), peft.tuners.lora.variants.KasaLinearVariant). On the same base,
+    with the same trainable values (peft's lora_B = ΔU, lora_A = ΔVᵀ, lora_diag = Δσ, scaling α/r), they keep the
+    same truncated base weights (min(out, in) − r components), compute the same logits and the same regulariser
+    (β Σ Δσ² + γ (‖BᵀB − I‖_F + ‖AAᵀ − I‖_F), summed over layers)."""
+    from peft import KasaConfig, LoraConfig, get_peft_model
+
+    from models.adapter import adapter_layers
+    from models.methods import build, get_method
+
+    targets, r, alpha, beta, gamma = ["q_proj", "v_proj", "down_proj"], 4, 8.0, 1e-2, 1e-1
+    base = tiny_model("llama", seed=4)
+    ours = build(copy.deepcopy(base), KaSAConfig(r_ab=r, target_modules=targets, kasa_alpha=alpha,
+                                                 kasa_beta=beta, kasa_gamma=gamma))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # ΔU = 0 at init: give it values, so the update is tested too
+        for layer in adapter_layers(ours).values():
+            layer.kasa_dU.copy_(0.1 * torch.randn(layer.kasa_dU.shape, generator=g))
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
+                                                            lora_dropout=0.0,
+                                                            kasa_config=KasaConfig(beta=beta, gamma=gamma)))
+    with torch.no_grad():
+        for name, layer in adapter_layers(ours).items():
+            module = theirs.base_model.model.get_submodule(name)
+            torch.testing.assert_close(module.base_layer.weight, layer.base.weight, atol=1e-6, rtol=0)
+            module.lora_B["default"].weight.copy_(layer.kasa_dU)
+            module.lora_A["default"].weight.copy_(layer.kasa_dV.t())
+            module.lora_diag["default"].copy_(layer.kasa_dS)
+    assert len(adapter_layers(ours)) == 2 * len(targets)  # 2 blocks of the tiny Llama
+    ids = torch.arange(5, 37).view(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, atol=1e-5, rtol=0)
+    ours_reg = get_method("kasa").regularizer(KaSAConfig(r_ab=r, kasa_beta=beta, kasa_gamma=gamma)).fn(ours)
+    assert float(theirs._get_kasa_loss()) == pytest.approx(float(ours_reg), rel=1e-5)

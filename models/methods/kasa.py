@@ -45,9 +45,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.hadamard import MergeableAdapter, acc_dtype, base_weight, layer_shape
+from models.adapter import adapter_layers, read_adapter_config
+from models.hadamard import MergeableAdapter, _is_conv1d, acc_dtype, base_weight, layer_shape
 from models.methods.base import AdapterMethod, LayerDelta, LowRankConfig, Regularizer
-from models.adapter import adapter_layers
 from utils.dist import full
 from utils.options import non_negative, option
 
@@ -188,7 +188,41 @@ class KaSA(AdapterMethod):
     summary = "SVD-truncated W0 (drop the r smallest components) + (α/r) ΔU diag(Δσ) ΔVᵀ (KaSA paper)"
     analysis_note = ("KaSA truncated W0 to min(out, in) − r components before training; "
                      "ΔW is added to that truncated W0'.")
-    no_adapter_form = "its base weights are truncated"
+    def export_peft(self, out_dir, *, saved_dir, base_model_name, load_model):
+        """peft's own KaSA (a LoRA variant: LoraConfig(kasa_config=KasaConfig(β, γ))): peft truncates the
+        pretrained base itself when it loads the adapter (the same min(out, in) − r components, checked equal
+        in tests/test_kasa.py), so the files hold lora_B = ΔU, lora_A = ΔVᵀ, lora_diag = Δσ with
+        lora_alpha = α: what peft's save_pretrained writes for a model built with them."""
+        from peft import KasaConfig, LoraConfig, get_peft_model
+
+        model = load_model()
+        layers = adapter_layers(model)
+        if len({(layer.r, layer.alpha) for layer in layers.values()}) != 1:
+            raise ValueError("layers of different ranks or α: not one peft KaSA config")
+        if any(layer.merged for layer in layers.values()) or any(_is_conv1d(layer.base) for layer in layers.values()):
+            raise ValueError("a merged adapter, or a GPT-2 Conv1D layer (peft's KaSA is for nn.Linear): use "
+                             "--export merged")
+        saved = read_adapter_config(saved_dir)
+        trained = {}
+        with torch.no_grad():
+            for name, layer in layers.items():  # back to the pretrained W0 (up to rounding): peft truncates it
+                layer.restore_base()
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent), attr, layer.base)
+                trained[name] = (layer.kasa_dU.detach(), layer.kasa_dV.detach(), layer.kasa_dS.detach())
+        first = next(iter(layers.values()))
+        config = LoraConfig(r=first.r, lora_alpha=first.alpha, target_modules=sorted(layers), lora_dropout=0.0,
+                            task_type="CAUSAL_LM", base_model_name_or_path=base_model_name, inference_mode=True,
+                            kasa_config=KasaConfig(beta=saved["kasa_beta"], gamma=saved["kasa_gamma"]))
+        peft_model = get_peft_model(model, config)
+        with torch.no_grad():
+            for name, (du, dv, ds) in trained.items():
+                module = peft_model.base_model.model.get_submodule(name)
+                module.lora_B["default"].weight.copy_(du)
+                module.lora_A["default"].weight.copy_(dv.t())
+                module.lora_diag["default"].copy_(ds)
+        peft_model.save_pretrained(str(out_dir))
+        return f"peft KaSA adapter (LoRA variant), {len(layers)} layers, r = {first.r}, α = {first.alpha:g}"
 
     def make_layer(self, base, cfg, compute):
         return KaSALinear(base, cfg, compute_svd=compute)
