@@ -194,6 +194,11 @@ def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
         raise ValueError(f"adapter in {adapter_dir} does not fit this model: "
                          f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     layers = adapter_layers(model)
+    for key, value in saved.items():  # e.g. an edited rank in the config: one line, not a copy_ traceback
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{adapter_file(adapter_dir, ADAPTER_WEIGHTS)}: {key} has shape {tuple(value.shape)}, "
+                             f"the layer built from {adapter_file(adapter_dir, ADAPTER_CONFIG)} has "
+                             f"{tuple(expected[key].shape)} (an edited config, or another model?)")
     with torch.no_grad():
         for key, value in saved.items():
             name, _, attr = key.rpartition(".")

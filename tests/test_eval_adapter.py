@@ -62,6 +62,12 @@ def test_adapter_errors_are_one_line(tiny_neo_dir, boolq_dir, tmp_path, capsys):
     rc, err = run_main(["--ckpt", "none", "--model_name", tiny_neo_dir, "--data_dir", boolq_dir, "--dataset", "boolq",
                         "--adapter", "final"], capsys)
     assert rc == 2 and "--ckpt none is the base model" in err
+    config = run / "final" / "knowhira_adapter.json"  # an edited rank: one line, not a copy_ traceback
+    config.write_text(config.read_text().replace('"r_ab": 4', '"r_ab": 3'))
+    rc, err = run_main([*base, "--adapter", "final"], capsys)
+    line = err.strip().splitlines()[-1]
+    assert rc == 2 and line.startswith(f"error: {run / 'final' / 'knowhira_adapter.safetensors'}: ") and \
+        "has shape (4, " in line and "has (3, " in line and "an edited config" in line, line
     assert not (tmp_path / "out").exists()
 
 
