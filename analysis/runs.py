@@ -115,6 +115,12 @@ def load_run(path: Path, metric: str = "acc") -> dict:
                 tasks[task][key] = float(result[key]) if result.get(key) is not None else None
         except (KeyError, TypeError, ValueError) as err:
             raise ResultsError(f"{path}: task {task!r} lacks a numeric {err}") from err
+        t, correct = tasks[task], result.get(f"correct{suffix}")
+        numbers_ok = t["n"] > 0 and all(0.0 <= t[k] <= 1.0 for k in ("accuracy", "ci95_low", "ci95_high"))
+        if not numbers_ok or (correct is not None and abs(t["accuracy"] - correct / t["n"]) > 1e-9):
+            raise ResultsError(f"{path}: task {task!r}: {metric} {result.get('accuracy' + suffix)!r} with n "
+                               f"{t['n']} and correct{suffix} {correct!r} is no accuracy (a fraction in [0, 1] "
+                               f"equal to correct / n); an edited or damaged results.json?")
     method = str(meta.get("method") or meta.get("peft_type") or "?")
     results_meta = results.get("meta") or {}
     return {

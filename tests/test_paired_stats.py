@@ -427,3 +427,18 @@ def test_bar_labels_name_the_model_only_where_it_differs_and_wrap_the_hyperparam
     assert report._bar_labels([row, other])[1] == "zero-shot\ngpt-neo-125M"
     twin = dict(row, label="knowhira_b")  # same everything: the row labels tell them apart
     assert report._bar_labels([row, twin])[1].endswith("\n[knowhira_b]")
+
+
+@pytest.mark.parametrize("edit", [{"accuracy": float("nan")}, {"accuracy": 7.5}, {"accuracy": 0.25}])
+def test_an_accuracy_that_is_no_accuracy_is_refused(edit, tmp_path, capsys):
+    """NaN, 7.5 (750%) or a value that disagrees with correct / n: one line naming the file, exit 2."""
+    import analyze_results
+
+    make_run(tmp_path / "a", trained_meta(1), {"boolq": [1, 0, 1, 0]})
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    results["tasks"]["boolq"].update(edit)
+    (tmp_path / "a" / "results.json").write_text(json.dumps(results))
+    assert analyze_results.main([str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "a" / "results.json") in err[0] and "is no accuracy" in err[0]
+    assert not (tmp_path / "s").exists()
