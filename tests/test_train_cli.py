@@ -553,6 +553,10 @@ def test_edited_args_json_is_a_one_line_error_on_resume(tiny_run, tmp_path, caps
     (run / "args.json").write_text(json.dumps({**saved, "r_ab": 3.5}))
     rc, err = run_main(["--resume", run], capsys)
     assert rc == 2 and one_line(err) == f"error: {run / 'args.json'}: r_ab: must be an int, got float 3.5"
+    (run / "args.json").write_text(json.dumps({**saved, "peft_type": ["knowhira"]}))
+    rc, err = run_main(["--resume", run], capsys)
+    assert rc == 2 and one_line(err) == (f"error: {run / 'args.json'}: peft_type must be a method name (a string), "
+                                         "got list ['knowhira']")
 
 
 @pytest.mark.parametrize("content,needle", [

@@ -22,6 +22,9 @@ def run_args(run_dir, flag: str) -> dict:
         raise ValueError(f"{args_file}: not a run's arguments (expected a JSON object with model_name, "
                          f"peft_type and the other options; got {type(saved).__name__}"
                          f"{'' if not isinstance(saved, dict) else ' without model_name'})")
+    if not isinstance(saved.get("peft_type", ""), str):
+        raise ValueError(f"{args_file}: peft_type must be a method name (a string), got "
+                         f"{type(saved['peft_type']).__name__} {saved['peft_type']!r}")
     return saved
 
 
