@@ -31,13 +31,14 @@ from analysis.paired import mean_std  # noqa: E402
 
 def read_run(run: Path) -> dict:
     """A run folder's validation curve, best validation accuracy, last validation loss, median step time
-    and wall-clock seconds of training (the sum over consecutive logged steps, so the pause of a killed
-    and resumed run, whose log goes back to its checkpoint's step, is not counted)."""
+    and wall-clock seconds of training (the sum over consecutive logged steps; the first step logged after a
+    resume is marked "resumed" and its span, which holds the pause, is left out)."""
     args = json.loads((run / "args.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     vals = [r for r in log if "val_acc" in r]
-    times = [(r["step"], r["time"]) for r in log if "time" in r]
-    spans = [(s1 - s0, t1 - t0) for (s0, t0), (s1, t1) in zip(times, times[1:]) if s1 > s0]
+    timed = [r for r in log if "time" in r]
+    spans = [(b["step"] - a["step"], b["time"] - a["time"]) for a, b in zip(timed, timed[1:])
+             if b["step"] > a["step"] and not b.get("resumed")]  # the pause of a kill and resume is no step
     tasks = sorted({k[len("val_acc/"):] for r in vals for k in r if k.startswith("val_acc/")})
     return {"method": args["peft_type"], "lr": args["lr"], "seed": args.get("seed"), "run": run.name,
             "curve": [(r["step"], r["val_acc"]) for r in vals],

@@ -417,3 +417,16 @@ def test_a_checkpoint_without_a_newer_option_resumes(tmp_path):
     with pytest.raises(ValueError, match=r"another configuration than the run's args.json: attn_implementation "
                                          r"None -> 'sdpa'"):
         load_checkpoint(path, *state(), {"r_ab": 4, "attn_implementation": "sdpa"})
+
+
+def test_train_summary_leaves_the_pause_of_a_resume_out(tmp_path):
+    """The median step time of a killed and resumed run: the span ending at the first step logged after the
+    resume holds the pause between the two processes, and is not a step."""
+    from training.loop import LoopResult
+    from training.recipe import train_summary
+
+    times = {1: 0.0, 2: 900.0, 3: 901.0}  # killed after step 1, resumed 15 min later
+    lines = [{"step": s, "time": t, "loss_task": 1.0, **({"resumed": True} if s == 2 else {})} for s, t in times.items()]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = train_summary(tmp_path, LoopResult(3, "val_loss", None), torch.device("cpu"))
+    assert summary["median_step_s"] == 1.0  # with the pause: the median of 900 and 1, 450.5

@@ -596,6 +596,7 @@ def test_resume_with_more_max_steps_continues(tiny_run, tmp_path, capsys, thread
     assert "resumed from" in printed.out and "step_000002" in printed.out
     log = read_log(run)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    assert [r.get("resumed", False) for r in log] == [False, False, True, False, False]  # its span holds the pause
     saved = json.loads((run / "args.json").read_text())
     assert saved["max_steps"] == 5 and saved["run_name"] == run.name
     assert saved["output_folder"] == str(run.parent)

@@ -319,6 +319,7 @@ class Trainer:
             if logger is not None:
                 logger.log({"step": 0, **numbers})
         stopped_early, t_last, tokens_since = False, time.time(), 0
+        resumed_here = self.start_step > 0  # the first record logged after a resume is marked
         try:
             while self.step < total:
                 if not self.agree(not stop.set):  # Ctrl-C: the last step is complete; keep it and stop
@@ -339,6 +340,8 @@ class Trainer:
                               "lr": out["lr"], "grad_norm": float(full(out["grad_norm"])),
                               "pad_frac": out["pad_frac"],
                               "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "time": now}
+                    if resumed_here:  # its time since the previous record includes the pause: not a step time
+                        record["resumed"], resumed_here = True, False
                     t_last, tokens_since = now, 0
                     bar.set_postfix(loss=f"{record['loss_task']:.4f}", lr=f"{out['lr']:.2e}",
                                     tok_s=f"{record['tokens_per_s']:.0f}")

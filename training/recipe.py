@@ -248,10 +248,10 @@ def train_summary(run_dir, result, device) -> dict:
 
     records = read_log(run_dir)
     log = [r for r in records if "time" in r]
-    times, steps = [r["time"] for r in log], [r["step"] for r in log]
     val_loss = [r["val_loss"] for r in records if "val_loss" in r]
     val_acc = [r["val_acc"] for r in records if "val_acc" in r]
-    per_step = [(t1 - t0) / (s1 - s0) for t0, t1, s0, s1 in zip(times, times[1:], steps, steps[1:]) if s1 > s0]
+    per_step = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(log, log[1:])
+                if b["step"] > a["step"] and not b.get("resumed")]  # not across a kill and resume
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated() / 2**30, "CUDA max allocated"
     else:
