@@ -426,7 +426,8 @@ def test_train_summary_leaves_the_pause_of_a_resume_out(tmp_path):
     from training.recipe import train_summary
 
     times = {1: 0.0, 2: 900.0, 3: 901.0}  # killed after step 1, resumed 15 min later
-    lines = [{"step": s, "time": t, "loss_task": 1.0, **({"resumed": True} if s == 2 else {})} for s, t in times.items()]
+    lines = [{"step": s, "time": t, "loss_task": 1.0, **({"resumed": True} if s == 2 else {})}
+             for s, t in times.items()]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     summary = train_summary(tmp_path, LoopResult(3, "val_loss", None), torch.device("cpu"))
     assert summary["median_step_s"] == 1.0  # with the pause: the median of 900 and 1, 450.5
