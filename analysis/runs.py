@@ -1,13 +1,13 @@
 """The runs analyze_results.py reads: results.json (+ args.json) found under folders, loaded, and grouped
 into rows (seed groups: runs that differ only in their seed, on the same examples). The command line and
 the meaning of every column: analyze_results.py."""
-import json
 from collections import Counter
 from pathlib import Path
 
 from analysis.paired import (PairingError, group_key, load_predictions, mean_interval, mean_std, paired_difference,
                              same_examples_problem, seedless_name)
 from utils.options import defaults_of
+from utils.runs import read_json
 
 DASH = "—"
 HYPERPARAM_KEYS = ("r_ab", "lr", "knowledge_alpha", "epoch", "max_steps")
@@ -81,18 +81,18 @@ def load_run(path: Path, metric: str = "acc") -> dict:
     """One run: {"path", "name", "method", "model", "hparams", "trainable", "tasks"}; `metric` acc_norm
     reads accuracy_norm and its interval (cloze and text-format loglik evaluations have it)."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ResultsError(f"{path}: cannot read results ({err})") from err
+        results = read_json(path)
+    except (OSError, ValueError) as err:
+        raise ResultsError(f"cannot read results: {err}") from err
     if not isinstance(results, dict) or not isinstance(results.get("tasks", {}), dict):
         raise ResultsError(f"{path}: expected {{'meta': {{...}}, 'tasks': {{...}}}}")
     meta = {}
     args_path = path.parent / "args.json"
     if args_path.exists():
         try:
-            args = json.loads(args_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ResultsError(f"{args_path}: cannot read ({err})") from err
+            args = read_json(args_path)
+        except (OSError, ValueError) as err:
+            raise ResultsError(f"cannot read {err}") from err
         if isinstance(args, dict):
             meta.update(args)
     meta.update(results.get("meta") or {})
@@ -100,9 +100,9 @@ def load_run(path: Path, metric: str = "acc") -> dict:
     summary_path = path.parent / "train_summary.json"
     if summary_path.exists():
         try:
-            val_loss = json.loads(summary_path.read_text(encoding="utf-8")).get("best_val_loss")
-        except (OSError, json.JSONDecodeError) as err:
-            raise ResultsError(f"{summary_path}: cannot read ({err})") from err
+            val_loss = read_json(summary_path, "training numbers").get("best_val_loss")
+        except (OSError, ValueError) as err:
+            raise ResultsError(f"cannot read {err}") from err
     tasks, suffix = {}, METRICS[metric]
     for task, result in results.get("tasks", {}).items():
         if isinstance(result, dict) and f"accuracy{suffix}" not in result:

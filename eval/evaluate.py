@@ -33,6 +33,7 @@ from eval.generate import generate_answers
 from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
 from utils.atomic import atomic_write_bytes
+from utils.runs import read_json
 
 MODES = ("generate", "loglik", "cloze")
 
@@ -249,9 +250,9 @@ def read_results(path) -> dict:
     if not path.exists():
         return {"meta": {}, "tasks": {}}
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); refusing to overwrite it") from None
+        results = read_json(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; refusing to overwrite it") from None
     if not isinstance(results, dict):
         raise ValueError(f"{path} holds a JSON {type(results).__name__}, not evaluation results "
                          '({"meta": {...}, "tasks": {...}}); refusing to overwrite it')

@@ -2,7 +2,6 @@
 save/load of the adapter tensors, merge and export. No method-specific code: each method's layer
 and initialisation live in its method file (models/methods/), which calls these.
 """
-import json
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from models.hadamard import MergeableAdapter, _is_conv1d, base_weight
 from models.targets import default_targets
 from utils.atomic import atomic_save_safetensors, atomic_write_json
 from utils.dist import full
+from utils.runs import read_json
 
 # This project's adapter files. They are NOT peft's names: a folder holding them is not a peft
 # adapter, and `PeftModel.from_pretrained` on it stops at once ("Can't find 'adapter_config.json'")
@@ -127,17 +127,17 @@ def save_adapter(model: nn.Module, config: dict, out_dir, write: bool = True) ->
     atomic_save_safetensors(state, out_dir / ADAPTER_WEIGHTS, metadata={"format": "knowhira"})
     atomic_write_json(out_dir / ADAPTER_CONFIG, config)
     legacy = out_dir / LEGACY_CONFIG
-    if legacy.is_file() and _json_dict(legacy).get("peft_type") == config.get("peft_type"):
+    if legacy.is_file() and _old_adapter_type(legacy) == config.get("peft_type"):
         legacy.unlink()  # our own old adapter (a peft adapter has an uppercase peft_type)
         (out_dir / LEGACY_WEIGHTS).unlink(missing_ok=True)
 
 
-def _json_dict(path) -> dict:
+def _old_adapter_type(path) -> str | None:
+    """The peft_type of an adapter config file of the old name, None when it cannot be read."""
     try:
-        value = json.loads(Path(path).read_text())
+        return read_json(path, "options").get("peft_type")
     except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+        return None
 
 
 def adapter_file(adapter_dir, name: str) -> Path:
@@ -152,13 +152,7 @@ def read_adapter_config(adapter_dir) -> dict:
     path = adapter_file(adapter_dir, ADAPTER_CONFIG)
     if not path.is_file():
         raise FileNotFoundError(f"no {ADAPTER_CONFIG} (or {LEGACY_CONFIG}) in {adapter_dir}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object of the adapter's options, got {type(config).__name__}")
-    return config
+    return read_json(path, "the adapter's options")
 
 
 def load_checked(path) -> dict[str, torch.Tensor]:

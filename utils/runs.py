@@ -3,13 +3,17 @@ import json
 from pathlib import Path
 
 
-def read_json(path):
-    """The JSON in `path`; ValueError naming the file when it is not valid JSON."""
+def read_json(path, holds: str | None = None):
+    """The JSON in `path` (the one reader of the files the program reads back); ValueError naming the file
+    when it is not valid JSON, or, with `holds` (what the file should hold), not a JSON object."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if holds is not None and not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object of {holds}, got {type(value).__name__}")
+    return value
 
 
 def run_args(run_dir, flag: str) -> dict:
