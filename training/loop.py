@@ -27,6 +27,7 @@ from training.checkpoint import complete, discard_checkpoint, latest_checkpoint,
 from training.logger import RunLogger, plot_losses
 from training.loss import OutputHead, count_targets, task_loss_sum
 from training.order import epoch_order
+from training.trackers import check_report_to, parse_report_to, report_to_problem
 from training.validation import validate
 from utils.dist import full, shard_model
 from utils.options import Options, non_negative, option, positive
@@ -58,6 +59,10 @@ class LoopConfig(Options):
     best_metric: str = option("val_loss", "the validation number that picks best/ (and early stopping): "
                               "lowest val_loss, or highest val_acc", choices=("val_loss", "val_acc"))
     log_steps: int = option(1, "log every N steps", check=positive)
+    report_to: list[str] = option(["tensorboard"], "experiment trackers that also get log.jsonl's scalars and "
+                                  "the run's config: a comma list of tensorboard, wandb, mlflow, trackio, or none "
+                                  "(log.jsonl only); docs/usage.md says what each needs",
+                                  parse=parse_report_to, check=report_to_problem)
     save_steps: int = option(50, "checkpoint every N steps", check=positive)
     keep_checkpoints: int = option(2, "checkpoints kept", check=positive)
     mixed_precision: str = option("no", "autocast compute dtype (accelerate)", choices=("no", "bf16", "fp16"))
@@ -184,6 +189,7 @@ class Trainer:
             self.optimizer = accelerator.prepare(optimizer)
         else:
             self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
+        check_report_to(cfg.report_to)  # a tracker not installed or configured: BadInput before the run folder
         self.collate = Collator(tokenizer)
         self.step, self.best_val, self.bad_evals = 0, None, 0
         self.written, self.resumed = set(), False  # checkpoint steps this process wrote; resume() done
@@ -309,7 +315,7 @@ class Trainer:
     def _run(self, stop: StopFlag) -> LoopResult:
         acc, cfg, total = self.acc, self.cfg, self.total_steps
         self.resume()
-        logger = RunLogger(self.run_dir, resume_step=self.step) if acc.is_main_process else None
+        logger = RunLogger(self.run_dir, resume_step=self.step, report_to=cfg.report_to) if acc.is_main_process else None
         self.wrapped.train()
         bar = tqdm(total=total, initial=self.step, disable=not acc.is_main_process,
                    desc="train", dynamic_ncols=True)
@@ -375,7 +381,7 @@ class Trainer:
         except BaseException:  # the bar's line ends before the error message is printed
             bar.close()
             if logger is not None:
-                logger.close(quiet=True)  # TensorBoard's thread flushes now, not into a removed folder
+                logger.close(quiet=True)  # the trackers flush now, not into a removed folder
             raise
         bar.close()
         self.save(self.model, self.run_dir / "final", acc.is_main_process)

@@ -51,7 +51,7 @@ TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptio
                 "optimisation": LoopConfig, "run": RunOptions}
 # options that may change when a run is resumed; every other one must equal the checkpoint's
 RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
-               "keep_checkpoints", "cache_dir", "validate_at_start")
+               "keep_checkpoints", "cache_dir", "validate_at_start", "report_to")
 RUN_PLACE = ("output_folder", "run_name", "resume")
 # what args.json records besides the options (a run's args.json is also a --config file: these are skipped)
 RECORDED = ("trainable_params", "n_train", "n_val")
@@ -106,7 +106,9 @@ class TrainRecipe:
         from data.commonsense import DataError, load_train_data, record_place, split_validation
         from models.adapter import count_trainable
         from models.get_models import load_base_model
+        from training.trackers import check_report_to
 
+        check_report_to(self.loop.report_to)  # before the model loads: a missing tracker is named at once
         # cpu=True without a GPU so that torchrun on CPU runs DDP (or FSDP2) over gloo
         self.accelerator = Accelerator(mixed_precision=self.loop.mixed_precision,
                                        cpu=not torch.cuda.is_available())

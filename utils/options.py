@@ -92,6 +92,8 @@ def option(default, help: str, *, check=None, parse=None, choices=None, flag=Tru
 def _base_type(f) -> str:
     """'int' for `int`, `int | None` or 'int | None'; the first non-None member of a union."""
     t = f.type
+    if typing.get_origin(t) in (list, tuple, dict):  # list[str]: 'list' (not its member type)
+        return typing.get_origin(t).__name__
     if not isinstance(t, str):
         args = [a for a in typing.get_args(t) if a is not type(None)]
         t = getattr(args[0] if args else t, "__name__", "str")
