@@ -240,6 +240,10 @@ def test_resume_purges_tensorboard_steps_after_the_checkpoint(tmp_path):
     again.close()
     assert [r["loss_task"] for r in read_log(tmp_path)] == [1.0, 2.0, 30.0, 40.0]
     assert tb_scalars(tmp_path) == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    fresh = RunLogger(tmp_path, resume_step=0)  # no checkpoint left: training restarts from step 0
+    fresh.log(records([1], scale=100.0)[0])
+    fresh.close()
+    assert read_log(tmp_path) == records([1], scale=100.0) and tb_scalars(tmp_path) == [(1, 100.0)]
 
 
 def test_none_writes_log_jsonl_only(tmp_path):
