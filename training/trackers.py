@@ -148,8 +148,7 @@ def make_tracker(name: str, run_dir: Path, purge_step):
     if name == "wandb":  # offline files under RUN_DIR/wandb
         return tracking.WandBTracker(os.environ.get("WANDB_PROJECT", PROJECT), name=run_name, dir=str(run_dir))
     if name == "mlflow":
-        return RunMLflow(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT),
-                                      run_name=run_name)
+        return RunMLflow(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT), run_name=run_name)
     if name == "trackio":
         return tracking.TrackioTracker(os.environ.get("TRACKIO_PROJECT", PROJECT), name=run_name)
     raise ValueError(f"unknown tracker {name!r}")
@@ -184,11 +183,12 @@ class Trackers:
         PartialState()  # accelerate's trackers log through its logger, which needs the state
         self.run_dir, self.quiet, self.live, self.dead = Path(run_dir), False, {}, set()
         self.warn = warn or self._warn
+        self.started = {}  # name -> tracker, to finish at close (also after a failure)
         for name in chosen(names):
             tracker = make_tracker(name, self.run_dir, purge_step)
-            if self.call(name, tracker, "start") and self.call(name, tracker, "store_init_configuration",
-                                                                flat_config(config)):
-                self.live[name] = tracker
+            if self.call(name, tracker, "start"):
+                self.started[name] = self.live[name] = tracker
+                self.call(name, tracker, "store_init_configuration", flat_config(config))
 
     def _warn(self, name, e) -> None:
         why = " ".join(str(e).split())[:200]
@@ -203,7 +203,8 @@ class Trackers:
             return False
 
     def failed(self, name, e) -> None:
-        """Drop tracker `name`; the first failure of each is one warning line (none when quiet)."""
+        """Stop feeding tracker `name`; the first failure of each is one warning line (none when quiet).
+        Also called from TensorBoard's writer thread (RunLogger's excepthook), so nothing here waits."""
         self.live.pop(name, None)
         if name not in self.dead and not self.quiet:
             self.warn(name, e)
@@ -214,12 +215,14 @@ class Trackers:
         for name, tracker in list(self.live.items()):
             self.call(name, tracker, "log", scalars, step=record["step"])
 
-    def tensorboard_writer(self):
-        live = self.live.get("tensorboard")
-        return live.writer if live is not None else None
-
     def close(self, quiet: bool = False) -> None:
+        """Finish every tracker that started, failed ones too (an mlflow run ended, a TensorBoard file
+        closed, as before), quietly for those that failed already."""
         self.quiet = self.quiet or quiet
-        for name, tracker in list(self.live.items()):
-            self.call(name, tracker, "finish")
+        for name, tracker in self.started.items():
+            try:
+                tracker.finish()
+            except Exception as e:
+                self.failed(name, e)
         self.live.clear()
+        self.started = {}
