@@ -59,6 +59,11 @@ def compile_blocks(model: torch.nn.Module, device: torch.device) -> int:
     if not blocks:
         raise BadInput(f"--torch_compile: no decoder blocks found in {type(model).__name__} "
                        f"(_no_split_modules = {sorted(getattr(model, '_no_split_modules', None) or [])})")
+    # dynamo keeps at most `recompile_limit` graph variants per code object, then runs it eager. Every
+    # transformers block enters through one code object (GradientCheckpointingLayer.__call__), so the limit
+    # counts the variants of all of them: training's 4, validation's no-grad ones and scoring's KV-cache
+    # states reach the default 8 in one run; 64 leaves room (each variant compiles once).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)

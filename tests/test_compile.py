@@ -28,7 +28,9 @@ from models.methods import build, get_method
 from models.targets import default_targets
 from training.loss import OutputHead, task_loss_sum
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
+                                 reason="torch.compile's CPU backend needs a C++ compiler")]
 
 PAIRS = [("llama", "knowhira"), ("gpt_neo", "hira"), ("gpt2", "lora")]
 if os.environ.get("KNOWHIRA_COMPILE_ALL") == "1":
@@ -159,17 +161,45 @@ def test_compiled_run_equals_eager_records_the_flag_and_resumes_exactly(tiny_lla
 
 
 def test_evaluation_with_the_flag_predicts_the_same(tiny_llama_dir, arc_obqa_dir, tmp_path, capsys, compiled_models):
-    rows = {}
+    from torch._dynamo.utils import counters
+
+    rows, captured = {}, {}
     for name, extra in (("eager", ()), ("compiled", ("--torch_compile",))):
+        before = counters["stats"]["calls_captured"]
         rc, err = run_main(["--ckpt", "none", "--model_name", tiny_llama_dir, "--data_dir", arc_obqa_dir,
                             "--dataset", "ARC-Easy", "--eval_mode", "cloze", "--batch", "4",
                             "--results_dir", tmp_path / name, *extra], capsys)
         assert rc == 0, err
         assert len(compiled_models) == (name == "compiled")
+        captured[name] = counters["stats"]["calls_captured"] - before
         lines = (tmp_path / name / "eval" / "ARC-Easy.jsonl").read_text().splitlines()
         rows[name] = [json.loads(line) for line in lines]
     assert all_blocks_compiled(compiled_models[0])
+    assert captured["eager"] == 0 < captured["compiled"]  # the scoring forwards were traced (not eager)
     assert len(rows["compiled"]) == len(rows["eager"]) == 24
     for a, b in zip(rows["eager"], rows["compiled"]):
         assert (a["extracted"], a["pred_norm"]) == (b["extracted"], b["pred_norm"])
         assert b["scores"] == pytest.approx(a["scores"], rel=1e-5, abs=1e-4)
+
+
+def test_without_a_cpp_compiler_the_flag_is_one_line_naming_it(monkeypatch):
+    import models.compile
+    from utils.errors import BadInput
+
+    monkeypatch.setattr(models.compile.shutil, "which", lambda name: None)
+    with pytest.raises(BadInput, match=r"^--torch_compile: torch.compile's CPU backend needs a C\+\+ compiler"):
+        compile_blocks(tiny_model("llama"), torch.device("cpu"))
+
+
+def test_bench_compile_numbers():
+    """scripts/bench/step.py: compile time = compiled first step - eager first step; the steady state is
+    the median of the same steps' ratios, which a recompiling step (here the 3rd) moves by one rank only."""
+    from scripts.bench.step import compile_numbers
+
+    first = {"knowhira": 1.5, "knowhira+compile": 41.5}
+    times = {"knowhira": [2.0, 3.0, 2.0, 4.0, 2.0], "knowhira+compile": [1.6, 2.5, 30.0, 3.2, 1.6]}
+    out = compile_numbers(first, times)["knowhira"]
+    assert out["compile_s"] == 40.0
+    assert out["eager_over_compiled_per_step"] == pytest.approx([1.25, 1.2, 2 / 30, 1.25, 1.25])
+    assert out["eager_over_compiled"] == pytest.approx(1.25)
+    assert (out["eager_steady_s"], out["steady_s"]) == (2.0, 2.5)

@@ -5,7 +5,10 @@ Registered methods (knowhira, hira, lora, fft) run THE RECIPE'S STEP: training.r
 Trainer.train_step(): the task loss summed over response tokens / their count, + λ·L_reg, backward,
 gradient clipping, AdamW step, scheduler step. peft's HiRA is not a registered method, so "peft-hira"
 is timed the old way on the same batches: HF's mean `.loss`, backward, AdamW step (no clipping, no
-scheduler), and labelled so in the JSON.
+scheduler), and labelled so in the JSON. With --torch_compile each registered method is also timed as
+"<method>+compile" (the recipe with --torch_compile, models/compile.py), interleaved with its eager step:
+every configuration's first step is timed alone (compile time = compiled first step - eager first step),
+the steady state is the median of the same steps' eager / compiled ratios.
 
 The records are real: the first --step_records training records of each --step_data task of
 --data_dir, copied into a temporary data folder; sequence lengths are what those records give (up to
@@ -235,16 +238,20 @@ def first_steps(steps: dict, device) -> dict[str, float]:
     return first
 
 
-def compile_numbers(first: dict, med: dict) -> dict:
+def compile_numbers(first: dict, times: dict) -> dict:
     """Per compiled method: compile time = its first step - the eager first step (same batch, both
-    allocate AdamW's state), and the steady-state ratio eager / compiled of the medians."""
+    allocate AdamW's state); the steady state as the median over timed steps of eager / compiled of the
+    SAME step (interleaved: the same batch), which a recompile (a new guard, e.g. the first batch
+    without padding) or a batch of other length moves by one rank only; and the medians of each."""
     out = {}
     for name in first:
         if name.endswith(COMPILED):
             m = name.removesuffix(COMPILED)
+            paired = [e / c for e, c in zip(times[m], times[name])]
             out[m] = {"first_step_s": first[name], "eager_first_step_s": first[m],
-                      "compile_s": first[name] - first[m], "steady_s": med[name], "eager_steady_s": med[m],
-                      "eager_over_compiled": ratio(med[m], med[name])}
+                      "compile_s": first[name] - first[m], "steady_s": median(times[name]),
+                      "eager_steady_s": median(times[m]), "eager_over_compiled": median(paired),
+                      "eager_over_compiled_per_step": paired}
     return out
 
 
@@ -293,7 +300,7 @@ def bench_step_model(args, model_kind: str, model: dict, data: dict, out_dir) ->
         "trainable_params": trainable, "setup_s": setup_s, "first_step_s": first, "matmul_params": n_matmul,
         "flops_per_step_fft_equiv": flops, "flop_formula": FLOP_FORMULA,
     }
-    compiled = compile_numbers(first, med)
+    compiled = compile_numbers(first, times)
     if compiled:
         res["compile"] = {"per_method": compiled, "graphs_compiled_after_the_first_step": recompiled,
                           "what": "models/compile.py: each decoder block, dynamic=True; compile_s = first "
@@ -317,8 +324,9 @@ def bench_step_model(args, model_kind: str, model: dict, data: dict, out_dir) ->
     print(f"  registered methods: {RECIPE_STEP}")
     for m, c in compiled.items():
         print(f"  {m}{COMPILED} (--torch_compile): compile {c['compile_s']:.1f} s (first step "
-              f"{c['first_step_s']:.1f} s vs eager {c['eager_first_step_s']:.2f} s); steady state eager / compiled = "
-              f"{c['eager_steady_s'] * 1e3:.4g} / {c['steady_s'] * 1e3:.4g} ms = {c['eager_over_compiled']:.3f}x"
+              f"{c['first_step_s']:.1f} s vs eager {c['eager_first_step_s']:.2f} s); steady state eager / compiled "
+              f"{c['eager_over_compiled']:.3f}x (median of the same steps' ratios; medians "
+              f"{c['eager_steady_s'] * 1e3:.4g} / {c['steady_s'] * 1e3:.4g} ms)"
               f"{f'; {recompiled} graphs compiled after the first step' if recompiled else ''}")
     if PEFT_HIRA in methods:
         print(f"  peft-hira: {PEFT_HIRA_STEP}")

@@ -26,7 +26,8 @@ TARGETS = {
                                 "recipe step vs peft HiRA's HF mean-loss step (no clipping, no "
                                 "scheduler), median ratio"),
     "compile_gain": Target("Step (b) SmolLM2: knowhira eager / --torch_compile", ">=", 1.2,
-                           "steady-state median step ratio (compile time apart), bench --torch_compile"),
+                           "steady state: median over the timed steps of eager / compiled of the same step "
+                           "(compile time apart), bench --torch_compile"),
     "memory_vs_lora": Target("Memory (c) {kind}: knowhira peak / lora peak", "<=", 1.10,
                              "peak memory above the built model during training steps"),
     "eval_batching": Target("Eval (e) {method} {mode}: batch {b1} / batch {b0} examples/s", ">=", 5.0,
