@@ -10,8 +10,9 @@ What is compiled, and why there:
   (the first block's input needs no gradient, the others' do), not 30. Compiling the blocks rather than
   the whole forward is what torchtune does (per-layer compile) for the same reasons: compile time does
   not grow with depth, the module tree and state_dict names are untouched (`nn.Module.compile`, no
-  `_orig_mod.` prefix: checkpoints, adapters and exports are the eager ones), and FSDP2/DDP see their
-  usual units.
+  `_orig_mod.` prefix: checkpoints, adapters and exports are the eager ones), and FSDP2/DDP wrap the
+  compiled blocks as their usual units (compiled before sharding, as torchtune does; 2 compiled
+  processes equal 1 eager one to 1e-5, tests/test_compile.py, opt-in).
 - **dynamic=True**: padded lengths change from batch to batch (length-grouped batches), so the batch and
   sequence sizes are symbolic from the first call: one graph for every length, no recompile per length
   and no bucketing (bucketing would change the padding, hence the floating-point sums).

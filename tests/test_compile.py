@@ -11,6 +11,7 @@
   resume = 4 straight, compiled).
 - Evaluation with the flag (cloze scoring through the compiled blocks) gives the same predictions and
   scores (to 1e-4) as without.
+- Opt-in (KNOWHIRA_COMPILE_ALL=1): DDP and FSDP2 over 2 processes with the flag equal 1 eager process.
 All tests here share one process's compiled graphs (same shapes of parameters), so they compile little
 after the first.
 """
@@ -180,6 +181,26 @@ def test_evaluation_with_the_flag_predicts_the_same(tiny_llama_dir, arc_obqa_dir
     for a, b in zip(rows["eager"], rows["compiled"]):
         assert (a["extracted"], a["pred_norm"]) == (b["extracted"], b["pred_norm"])
         assert b["scores"] == pytest.approx(a["scores"], rel=1e-5, abs=1e-4)
+
+
+@pytest.mark.skipif(os.environ.get("KNOWHIRA_COMPILE_ALL") != "1", reason="opt-in (KNOWHIRA_COMPILE_ALL=1): two "
+                    "torchrun runs that each compile in both processes, ~1 min each on 2 cores")
+@pytest.mark.parametrize("shard", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_compiled_two_processes_equal_one_eager_process(tiny_neo_dir, small_data_dir, tmp_path, shard):
+    """DDP and FSDP2 wrap the compiled blocks (compiled before sharding, as torchtune does): 2 compiled
+    processes x batch 2 give the losses, gradient norms and adapters of 1 eager process x batch 4."""
+    import subprocess
+
+    from test_distributed import ROOT, assert_same_run, cmd, env, train_args
+
+    one = subprocess.run(cmd(1, 0) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "one", 4), cwd=ROOT,
+                         env=env(), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(cmd(2, 29613) + train_args(tiny_neo_dir, small_data_dir, tmp_path, "two", 2) + shard
+                         + ["--torch_compile"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "torch.compile: 2 decoder blocks" in two.stdout
+    assert_same_run(tmp_path / "one", tmp_path / "two", 1e-5)
 
 
 def test_without_a_cpp_compiler_the_flag_is_one_line_naming_it(monkeypatch):
