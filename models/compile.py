@@ -7,7 +7,8 @@ What is compiled, and why there:
   HadamardLinearFn) is traced by dynamo, forward and backward, with no graph break (tested); so are
   peft's LoRA layers. Every block of a model runs the same code, and dynamo keeps parameters as graph
   inputs, so one compiled graph serves all the blocks: SmolLM2's 30 blocks compile two graphs in training
-  (the first block's input needs no gradient, the others' do), not 30. Compiling the blocks rather than
+  (the first block's input needs no gradient, the others' do), not 30, and two more the first time a
+  batch has no padding (transformers then passes no attention mask). Compiling the blocks rather than
   the whole forward is what torchtune does (per-layer compile) for the same reasons: compile time does
   not grow with depth, the module tree and state_dict names are untouched (`nn.Module.compile`, no
   `_orig_mod.` prefix: checkpoints, adapters and exports are the eager ones), and FSDP2/DDP wrap the
