@@ -30,7 +30,7 @@ from utils.runs import run_args
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
 EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "attn_implementation", "dataset", "data_dir", "seed", "batch",
-               "eval_strategy", "output_folder", "protocol", "answer_format")
+               "eval_strategy", "output_folder", "protocol", "answer_format", "torch_compile")
 # the base-model flags: with --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR; a run has its own
 MODEL_FLAGS = ("model_name", "gguf_file", "load_bit", "attn_implementation")
 
@@ -148,7 +148,7 @@ def eval_recipe(given: dict, parser) -> EvalRecipe:
     return EvalRecipe(EvalOptions(**values), tasks=shared["dataset"], data_dir=shared["data_dir"],
                       seed=shared["seed"], base=ModelOptions.from_values(shared),
                       output_folder=shared["output_folder"], protocol=given.get("protocol"),
-                      answer_format=given.get("answer_format"))
+                      answer_format=given.get("answer_format"), torch_compile=shared["torch_compile"])
 
 
 def check_model_flags(given: dict, parser) -> None:

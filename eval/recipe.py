@@ -61,13 +61,17 @@ class EvalRecipe:
     """Options, then `setup` (tasks, model, merge), then `run` (per task: evaluate, write)."""
 
     def __init__(self, opts: EvalOptions, *, tasks: str, data_dir: str, seed: int, base: ModelOptions,
-                 output_folder: str, protocol: str | None, answer_format: str | None = None):
+                 output_folder: str, protocol: str | None, answer_format: str | None = None,
+                 torch_compile: bool = False):
         """`base`: the model evaluated zero-shot (--ckpt none); a run's own comes from its args.json.
         `protocol`, `answer_format`: None = the run's (runs made before they existed: clean, label),
-        zero-shot: the defaults (hira, label)."""
+        zero-shot: the defaults (hira, label). `torch_compile` (--torch_compile, training/loop.py
+        LoopConfig): compile the merged model's decoder blocks for the scoring modes (models/compile.py;
+        generation stays eager: its KV cache is a new guard at every decode step)."""
         self.opts, self.tasks_spec, self.data_dir, self.seed = opts, tasks, data_dir, seed
         self.base, self.output_folder, self.protocol_name = base, output_folder, protocol
         self.answer_format_name = answer_format
+        self.torch_compile = torch_compile
 
     def setup(self) -> "EvalRecipe":
         import torch
@@ -124,6 +128,13 @@ class EvalRecipe:
             raise ValueError(f"--eval_mode {self.mode} scores a response after the protocol's prompt; the cloze "
                              "answer format has none: use --eval_mode cloze, or name a response format with "
                              "--answer_format label|text")
+        if self.torch_compile and self.mode == "generate":
+            self.state.print("note: --torch_compile: generation runs eager (models/compile.py: the KV cache "
+                             "changes its guards at every decode step); scoring modes compile")
+        elif self.torch_compile:
+            from models.compile import compile_blocks
+
+            compile_blocks(self.model, self.state.device)
         self.beam_size = self.opts.beam_size or self.protocol.num_beams
         self.max_new_tokens = self.opts.max_new_tokens or self.protocol.max_new_tokens
         self.meta.update(eval_mode=self.mode, answer_format=self.answer_format, max_examples=self.opts.max_examples,

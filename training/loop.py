@@ -66,6 +66,10 @@ class LoopConfig(Options):
     save_steps: int = option(50, "checkpoint every N steps", check=positive)
     keep_checkpoints: int = option(2, "checkpoints kept", check=positive)
     mixed_precision: str = option("no", "autocast compute dtype (accelerate)", choices=("no", "bf16", "fp16"))
+    torch_compile: bool = option(False, "torch.compile each decoder block, adapters included, forward and "
+                                 "backward (dynamic shapes: one graph for every padded length; models/compile.py); "
+                                 "training, validation and scoring evaluation; off by default (docs/speed.md: "
+                                 "compile time and step time measured)")
     fsdp: bool = option(False, "shard parameters, gradients and optimizer state over the processes (torch "
                         "FSDP2 full-shard, one unit per decoder block; GPU and CPU/gloo); for 7B-13B "
                         "models under torchrun, see docs/scaling.md")
@@ -176,6 +180,11 @@ class Trainer:
         accelerator.print(f"effective batch = {cfg.batch} (per device) x {cfg.grad_acc} (grad_acc) x "
                           f"{self.world} (processes) = {self.global_batch}; {self.steps_per_epoch} "
                           f"steps/epoch; {self.total_steps} optimizer steps")
+        if cfg.torch_compile:  # before sharding and DDP, as torchtune does: they wrap the compiled blocks
+            from models.compile import compile_blocks
+
+            n = compile_blocks(model, accelerator.device)
+            accelerator.print(f"torch.compile: {n} decoder blocks (compiled at the first steps)")
         if cfg.fsdp:  # torch FSDP2 directly: accelerate's FSDP plugin does not run on CPU/gloo
             self.wrapped = shard_model(model)
             accelerator.print(f"FSDP2 full-shard over {self.world} processes: each holds 1/{self.world} "
