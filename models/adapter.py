@@ -12,6 +12,7 @@ from models.hadamard import MergeableAdapter, _is_conv1d, base_weight
 from models.targets import default_targets
 from utils.atomic import atomic_save_safetensors, atomic_write_json
 from utils.dist import full
+from utils.errors import BadInput
 from utils.runs import read_json
 
 # This project's adapter files. They are NOT peft's names: a folder holding them is not a peft
@@ -49,8 +50,8 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
         pattern = re.compile(target_modules)
         found = [n for n in linear if pattern.fullmatch(n)]
         if not found:
-            raise ValueError(f"target regex {target_modules!r} matches no linear layer; "
-                             f"available linear module names: {available}")
+            raise BadInput(f"target regex {target_modules!r} matches no linear layer; "
+                           f"available linear module names: {available}")
     else:
         all_names = dict(model.named_modules())
         missing, not_linear = [], []
@@ -67,10 +68,10 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
                                 f"{type(model).__name__}")
             if not_linear:
                 problems.append(f"target module(s) {not_linear} are not linear layers")
-            raise ValueError("; ".join(problems) + f"; available linear module names: {available}")
+            raise BadInput("; ".join(problems) + f"; available linear module names: {available}")
         found = [n for n in linear if any(n == t or n.endswith("." + t) for t in target_modules)]
     if not found:
-        raise ValueError(f"target_modules={target_modules!r} selects no layer; available: {available}")
+        raise BadInput(f"target_modules={target_modules!r} selects no layer; available: {available}")
     return found
 
 
@@ -151,7 +152,7 @@ def adapter_file(adapter_dir, name: str) -> Path:
 def read_adapter_config(adapter_dir) -> dict:
     path = adapter_file(adapter_dir, ADAPTER_CONFIG)
     if not path.is_file():
-        raise FileNotFoundError(f"no {ADAPTER_CONFIG} (or {LEGACY_CONFIG}) in {adapter_dir}")
+        raise BadInput(f"no {ADAPTER_CONFIG} (or {LEGACY_CONFIG}) in {adapter_dir}")
     return read_json(path, "the adapter's options")
 
 
@@ -162,16 +163,16 @@ def load_checked(path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
+        raise BadInput(f"{path}: not found")
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
         why = " ".join(str(e).split())[:160]
-        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {why}; damaged or truncated?)") from None
+        raise BadInput(f"{path}: cannot be read ({type(e).__name__}: {why}; damaged or truncated?)") from None
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise ValueError(f"{path}: non-finite values (NaN or inf) in {bad[0]}"
-                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; damaged?")
+        raise BadInput(f"{path}: non-finite values (NaN or inf) in {bad[0]}"
+                       f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; damaged?")
     return tensors
 
 
@@ -185,14 +186,14 @@ def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
     expected = adapter_state_dict(model)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
-        raise ValueError(f"adapter in {adapter_dir} does not fit this model: "
-                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise BadInput(f"adapter in {adapter_dir} does not fit this model: "
+                       f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     layers = adapter_layers(model)
     for key, value in saved.items():  # e.g. an edited rank in the config: one line, not a copy_ traceback
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{adapter_file(adapter_dir, ADAPTER_WEIGHTS)}: {key} has shape {tuple(value.shape)}, "
-                             f"the layer built from {adapter_file(adapter_dir, ADAPTER_CONFIG)} has "
-                             f"{tuple(expected[key].shape)} (an edited config, or another model?)")
+            raise BadInput(f"{adapter_file(adapter_dir, ADAPTER_WEIGHTS)}: {key} has shape {tuple(value.shape)}, "
+                           f"the layer built from {adapter_file(adapter_dir, ADAPTER_CONFIG)} has "
+                           f"{tuple(expected[key].shape)} (an edited config, or another model?)")
     with torch.no_grad():
         for key, value in saved.items():
             name, _, attr = key.rpartition(".")
@@ -203,8 +204,8 @@ def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
         for name, layer in layers.items():
             now, then = base_weight(layer.base).float().norm().item(), saved[f"{name}.w0_fro"].item()
             if abs(now - then) > 1e-2 * then:
-                raise ValueError(f"base weight of {name} differs from the one the adapter was "
-                                 f"trained on (||W0||_F {now:.4g} vs {then:.4g}): wrong base model?")
+                raise BadInput(f"base weight of {name} differs from the one the adapter was "
+                               f"trained on (||W0||_F {now:.4g} vs {then:.4g}): wrong base model?")
 
 
 # ---- merge / export ------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def save_plain_model(model: nn.Module, tokenizer, out_dir) -> None:
         quant = getattr(quantizer.quantization_config, "quant_method", None)
         quant = getattr(quant, "value", quant)
         if quant != "gguf":
-            raise ValueError(f"cannot write a plain model from weights quantized with {quant}")
+            raise BadInput(f"cannot write a plain model from weights quantized with {quant}")
         model.hf_quantizer = None
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config

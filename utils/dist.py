@@ -9,6 +9,8 @@ rank must call it, in the same order). Without sharding these are no-ops.
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from utils.errors import BadInput
+
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2 full-shard (torch.distributed.fsdp.fully_shard, in place): one unit per decoder block
@@ -21,7 +23,7 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     names = set(getattr(model, "_no_split_modules", None) or [])
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     if not blocks:
-        raise ValueError(f"--fsdp: no decoder blocks found (_no_split_modules = {sorted(names)})")
+        raise BadInput(f"--fsdp: no decoder blocks found (_no_split_modules = {sorted(names)})")
     for block in blocks:
         fully_shard(block, reshard_after_forward=True)
     fully_shard(model, reshard_after_forward=True)
