@@ -3,6 +3,7 @@ save/load of the adapter tensors, merge and export. No method-specific code: eac
 and initialisation live in its method file (models/methods/), which calls these.
 """
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -105,14 +106,35 @@ def count_trainable(model: nn.Module) -> int:
 
 
 # ---- save / load ---------------------------------------------------------------------------
+# the base-weight fingerprint saved with every adapted layer: ||W0||_F ("w0_fro") and W0's entries at
+# W0_SAMPLES evenly spaced flat positions ("w0_sample"). The norm alone cannot tell sibling checkpoints
+# apart (a base model and its Instruct fine-tune, or a permuted or sign-flipped copy, have nearly or
+# exactly the same norm); their entries differ. Loading the adapter's own base gives the same entries
+# up to the rounding of where they were computed (KaSA's truncated W0: a matmul on another device).
+FINGERPRINT = ("w0_fro", "w0_sample")
+W0_SAMPLES = 64
+SAMPLE_RTOL = 1e-4  # of the sample's largest magnitude: far above rounding, far below a fine-tune's changes
+
+
+def w0_sample(w0: torch.Tensor) -> torch.Tensor:
+    """W0's entries (fp32) at min(W0_SAMPLES, numel) evenly spaced positions of its flat view, first and
+    last included (integer arithmetic: the same positions on every machine)."""
+    flat = w0.detach().reshape(-1)
+    k = min(W0_SAMPLES, flat.numel())
+    idx = torch.arange(k, dtype=torch.int64, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
+    return flat[idx].float()
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every layer's `saved_tensors` (factors, gates, cached σ_norm, KaSA's dropped components) plus
-    its ||W0||_F fingerprint (of the frozen base as the adapter sees it)."""
+    its base-weight fingerprint (FINGERPRINT, of the frozen base as the adapter sees it)."""
     state = {}
     for name, layer in adapter_layers(model).items():  # full(): whole tensors under FSDP2
         for key in layer.saved_tensors:
             state[f"{name}.{key}"] = full(getattr(layer, key).detach()).float()
-        state[f"{name}.w0_fro"] = full(base_weight(layer.base).detach()).float().norm().reshape(1)
+        w0 = full(base_weight(layer.base).detach())
+        state[f"{name}.w0_fro"] = w0.float().norm().reshape(1)
+        state[f"{name}.w0_sample"] = w0_sample(w0)
     return state
 
 
@@ -179,11 +201,19 @@ def load_checked(path) -> dict[str, torch.Tensor]:
 def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
     """Restore every saved tensor into the injected layers (built with compute=False).
 
-    Checks that each layer's ||W0||_F matches the one seen at training time (rel. 1e-2), so an
-    adapter loaded onto the wrong base model fails loudly instead of evaluating garbage.
+    Checks each layer's base weight against the fingerprint saved at training time (FINGERPRINT: the
+    sampled entries within SAMPLE_RTOL, ||W0||_F within 1%), so an adapter loaded onto the wrong base
+    model, a sibling checkpoint of the right one included, fails loudly instead of evaluating garbage.
+    Adapters saved before the sampled entries were recorded are checked by ||W0||_F alone (a note says so).
     """
-    saved = load_checked(adapter_file(adapter_dir, ADAPTER_WEIGHTS))
+    path = adapter_file(adapter_dir, ADAPTER_WEIGHTS)
+    saved = load_checked(path)
     expected = adapter_state_dict(model)
+    sampled = any(k.endswith(".w0_sample") for k in saved)
+    if not sampled:  # an adapter made before the sampled entries: the norm check only
+        expected = {k: v for k, v in expected.items() if not k.endswith(".w0_sample")}
+        print(f"note: {path} predates the base-weight sample; the base model is checked by ||W0||_F only "
+              "(within 1%), which a sibling checkpoint of the same model can pass", file=sys.stderr)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
         raise BadInput(f"adapter in {adapter_dir} does not fit this model: "
@@ -197,15 +227,24 @@ def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
     with torch.no_grad():
         for key, value in saved.items():
             name, _, attr = key.rpartition(".")
-            if attr != "w0_fro":
+            if attr not in FINGERPRINT:
                 getattr(layers[name], attr).copy_(value)
         for layer in layers.values():
             layer.after_load()  # e.g. KaSA: W0' = W0 − U_r S_r V_rᵀ from the saved components
         for name, layer in layers.items():
-            now, then = base_weight(layer.base).float().norm().item(), saved[f"{name}.w0_fro"].item()
+            w0 = base_weight(layer.base)
+            now, then = w0.float().norm().item(), saved[f"{name}.w0_fro"].item()
             if abs(now - then) > 1e-2 * then:
                 raise BadInput(f"base weight of {name} differs from the one the adapter was "
                                f"trained on (||W0||_F {now:.4g} vs {then:.4g}): wrong base model?")
+            if sampled:
+                sample = saved[f"{name}.w0_sample"].to(w0.device)
+                off = (w0_sample(w0) - sample).abs().max().item()
+                if off > SAMPLE_RTOL * sample.abs().max().item():
+                    raise BadInput(f"base weight of {name} differs from the one the adapter was trained on "
+                                   f"(its sampled entries by up to {off:.3g}, with ||W0||_F {now:.4g} vs "
+                                   f"{then:.4g}): wrong base model (another checkpoint of it, e.g. base vs "
+                                   "Instruct)?")
 
 
 # ---- merge / export ------------------------------------------------------------------------
