@@ -139,3 +139,14 @@ def test_internal_argument_checks_stay_plain_errors():
     with pytest.raises(ValueError) as e:
         register(next(iter(REGISTRY.values())))
     assert not isinstance(e.value, BadInput)
+
+
+def test_analyze_results_prints_bad_input_and_lets_a_bug_through(tmp_path, monkeypatch, capsys):
+    import analyze_results
+
+    assert analyze_results.main([str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file or folder" in err
+    monkeypatch.setattr(analyze_results, "summarize", lambda *a, **k: (_ for _ in ()).throw(ValueError("internal")))
+    with pytest.raises(ValueError, match="^internal$"):
+        analyze_results.main([str(tmp_path)])
