@@ -100,7 +100,8 @@ def test_option_checks_raise_bad_input_and_flags_stay_argparse_errors(capsys):
             make()
     for flag, value, needle in (("--lr", "abc", "argument --lr: could not convert string to float: 'abc'"),
                                 ("--lr", "-1", "argument --lr: must be > 0"),
-                                ("--batch", "x", "argument --batch: must be an integer")):
+                                ("--batch", "x", "argument --batch: must be an integer"),
+                                ("--seed", str(2**70), "argument --seed: must fit in 64 bits")):
         rc, err = run_main(["--model_name", "m", flag, value], capsys)
         assert rc == 2 and needle in err and err.count("\n") == 1, err
 

@@ -33,6 +33,11 @@ from utils.errors import BadInput
 from utils.options import Options, non_negative, option, positive
 
 
+def seed_range(v):
+    """torch's generators take seeds in [-2**63, 2**64)."""
+    return None if -2**63 <= v < 2**64 else f"must fit in 64 bits (a torch seed), got {v}"
+
+
 @dataclass
 class LoopConfig(Options):
     """Optimisation, validation, logging and checkpoint options (flags generated from the fields)."""
@@ -47,7 +52,8 @@ class LoopConfig(Options):
     epoch: float = option(1.0, "training epochs, fractions allowed (0.5, 3.0); --max_steps > 0 overrides",
                           check=positive)
     max_steps: int = option(-1, "optimizer steps; > 0 overrides --epoch")
-    seed: int = option(42, "random seed (training: init and data order; evaluation: the --max_examples subset)")
+    seed: int = option(42, "random seed (training: init and data order; evaluation: the --max_examples subset)",
+                       check=seed_range)
     eval_strategy: str = option("steps", "when to compute the validation loss", choices=("steps", "epoch", "no"))
     eval_steps: int = option(50, "validate every N steps (--eval_strategy steps)", check=positive)
     early_stop_patience: int = option(0, "validations without improvement before stopping (0 = off)",
