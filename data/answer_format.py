@@ -51,7 +51,7 @@ def options(record: dict, index: int | None, answer_format: str, task: str | Non
     the record's): the words themselves (label format, and boolq in both formats), or the options'
     texts (text format); ValueError naming the record when its options cannot be parsed."""
     if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {answer_format!r}")
+        raise BadInput(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {answer_format!r}")
     if answer_format == "cloze":
         raise BadInput("the cloze answer format offers no responses to score: evaluate it with --eval_mode "
                        "cloze, or name a response format with --answer_format label|text")
