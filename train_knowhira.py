@@ -24,6 +24,7 @@ from models.export import ExportOptions, checkpoint_kind, export_checkpoint, ope
 from models.get_models import ModelOptions
 from models.methods import REGISTRY
 from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
+from utils.errors import BadInput
 from utils.options import add_arguments, defaults_of, read_config
 from utils.runs import run_args
 
@@ -96,7 +97,7 @@ def config_values(path, parser) -> dict:
     values = read_config(path, parser.fields, ignored=RECORDED)
     modes = sorted({"ckpt", "resume", "export", "export_dir"} & values.keys())
     if modes:
-        raise ValueError(f"{path}: {modes[0]}: not a training flag (--config holds a new run's configuration)")
+        raise BadInput(f"{path}: {modes[0]}: not a training flag (--config holds a new run's configuration)")
     return values
 
 
@@ -129,8 +130,8 @@ def resume_values(given: dict, parser) -> dict:
               "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None}
     try:  # an edited args.json: every value checked (type and range) before anything runs
         TrainRecipe.from_values(values)
-    except ValueError as e:
-        raise ValueError(f"{args_file}: {e}") from None
+    except BadInput as e:
+        raise BadInput(f"{args_file}: {e}") from None
     return values
 
 
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
             values["run_name"] = default_run_name(values)
         TrainRecipe.from_values(values).setup().train(resuming="resume" in given)
         return 0
-    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, non-zero exit
+    except BadInput as e:  # bad input: one line naming the flag or file, exit 2 (anything else is a bug: traceback)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (NonFiniteLoss, NonFiniteState) as e:

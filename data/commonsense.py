@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 from data.tasks import TASKS, resolve_task
+from utils.errors import BadInput
 
 SPLITS = ("train", "test")
 COMMON_170K = "common_170k"
@@ -29,8 +30,8 @@ DATASET_FORMS = (
 )
 
 
-class DataError(ValueError):
-    """A data file or data argument is missing or malformed."""
+class DataError(BadInput):
+    """A data file or data argument is missing or malformed (bad input: one line, exit 2)."""
 
 
 def load_records(path) -> list[dict]:
@@ -83,13 +84,13 @@ def _check_data_dir(data_dir) -> Path:
 def task_file(data_dir, task: str, split: str) -> Path:
     """Path of `<data_dir>/<canonical task>/<split>.json` (the file need not exist).
 
-    DataError (a ValueError) for an unknown task, listing the known tasks, or an unknown split.
+    DataError (a BadInput) for an unknown task, listing the known tasks, or an unknown split.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     try:
         canonical = resolve_task(task)
-    except ValueError as e:
+    except BadInput as e:
         raise DataError(str(e)) from e
     return Path(data_dir) / canonical / f"{split}.json"
 
@@ -112,7 +113,7 @@ def _parse_mix(spec: str) -> list[str]:
     for name in names:
         try:
             canonical = resolve_task(name)
-        except ValueError as e:
+        except BadInput as e:
             raise DataError(f"dataset {spec!r}: {e}") from e
         if canonical in tasks:
             raise DataError(f"dataset {spec!r}: task {canonical!r} appears more than once in the mix")
@@ -137,7 +138,7 @@ def load_train_data(data_dir, dataset: str) -> list[dict]:
         return records
     try:
         task = resolve_task(spec)
-    except ValueError:
+    except BadInput:
         raise DataError(f"unknown dataset {dataset!r}; accepted forms: {DATASET_FORMS}") from None
     return load_task_split(data_dir, task, "train")
 

@@ -33,6 +33,7 @@ from eval.generate import generate_answers
 from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
 from utils.atomic import atomic_write_bytes
+from utils.errors import BadInput
 from utils.runs import read_json
 
 MODES = ("generate", "loglik", "cloze")
@@ -51,14 +52,14 @@ def validate_records(records: list[dict], task: str) -> None:
     vocab = ANSWER_WORDS[task]
     for index, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
-            raise ValueError(f"{task}: record {index} has no 'instruction' string")
+            raise BadInput(f"{task}: record {index} has no 'instruction' string")
         answer = record.get("answer")
         if answer not in vocab:
-            raise ValueError(f"{task}: record {index} has answer {answer!r}, "
-                             f"not one of {'/'.join(vocab)}")
+            raise BadInput(f"{task}: record {index} has answer {answer!r}, "
+                           f"not one of {'/'.join(vocab)}")
         if answer not in record_choices(record, task):
-            raise ValueError(f"{task}: record {index} has answer {answer!r}, but its question "
-                             f"offers only {'/'.join(record_choices(record, task))}")
+            raise BadInput(f"{task}: record {index} has answer {answer!r}, but its question "
+                           f"offers only {'/'.join(record_choices(record, task))}")
 
 
 def check_records(records: list[dict], task: str, mode: str, answer_format: str) -> list[str]:
@@ -68,10 +69,10 @@ def check_records(records: list[dict], task: str, mode: str, answer_format: str)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not records:
-        raise ValueError(f"{task}: no records to evaluate")
+        raise BadInput(f"{task}: no records to evaluate")
     validate_records(records, task)
     if answer_format == "text" and mode != "loglik":
-        raise ValueError(f"the text answer format is scored, not generated: use --eval_mode loglik, not {mode}")
+        raise BadInput(f"the text answer format is scored, not generated: use --eval_mode loglik, not {mode}")
     if mode == "cloze":  # every rank checks every record before any runs the model
         for index, record in enumerate(records):
             parse_record(record, task, index)
@@ -114,8 +115,8 @@ def prompt_room(model, tokenizer, mode: str, max_new_tokens: int, words=()) -> i
     after = max_new_tokens if mode == "generate" else max(
         (len(tokenizer(candidate_response(w), add_special_tokens=False)["input_ids"]) for w in words), default=0)
     if max_pos - after < 2:
-        raise ValueError(f"{'--max_new_tokens ' + str(after) if mode == 'generate' else 'the answer'} leaves "
-                         f"no room for a prompt in the model's {max_pos} positions")
+        raise BadInput(f"{'--max_new_tokens ' + str(after) if mode == 'generate' else 'the answer'} leaves "
+                       f"no room for a prompt in the model's {max_pos} positions")
     return max_pos - after
 
 
@@ -251,17 +252,17 @@ def read_results(path) -> dict:
         return {"meta": {}, "tasks": {}}
     try:
         results = read_json(path)
-    except ValueError as err:
-        raise ValueError(f"{err}; refusing to overwrite it") from None
+    except BadInput as err:
+        raise BadInput(f"{err}; refusing to overwrite it") from None
     if not isinstance(results, dict):
-        raise ValueError(f"{path} holds a JSON {type(results).__name__}, not evaluation results "
-                         '({"meta": {...}, "tasks": {...}}); refusing to overwrite it')
+        raise BadInput(f"{path} holds a JSON {type(results).__name__}, not evaluation results "
+                       '({"meta": {...}, "tasks": {...}}); refusing to overwrite it')
     results.setdefault("meta", {})
     results.setdefault("tasks", {})
     wrong = [k for k in ("meta", "tasks") if not isinstance(results[k], dict)]
     if wrong:
-        raise ValueError(f"{path}: {wrong[0]!r} is a JSON {type(results[wrong[0]]).__name__}, not an object "
-                         '(expected {"meta": {...}, "tasks": {...}}); refusing to overwrite it')
+        raise BadInput(f"{path}: {wrong[0]!r} is a JSON {type(results[wrong[0]]).__name__}, not an object "
+                       '(expected {"meta": {...}, "tasks": {...}}); refusing to overwrite it')
     return results
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from data.protocols import DEFAULT_PROTOCOL, get_protocol
 from eval.evaluate import MODES
 from models.get_models import ModelOptions
+from utils.errors import BadInput
 from utils.options import Options, option, positive
 
 
@@ -18,7 +19,7 @@ def parse_adapter(text: str) -> str:
         return text
     number = text[len("step_"):] if text.startswith("step_") else ""
     if not number.isdigit():
-        raise ValueError(f"must be best, final or step_N (a checkpoint's step, e.g. step_400), got {text!r}")
+        raise BadInput(f"must be best, final or step_N (a checkpoint's step, e.g. step_400), got {text!r}")
     return f"step_{int(number)}"
 
 
@@ -85,7 +86,7 @@ class EvalRecipe:
         for t in missing:
             self.state.print(f"skip {t}: no test file {Path(self.data_dir) / t / 'test.json'}")
         if not self.tasks:
-            raise FileNotFoundError(f"no test files for {self.tasks_spec!r} in {self.data_dir}")
+            raise BadInput(f"no test files for {self.tasks_spec!r} in {self.data_dir}")
         if self.opts.ckpt == "none":
             model, self.tokenizer = load_base_model(**asdict(self.base))
             trained = {}
@@ -125,9 +126,9 @@ class EvalRecipe:
         if self.mode == "cloze" and self.answer_format_name is None:
             self.answer_format = "cloze"  # the choice texts in lm-eval's prompt (the cloze answer format's own)
         if self.mode != "cloze" and self.answer_format == "cloze":
-            raise ValueError(f"--eval_mode {self.mode} scores a response after the protocol's prompt; the cloze "
-                             "answer format has none: use --eval_mode cloze, or name a response format with "
-                             "--answer_format label|text")
+            raise BadInput(f"--eval_mode {self.mode} scores a response after the protocol's prompt; the cloze "
+                           "answer format has none: use --eval_mode cloze, or name a response format with "
+                           "--answer_format label|text")
         if self.torch_compile and self.mode == "generate":
             self.state.print("note: --torch_compile: generation runs eager (models/compile.py: the KV cache "
                              "changes its guards at every decode step); scoring modes compile")
@@ -152,8 +153,8 @@ class EvalRecipe:
                    if held["tasks"] and k in held["meta"] and held["meta"][k] != self.meta.get(k)]
         if changed:  # one results.json, one configuration: its meta describes every task in it
             k = changed[0]
-            raise ValueError(f"{path} holds evaluations of another configuration ({k} {held['meta'][k]!r}, this one "
-                             f"{self.meta.get(k)!r}); evaluate into another --results_dir")
+            raise BadInput(f"{path} holds evaluations of another configuration ({k} {held['meta'][k]!r}, this one "
+                           f"{self.meta.get(k)!r}); evaluate into another --results_dir")
         return self
 
     def deviations(self, trained: dict) -> dict:

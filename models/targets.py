@@ -1,5 +1,6 @@
 """The default target modules per architecture (`--target_modules` unset). A leaf module: the layers,
-the methods and the loader all read it, and it imports nothing of the project."""
+the methods and the loader all read it, and it imports nothing of the project but the leaf utils/errors.py."""
+from utils.errors import BadInput
 
 
 # Default targets per architecture: attention q, k, v plus the MLP's up and down projections
@@ -16,6 +17,6 @@ DEFAULT_TARGETS = {
 
 def default_targets(model_type: str) -> list[str]:
     if model_type not in DEFAULT_TARGETS:
-        raise ValueError(f"no default target_modules for model_type {model_type!r}; pass "
-                         f"--target_modules (known defaults: {', '.join(DEFAULT_TARGETS)})")
+        raise BadInput(f"no default target_modules for model_type {model_type!r}; pass "
+                       f"--target_modules (known defaults: {', '.join(DEFAULT_TARGETS)})")
     return DEFAULT_TARGETS[model_type]

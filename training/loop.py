@@ -30,7 +30,13 @@ from training.order import epoch_order
 from training.trackers import check_report_to, parse_report_to, report_to_problem
 from training.validation import validate
 from utils.dist import full, shard_model
+from utils.errors import BadInput
 from utils.options import Options, non_negative, option, positive
+
+
+def seed_range(v):
+    """torch's generators take seeds in [-2**63, 2**64)."""
+    return None if -2**63 <= v < 2**64 else f"must fit in 64 bits (a torch seed), got {v}"
 
 
 @dataclass
@@ -47,7 +53,8 @@ class LoopConfig(Options):
     epoch: float = option(1.0, "training epochs, fractions allowed (0.5, 3.0); --max_steps > 0 overrides",
                           check=positive)
     max_steps: int = option(-1, "optimizer steps; > 0 overrides --epoch")
-    seed: int = option(42, "random seed (training: init and data order; evaluation: the --max_examples subset)")
+    seed: int = option(42, "random seed (training: init and data order; evaluation: the --max_examples subset)",
+                       check=seed_range)
     eval_strategy: str = option("steps", "when to compute the validation loss", choices=("steps", "epoch", "no"))
     eval_steps: int = option(50, "validate every N steps (--eval_strategy steps)", check=positive)
     early_stop_patience: int = option(0, "validations without improvement before stopping (0 = off)",
@@ -174,8 +181,8 @@ class Trainer:
         self.global_batch = cfg.batch * cfg.grad_acc * self.world
         self.steps_per_epoch = len(train_features) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(train_features)} training examples are fewer than one effective "
-                             f"batch ({cfg.batch} x {cfg.grad_acc} x {self.world} = {self.global_batch})")
+            raise BadInput(f"{len(train_features)} training examples are fewer than one effective "
+                           f"batch ({cfg.batch} x {cfg.grad_acc} x {self.world} = {self.global_batch})")
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epoch * self.steps_per_epoch)
         accelerator.print(f"effective batch = {cfg.batch} (per device) x {cfg.grad_acc} (grad_acc) x "
                           f"{self.world} (processes) = {self.global_batch}; {self.steps_per_epoch} "
@@ -215,8 +222,8 @@ class Trainer:
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, self.config)
             if state["step"] > self.total_steps:  # nothing to train, and args.json would record fewer steps
-                raise ValueError(f"the run's newest checkpoint {ckpt} is at step {state['step']}, beyond the "
-                                 f"{self.total_steps} steps asked for (--max_steps/--epoch): resume with more steps")
+                raise BadInput(f"the run's newest checkpoint {ckpt} is at step {state['step']}, beyond the "
+                               f"{self.total_steps} steps asked for (--max_steps/--epoch): resume with more steps")
             self.step, self.best_val = state["step"], state.get("best_val")
             self.bad_evals = state.get("bad_evals", 0)
             self.start_step = self.step
@@ -369,8 +376,8 @@ class Trainer:
                                        self.head, self.val_choices, self.val_tasks)
                     record = {**(record or {"step": step}), **numbers}
                     if cfg.best_metric not in numbers:
-                        raise ValueError(f"--best_metric {cfg.best_metric}: no validation record has a known "
-                                         "answer position (answer words of the records)")
+                        raise BadInput(f"--best_metric {cfg.best_metric}: no validation record has a known "
+                                       "answer position (answer words of the records)")
                     # best_val is kept as "lower is better": the loss, or minus the accuracy
                     val = numbers["val_loss"] if cfg.best_metric == "val_loss" else -numbers["val_acc"]
                     if self.best_val is None or val < self.best_val:

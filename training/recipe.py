@@ -23,6 +23,7 @@ from models.methods import get_method
 from training.loop import LoopConfig, Trainer
 from training.loss import count_targets, task_loss_sum
 from training.order import epoch_order
+from utils.errors import BadInput
 from utils.options import Options, option
 
 
@@ -121,8 +122,8 @@ class TrainRecipe:
         self.model.to(self.accelerator.device)  # so the SVDs below run on the accelerator
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
         if max_pos and self.data.cutoff_len > max_pos:
-            raise ValueError(f"--cutoff_len {self.data.cutoff_len} exceeds the {max_pos} positions of "
-                             f"{self.model_opts.model_name} (config max_position_embeddings)")
+            raise BadInput(f"--cutoff_len {self.data.cutoff_len} exceeds the {max_pos} positions of "
+                           f"{self.model_opts.model_name} (config max_position_embeddings)")
 
         def tokenize(recs, desc):
             options = {k: getattr(self.data, k) for k in ("protocol", "cutoff_len", "train_on_inputs", "answer_format")}
@@ -136,7 +137,7 @@ class TrainRecipe:
                     try:
                         features.append(train_example(self.protocol, self.tokenizer, r, None, self.data.answer_format,
                                                       self.data.cutoff_len, self.data.train_on_inputs))
-                    except ValueError as e:  # e.g. a response longer than --cutoff_len: name file and record
+                    except BadInput as e:  # e.g. a response longer than --cutoff_len: name file and record
                         where = record_place(self.data.data_dir, self.data.dataset, records, r)
                         raise DataError(f"{where}: {e}") from None
             return features
@@ -201,13 +202,13 @@ class TrainRecipe:
         trainer = self.trainer()  # checks the batch against the data before the folder exists
         blocking = next((p for p in (self.run_dir, *self.run_dir.parents) if p.exists()), None)
         if blocking is not None and not blocking.is_dir():
-            raise ValueError(f"{blocking} is a file, not a folder: the run folder {self.run_dir} cannot be made "
-                             "there (--output_folder, --run_name)")
+            raise BadInput(f"{blocking} is a file, not a folder: the run folder {self.run_dir} cannot be made "
+                           "there (--output_folder, --run_name)")
         existed = self.run_dir.exists() and any(self.run_dir.iterdir())
         acc.wait_for_everyone()  # every rank has looked before rank 0 makes the folder
         if existed and not resuming:
-            raise ValueError(f"run folder {self.run_dir} exists and is not empty: continue it with "
-                             f"--resume {self.run_dir}, or pick another --run_name")
+            raise BadInput(f"run folder {self.run_dir} exists and is not empty: continue it with "
+                           f"--resume {self.run_dir}, or pick another --run_name")
         with RunLock(self.run_dir, acc.is_main_process):
             try:
                 if resuming:
@@ -237,7 +238,7 @@ def task_of(record: dict) -> str | None:
     """The record's task for the per-task validation accuracy, or None when no task fits it."""
     try:
         return record_task(record, None)
-    except ValueError:
+    except BadInput:
         return None
 
 

@@ -9,6 +9,8 @@ rank must call it, in the same order). Without sharding these are no-ops.
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from utils.errors import BadInput
+
 
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's decoder blocks: the modules whose class its `_no_split_modules` names (FSDP2's units
@@ -28,7 +30,7 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     blocks = decoder_blocks(model)
     if not blocks:
         names = sorted(getattr(model, "_no_split_modules", None) or [])
-        raise ValueError(f"--fsdp: no decoder blocks found (_no_split_modules = {names})")
+        raise BadInput(f"--fsdp: no decoder blocks found (_no_split_modules = {names})")
     for block in blocks:
         fully_shard(block, reshard_after_forward=True)
     fully_shard(model, reshard_after_forward=True)

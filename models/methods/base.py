@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from models import adapter as layers
+from utils.errors import BadInput
 from utils.options import Options, in_range, option, positive
 
 
@@ -34,15 +35,15 @@ def parse_targets(text: str):
     if text.startswith("re:") or _REGEX_CHARS & set(text):
         pattern = text[3:] if text.startswith("re:") else text
         if not pattern:
-            raise ValueError("empty regex after 're:'")
+            raise BadInput("empty regex after 're:'")
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ValueError(f"invalid regex {pattern!r}: {e}") from None
+            raise BadInput(f"invalid regex {pattern!r}: {e}") from None
         return pattern
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise ValueError("empty target list")
+        raise BadInput("empty target list")
     return names
 
 
@@ -162,7 +163,7 @@ class Method:
         `load_model()`: the base model with the trained state on it (unmerged), loaded on demand;
         `base_model_name`: for adapter_config.json's base_model_name_or_path. Default: refuse."""
         note = f" ({self.no_adapter_form})" if self.no_adapter_form else ""
-        raise ValueError(f"{self.name} has no adapter form{note}; use --export merged")
+        raise BadInput(f"{self.name} has no adapter form{note}; use --export merged")
 
     def reads_peft_config(self, config: dict) -> bool:
         """Whether a stock peft adapter with this adapter_config.json is this method's."""
@@ -232,5 +233,5 @@ class AdapterMethod(Method):
         known = {"peft_type", *self.RENAMED, *(f.name for m in REGISTRY.values() for f in fields(m.config_cls))}
         unknown = sorted(set(saved) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown key {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
-                             f": not an option of {self.name} or of any method here")
+            raise BadInput(f"{path}: unknown key {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
+                           f": not an option of {self.name} or of any method here")
