@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from models.adapter import PEFT_CONFIG, PEFT_WEIGHTS
-from models.hadamard import _is_conv1d, base_weight
+from models.layers import _is_conv1d, base_weight
 from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig, record_targets
 from utils.dist import gather_state, is_sharded
 from utils.options import option
