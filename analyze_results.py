@@ -38,11 +38,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from analysis.report import summarize  # noqa: E402
-from analysis.runs import METRICS, ResultsError  # noqa: E402
+from analysis.report import summarize
+from analysis.runs import METRICS, ResultsError
 
 
 def main(argv=None) -> int:
