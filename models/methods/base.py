@@ -115,7 +115,9 @@ class Method:
     reads_peft: ClassVar[str | None] = None
 
     def build(self, model: nn.Module, cfg) -> nn.Module:
-        """Make `model` trainable for this method (after the pretrained weights are loaded)."""
+        """Make `model` trainable for this method (after the pretrained weights are loaded). A config with
+        target_modules is first given the resolved list (`record_targets`), which args.json and the saved
+        config then record; AdapterMethod and the peft methods do so."""
         raise NotImplementedError
 
     def init_batches(self, cfg) -> int:
