@@ -37,13 +37,12 @@ import math
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+from analysis.tables import finite, write_csv
+from data.options import DEFAULT_DATA_DIR
+from utils.errors import BadInput
+from utils.options import argtype, non_negative, positive
 
-from analysis.tables import finite, write_csv  # noqa: E402
-from data.options import DEFAULT_DATA_DIR  # noqa: E402
-from utils.errors import BadInput  # noqa: E402
-from utils.options import argtype, non_negative, positive  # noqa: E402
+ROOT = Path(__file__).resolve().parent
 SUMMARY_FIELDS = (
     "label", "run", "method", "model", "r", "n_layers", "effective_rank_mean", "effective_rank_median",
     "numerical_rank_mean", "rank_bound_mean", "rank_over_bound_mean", "min_dim_mean",

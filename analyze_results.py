@@ -38,12 +38,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from analysis.report import summarize  # noqa: E402
-from analysis.runs import METRICS  # noqa: E402
-from utils.errors import BadInput  # noqa: E402
+from analysis.report import summarize
+from analysis.runs import METRICS
+from utils.errors import BadInput
 
 
 def main(argv=None) -> int:

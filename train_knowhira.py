@@ -111,6 +111,11 @@ def resume_values(given: dict, parser) -> dict:
     saved = run_args(run_dir, "--resume")
 
     place = {"output_folder": run_dir.parent, "run_name": run_dir.name}  # the run's, from RUN_DIR
+    # args.json of runs made before the resolved targets were recorded has target_modules null (the default):
+    # a list given with --resume is taken, and the checkpoint's record checks it against that default
+    unrecorded = "target_modules" in saved and saved["target_modules"] is None and "target_modules" in given
+    if unrecorded:
+        place["target_modules"] = given["target_modules"]
 
     def changed(k) -> bool:
         if k == "output_folder":
@@ -128,6 +133,8 @@ def resume_values(given: dict, parser) -> dict:
     defaults = train_values({"peft_type": saved.get("peft_type", "knowhira")}, parser)
     values = {**defaults, **saved, **{k: given[k] for k in RESUME_SAFE if k in given},
               "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None}
+    if unrecorded:
+        values["target_modules"] = given["target_modules"]
     try:  # an edited args.json: every value checked (type and range) before anything runs
         TrainRecipe.from_values(values)
     except BadInput as e:

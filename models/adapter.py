@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.hadamard import MergeableAdapter, _is_conv1d, base_weight
+from models.layers import MergeableAdapter, _is_conv1d, base_weight
 from models.targets import default_targets
 from utils.atomic import atomic_save_safetensors, atomic_write_json
 from utils.dist import full

@@ -1,6 +1,6 @@
 """Probe train_knowhira.py with bad input, damaged files and failures mid-run; print what a user sees.
 
-    python scripts/probe_bad_inputs.py [--out docs/robustness.md] [--cases a,b] [--mode fork|subprocess]
+    python -m scripts.probe_bad_inputs [--out docs/robustness.md] [--cases a,b] [--mode fork|subprocess]
 
 Every case (the CASES table below: how to set it up, the command line, the exit status and the words
 its message must hold, what may be left on disk) runs train_knowhira.py as its own process, in its own
@@ -656,8 +656,7 @@ def run_script_here(argv, fault=None) -> int:
     import runpy
     import traceback
 
-    sys.argv = [str(SCRIPT), *argv]
-    sys.path.insert(0, str(ROOT))
+    sys.argv = [str(SCRIPT), *argv]  # the project's root is on sys.path already (python -m, or installed)
     try:
         apply_fault(fault)
         runpy.run_path(str(SCRIPT), run_name="__main__")
@@ -937,7 +936,6 @@ def preimport() -> str:
     saved = os.dup(2)
     os.dup2(err.fileno(), 2)
     try:
-        sys.path.insert(0, str(ROOT))
         import accelerate  # noqa: F401
         import matplotlib
         matplotlib.use("Agg")
@@ -1052,7 +1050,7 @@ def table(report: dict) -> str:
 def markdown(report: dict) -> str:
     return f"""# What train_knowhira.py does with bad input (probe)
 
-`python scripts/probe_bad_inputs.py{' --mode subprocess' if report['mode'] == 'subprocess' else ''} --out docs/robustness.md`
+`python -m scripts.probe_bad_inputs{' --mode subprocess' if report['mode'] == 'subprocess' else ''} --out docs/robustness.md`
 ran every case of its table ({'a fresh interpreter per command, as a shell starts it' if report['mode'] == 'subprocess'
 else 'one forked process per command'}) on tiny RANDOMLY INITIALISED Llama models (2 layers, hidden 48, 512
 positions, the GPT-2 tokenizer) and 40-record copies of the real data files; each case in its own scratch

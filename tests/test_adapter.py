@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_model
 from models.adapter import (ADAPTER_CONFIG, adapter_layers, count_trainable, export_merged,
                             merge_adapters, read_adapter_config, unmerge_adapters)
-from models.hadamard import base_weight, layer_shape
+from models.layers import base_weight, layer_shape
 from models.methods import build, get_method, method_of
 from models.methods.hira import ortho_loss
 from models.methods.knowhira import KnowHiRAConfig

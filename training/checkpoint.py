@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from models.targets import recorded_config
 from utils.atomic import atomic_save_safetensors, atomic_write_bytes, fsync_dir
 from utils.dist import copy_full_, gather_state, is_sharded
 from utils.errors import BadInput
@@ -179,7 +180,10 @@ def load_checkpoint(path, model, optimizer, scheduler, config: dict | None = Non
             recorded = torch.load(path / "state.pt", weights_only=True).get("config")
         except Exception as e:
             raise BadInput(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
-        # an option added since the checkpoint was written is absent from it: equal when at its default None
+        # an option added since the checkpoint was written is absent from it: equal when at its default None;
+        # target_modules null (runs made before the resolved list was recorded) is today's default list
+        if isinstance(recorded, dict):
+            recorded = recorded_config(recorded, config, getattr(getattr(model, "config", None), "model_type", None))
         first = ("peft_type", "model_name", "r_ab", "target_modules", "dataset")
         diff = [] if recorded is None else sorted(
             (k for k in recorded.keys() | config.keys() if recorded.get(k) != config.get(k)),

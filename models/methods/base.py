@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from models import adapter as layers
+from models.targets import resolve_targets
 from utils.errors import BadInput
 from utils.options import Options, in_range, option, positive
 
@@ -49,6 +50,13 @@ def parse_targets(text: str):
 
 def _targets_check(v):
     return "is empty" if v is not None and not v else None
+
+
+def record_targets(model: nn.Module, cfg) -> None:
+    """Set cfg.target_modules to the targets `model` is built with (None: its architecture's default
+    list, models/targets.py), so that args.json and the saved adapter config record them."""
+    if cfg.target_modules is None:
+        cfg.target_modules = resolve_targets(None, getattr(getattr(model, "config", None), "model_type", None))
 
 
 @dataclass
@@ -108,7 +116,9 @@ class Method:
     reads_peft: ClassVar[str | None] = None
 
     def build(self, model: nn.Module, cfg) -> nn.Module:
-        """Make `model` trainable for this method (after the pretrained weights are loaded)."""
+        """Make `model` trainable for this method (after the pretrained weights are loaded). A config with
+        target_modules is first given the resolved list (`record_targets`), which args.json and the saved
+        config then record; AdapterMethod and the peft methods do so."""
         raise NotImplementedError
 
     def init_batches(self, cfg) -> int:
@@ -187,6 +197,7 @@ class AdapterMethod(Method):
         """Whole-model initialisation after injection (e.g. KnowHiRA's batched σ_norm)."""
 
     def build(self, model, cfg, compute: bool = True):
+        record_targets(model, cfg)  # the default list, recorded (a saved null: resolved here, as before)
         layers.inject(model, cfg.target_modules, lambda base: self.make_layer(base, cfg, compute))
         self.after_inject(model, cfg, compute)
         return model

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from models.adapter import find_targets
-from models.hadamard import _is_conv1d, base_weight
+from models.layers import _is_conv1d, base_weight
 from models.methods.base import LayerDelta, Method, MethodConfig
 from utils.atomic import atomic_write_bytes, atomic_write_path
 from utils.dist import gather_state

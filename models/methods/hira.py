@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from models.adapter import PEFT_WEIGHTS, adapter_layers
-from models.hadamard import HadamardLinear, _is_conv1d
+from models.hadamard import HadamardLinear
+from models.layers import _is_conv1d
 from models.methods.base import AdapterMethod, LowRankConfig, Regularizer
 from models.methods.peft_lib import PEFT_PREFIX
 from utils.errors import BadInput

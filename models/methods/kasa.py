@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from models.adapter import adapter_layers, read_adapter_config
-from models.hadamard import MergeableAdapter, _is_conv1d, acc_dtype, base_weight, layer_shape
+from models.layers import MergeableAdapter, _is_conv1d, acc_dtype, base_weight, layer_shape
 from models.methods.base import AdapterMethod, LayerDelta, LowRankConfig, Regularizer
 from utils.dist import full
 from utils.errors import BadInput

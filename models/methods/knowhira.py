@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from models.adapter import adapter_layers
-from models.hadamard import HadamardLinear, base_weight
+from models.hadamard import HadamardLinear
+from models.layers import base_weight
 from models.methods.base import LayerDelta
 from models.methods.hira import HiRA, HiRAConfig
 from models.spectrum import sigma_norms, spectrum_row_scale

@@ -9,9 +9,8 @@ from pathlib import Path
 import torch
 
 from models.adapter import PEFT_CONFIG, PEFT_WEIGHTS
-from models.hadamard import _is_conv1d, base_weight
-from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig
-from models.targets import default_targets
+from models.layers import _is_conv1d, base_weight
+from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig, record_targets
 from utils.dist import gather_state, is_sharded
 from utils.errors import BadInput
 from utils.options import option
@@ -54,9 +53,8 @@ class PeftMethod(Method):
     def build(self, model, cfg):
         from peft import get_peft_model
 
-
-        targets = cfg.target_modules or default_targets(model.config.model_type)
-        return get_peft_model(model, self.peft_config(cfg, targets, model.config.model_type))
+        record_targets(model, cfg)  # the default list, recorded in args.json (peft's file has it too)
+        return get_peft_model(model, self.peft_config(cfg, cfg.target_modules, model.config.model_type))
 
     def save(self, model, cfg, out_dir, write=True):
         """peft's format; under FSDP2 from the gathered trainable tensors."""

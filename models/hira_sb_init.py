@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from models.adapter import adapter_layers
-from models.hadamard import HadamardLinear, acc_dtype, base_weight
+from models.hadamard import HadamardLinear
+from models.layers import acc_dtype, base_weight
 from utils.errors import BadInput
 
 
