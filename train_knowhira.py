@@ -76,6 +76,8 @@ def train_values(given: dict, parser) -> dict:
     wrong = sorted(eval_only & given.keys())
     if wrong:
         parser.error(f"--{wrong[0]} is an evaluation flag (used with --ckpt), not a training one")
+    if given.get("allow_data_change"):
+        parser.error("--allow_data_change goes with --resume RUN_DIR (a new run records its training data)")
     values = {k: v for cls in TRAIN_GROUPS.values() for k, v in defaults_of(cls).items()}
     method = REGISTRY.get(given.get("peft_type", values["peft_type"]))
     if method is None:

@@ -1,0 +1,116 @@
+"""What the program reads back but did not write itself (issue 32): training data changed under a run,
+folders that are not this project's runs, a results.json shared by two evaluations, damaged model files.
+Tiny RANDOM GPT-Neo with the real GPT-2 tokenizer, in-process."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import train_knowhira
+from conftest import run_main
+
+TARGETS = "q_proj,v_proj,out_proj,c_fc,c_proj"
+
+
+def train_args(model_dir, data_dir, out, name, *extra):
+    """boolq only (40 records, 4 held out -> 36), batch 12 -> 3 steps per epoch; a checkpoint at the end."""
+    return ["--model_name", model_dir, "--data_dir", data_dir, "--dataset", "boolq", "--val_size", 4,
+            "--cutoff_len", 128, "--batch", 12, "--r_ab", 4, "--target_modules", TARGETS, "--lr", "1e-2",
+            "--seed", 3, "--eval_strategy", "no", "--save_steps", 1000, "--output_folder", out,
+            "--run_name", name, *extra]
+
+
+def one_line(err: str) -> str:
+    """The error line (after notes and progress bars), which must be the last; no traceback."""
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "error: " in last, err
+    return last[last.index("error: "):]
+
+
+def snapshot(folder) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def threads1():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def own_data(tmp_path, small_data_dir):
+    """A copy of the 40-record boolq training file that the test may edit."""
+    out = tmp_path / "data"
+    (out / "boolq").mkdir(parents=True)
+    shutil.copy(small_data_dir / "boolq" / "train.json", out / "boolq" / "train.json")
+    return out
+
+
+# ---- 1. the training data changed under a run -----------------------------------------------------------
+def test_resume_refuses_changed_training_data(own_data, tiny_neo_dir, tmp_path, capsys, threads1):
+    out = tmp_path / "runs"
+    rc, err = run_main(train_args(tiny_neo_dir, own_data, out, "r", "--max_steps", 2), capsys)
+    assert rc == 0, err
+    run, train = out / "r", own_data / "boolq" / "train.json"
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["data_records"] == 40 and saved["allow_data_change"] is False
+    state = torch.load(run / "checkpoints" / "step_000002" / "state.pt", weights_only=True)
+    assert state["data"] == {"records": 40, "sha256": saved["data_sha256"]}
+
+    records = json.loads(train.read_text())
+    train.write_text(json.dumps(records[:35]))  # 5 records removed
+    before = snapshot(run)
+    rc, err = run_main(["--resume", run, "--max_steps", 4], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert str(train) in line and "40 records when saved, 35 now" in line and "--allow_data_change" in line, line
+    assert snapshot(run) == before  # nothing written
+
+    # the same count, one answer edited: still refused
+    edited = [dict(r) for r in records]
+    edited[7]["output"] = edited[7]["output"] + " "
+    train.write_text(json.dumps(edited))
+    rc, err = run_main(["--resume", run, "--max_steps", 4], capsys)
+    assert rc == 2 and "40 records then and now, their contents differ" in one_line(err)
+    assert snapshot(run) == before
+
+    # a flag on a new run is refused; with --resume it continues on the new records
+    rc, err = run_main(train_args(tiny_neo_dir, own_data, out, "new", "--allow_data_change"), capsys)
+    assert rc == 2 and "--allow_data_change goes with --resume" in one_line(err) and not (out / "new").exists()
+    train.write_text(json.dumps(records[:35]))
+    rc = train_knowhira.main([str(a) for a in ["--resume", run, "--max_steps", 4, "--allow_data_change"]])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "40 records when saved, 35 now; continuing on the new records (--allow_data_change)" in printed.out
+    assert [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+    now = json.loads((run / "args.json").read_text())
+    assert now["data_records"] == 35 and now["data_sha256"] != saved["data_sha256"]
+    assert now["allow_data_change"] is False  # one resume's permission, not the run's
+    # the new checkpoints record the new data: resuming again needs no flag
+    rc, err = run_main(["--resume", run, "--max_steps", 5], capsys)
+    assert rc == 0, err
+
+
+def test_resume_of_a_checkpoint_without_data_fingerprint(own_data, tiny_neo_dir, tmp_path, capsys, threads1):
+    """Runs saved before fingerprints were recorded resume as before, with a note."""
+    out = tmp_path / "runs"
+    rc, err = run_main(train_args(tiny_neo_dir, own_data, out, "old", "--max_steps", 2), capsys)
+    assert rc == 0, err
+    run = out / "old"
+    path = run / "checkpoints" / "step_000002" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["data"]
+    torch.save(state, path)
+    args = json.loads((run / "args.json").read_text())
+    for k in ("data_records", "data_sha256", "allow_data_change"):
+        del args[k]
+    (run / "args.json").write_text(json.dumps(args))
+    rc = train_knowhira.main([str(a) for a in ["--resume", run, "--max_steps", 3]])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "records no training-data fingerprint" in printed.out and "resumed from" in printed.out
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 3
