@@ -24,8 +24,9 @@ from models.export import ExportOptions, checkpoint_kind, export_checkpoint, ope
 from models.get_models import ModelOptions
 from models.methods import REGISTRY
 from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
+from utils.errors import BadInput
 from utils.options import add_arguments, defaults_of, read_config
-from utils.runs import run_args
+from utils.runs import REQUIRED, RESUME_REQUIRED, run_args
 
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
@@ -109,7 +110,10 @@ def resume_values(given: dict, parser) -> dict:
     value, and --output_folder/--run_name naming RUN_DIR, are accepted; a flag that differs is refused."""
     run_dir = Path(given["resume"])
     args_file = run_dir / "args.json"
-    saved = run_args(run_dir, "--resume")
+    saved = run_args(run_dir, "--resume", REQUIRED + RESUME_REQUIRED)
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "log.jsonl").is_file():
+        raise BadInput(f"--resume {run_dir}: no checkpoints/ and no log.jsonl there: not a run of this program "
+                       "that has started training (start a new run instead)")
 
     place = {"output_folder": run_dir.parent, "run_name": run_dir.name}  # the run's, from RUN_DIR
 

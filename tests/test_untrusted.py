@@ -114,3 +114,63 @@ def test_resume_of_a_checkpoint_without_data_fingerprint(own_data, tiny_neo_dir,
     assert rc == 0, printed.err
     assert "records no training-data fingerprint" in printed.out and "resumed from" in printed.out
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 3
+
+
+# ---- 2. folders that are not this project's runs ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_neo_dir, small_data_dir):
+    """A finished 2-step run whose files the foreign folders below are made of."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("finished")
+        assert train_knowhira.main([str(a) for a in train_args(tiny_neo_dir, small_data_dir, out, "r",
+                                                                "--max_steps", 2)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return out / "r"
+
+
+def foreign(run, dst, kind):
+    """A copy of `run` made foreign: args.json with keys no option has, without peft_type, without the
+    training keys, or a genuine args.json in a folder that never trained (no checkpoints/, no log.jsonl)."""
+    shutil.copytree(run, dst)
+    args = json.loads((run / "args.json").read_text())
+    if kind == "foreign_keys":
+        args = {**args, "learning_rate": 0.1, "epochs": 3}
+    elif kind == "no_peft_type":
+        del args["peft_type"]
+    elif kind == "no_dataset":
+        del args["dataset"]
+    else:
+        shutil.rmtree(dst / "checkpoints")
+        (dst / "log.jsonl").unlink()
+    (dst / "args.json").write_text(json.dumps(args))
+    return dst
+
+
+MODES = {"resume": lambda d, tmp, data: ["--resume", d, "--max_steps", 3],
+         "ckpt": lambda d, tmp, data: ["--ckpt", d, "--dataset", "boolq", "--data_dir", data, "--max_examples", 2],
+         "export": lambda d, tmp, data: ["--ckpt", d, "--export", "peft", "--export_dir", tmp / "exported"]}
+
+
+@pytest.mark.parametrize("kind,mode,needle", [
+    ("foreign_keys", "resume", "unknown key(s) 'epochs', 'learning_rate'"),
+    ("foreign_keys", "ckpt", "unknown key(s) 'epochs', 'learning_rate'"),
+    ("foreign_keys", "export", "unknown key(s) 'epochs', 'learning_rate'"),
+    ("no_peft_type", "resume", "missing 'peft_type'"),
+    ("no_peft_type", "ckpt", "missing 'peft_type'"),
+    ("no_peft_type", "export", "missing 'peft_type'"),
+    ("no_dataset", "resume", "missing 'dataset'"),
+    ("never_trained", "resume", "no checkpoints/ and no log.jsonl"),
+])
+def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(kind, mode, needle, finished_run, boolq_dir, tmp_path,
+                                                                capsys):
+    folder = foreign(finished_run, tmp_path / "folder", kind)
+    before = snapshot(folder)
+    rc, err = run_main(MODES[mode](folder, tmp_path, boolq_dir), capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert str(folder) in line and needle in line, line
+    assert snapshot(folder) == before  # args.json byte-identical, nothing added
+    assert not (tmp_path / "exported").exists()
