@@ -32,7 +32,8 @@ from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows
 from eval.generate import generate_answers
 from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
-from utils.atomic import atomic_write_bytes
+from utils.atomic import atomic_write_bytes, locked_folder
+from utils.errors import BadInput
 from utils.runs import read_json
 
 MODES = ("generate", "loglik", "cloze")
@@ -265,15 +266,25 @@ def read_results(path) -> dict:
     return results
 
 
-def update_results_json(out_dir, task_result: dict, meta: dict) -> dict:
+def update_results_json(out_dir, task_result: dict, meta: dict, configuration: tuple = ()) -> dict:
     """Merge `meta` and this task's result into <out_dir>/results.json (atomically); return it.
 
     Layout: {"meta": {...}, "tasks": {task: result}}. Existing tasks are kept; a task evaluated
-    again replaces its old entry; meta keys are updated.
+    again replaces its old entry; meta keys are updated. The read-modify-write holds a lock on out_dir,
+    so two evaluations into one folder both keep their tasks; a meta key in `configuration` that the file
+    (written meanwhile by another process) holds with another value is refused (BadInput), not overwritten.
     """
     path = Path(out_dir) / "results.json"
-    results = read_results(path)
-    results["meta"].update(meta)
-    results["tasks"][task_result["task"]] = task_result
-    atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    with locked_folder(out_dir):
+        results = read_results(path)
+        changed = [k for k in configuration
+                   if results["tasks"] and k in results["meta"] and results["meta"][k] != meta.get(k)]
+        if changed:
+            k = changed[0]
+            raise BadInput(f"{path} now holds evaluations of another configuration ({k} {results['meta'][k]!r}, "
+                           f"this one {meta.get(k)!r}; written by another process meanwhile); {task_result['task']} "
+                           "was not added: evaluate into another --results_dir")
+        results["meta"].update(meta)
+        results["tasks"][task_result["task"]] = task_result
+        atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return results

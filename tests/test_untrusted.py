@@ -174,3 +174,42 @@ def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(kind, mode, needle
     assert str(folder) in line and needle in line, line
     assert snapshot(folder) == before  # args.json byte-identical, nothing added
     assert not (tmp_path / "exported").exists()
+
+
+# ---- 3. two evaluations into one results.json ------------------------------------------------------------
+def _add_tasks(out_dir, prefix, barrier, n):
+    from eval.evaluate import update_results_json
+
+    barrier.wait()
+    for i in range(n):
+        update_results_json(out_dir, {"task": f"{prefix}{i}", "accuracy": 0.5, "pad": "x" * 2000},
+                            {"method": "knowhira", "protocol": "clean"}, ("method", "protocol"))
+
+
+def test_concurrent_results_json_writers_keep_every_task(tmp_path):
+    """Two processes adding tasks to one results.json at once (a barrier starts them together): the
+    read-modify-write is locked, so no task is lost (unlocked, each overwrites the other's additions)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, n = ctx.Barrier(2), 40
+    procs = [ctx.Process(target=_add_tasks, args=(tmp_path, p, barrier, n)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(results["tasks"]) == sorted(f"{p}{i}" for p in "ab" for i in range(n))
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["results.json"]  # no lock file or temporary left
+
+
+def test_results_json_of_another_configuration_written_meanwhile_is_not_overwritten(tmp_path):
+    from eval.evaluate import update_results_json
+    from utils.errors import BadInput
+
+    update_results_json(tmp_path, {"task": "boolq"}, {"protocol": "clean"}, ("protocol",))
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(BadInput, match="another configuration .protocol 'clean', this one 'hira'"):
+        update_results_json(tmp_path, {"task": "piqa"}, {"protocol": "hira"}, ("protocol",))
+    assert (tmp_path / "results.json").read_bytes() == before
