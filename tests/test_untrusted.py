@@ -213,3 +213,41 @@ def test_results_json_of_another_configuration_written_meanwhile_is_not_overwrit
     with pytest.raises(BadInput, match="another configuration .protocol 'clean', this one 'hira'"):
         update_results_json(tmp_path, {"task": "piqa"}, {"protocol": "hira"}, ("protocol",))
     assert (tmp_path / "results.json").read_bytes() == before
+
+
+# ---- 4. damaged model files ------------------------------------------------------------------------------
+@pytest.mark.parametrize("cut", [100, 1 << 20])
+def test_truncated_gguf_is_one_line(cut, tmp_path, boolq_dir, capsys):
+    import os
+
+    real = os.environ.get("KNOWHIRA_SMOLLM2_GGUF")
+    if not real or not os.path.isfile(real):
+        pytest.skip("KNOWHIRA_SMOLLM2_GGUF does not name the real SmolLM2 GGUF file")
+    cut_file = tmp_path / "cut.gguf"
+    with open(real, "rb") as f:
+        cut_file.write_bytes(f.read(cut))
+    rc, err = run_main(["--ckpt", "none", "--model_name", cut_file, "--dataset", "boolq", "--data_dir", boolq_dir,
+                        "--max_examples", 2, "--output_folder", tmp_path / "out"], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert f"{cut_file}: not a complete GGUF file" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gguf"]  # nothing written
+
+
+@pytest.mark.parametrize("keep", [4, 0.5, -16])  # bytes kept: within the header length, half, all but the end
+def test_truncated_safetensors_is_one_line(keep, tmp_path, boolq_dir, gpt2_tokenizer, capsys):
+    from conftest import tiny_model
+
+    model_dir = tmp_path / "model"
+    tiny_model("gpt2").save_pretrained(str(model_dir))
+    gpt2_tokenizer.save_pretrained(str(model_dir))
+    weights = model_dir / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(keep if keep > 1 else int(size * keep) if keep > 0 else size + keep)
+    rc, err = run_main(["--ckpt", "none", "--model_name", model_dir, "--dataset", "boolq", "--data_dir", boolq_dir,
+                        "--max_examples", 2, "--output_folder", tmp_path / "out"], capsys)
+    assert rc == 2
+    line = one_line(err)
+    assert f"{weights}: not a complete safetensors file" in line, line
+    assert not (tmp_path / "out").exists()
