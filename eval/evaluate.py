@@ -28,7 +28,7 @@ from data.protocols import Protocol
 from data.tasks import ANSWER_WORDS, resolve_task
 from data.choices import record_choices
 from data.questions import parse_record
-from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows
+from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows, count_truncated
 from eval.generate import generate_answers
 from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
@@ -196,7 +196,9 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
 
     ids = select_ids(len(records), max_examples, seed)
     room, truncated = None, None  # prompts longer than the model's positions allow are cut (counted)
-    if mode != "cloze":
+    if mode == "cloze":  # contexts cut from the left as lm-eval cuts them (eval/cloze.py)
+        truncated = count_truncated(model, tokenizer, records, ids, task)
+    else:
         room = prompt_room(model, tokenizer, mode, max_new_tokens, offered)
         truncated = 0 if room is None else \
             sum(len(protocol.eval_prompt_ids(tokenizer, records[i])) > room for i in ids)

@@ -251,3 +251,40 @@ def test_truncated_safetensors_is_one_line(keep, tmp_path, boolq_dir, gpt2_token
     line = one_line(err)
     assert f"{weights}: not a complete safetensors file" in line, line
     assert not (tmp_path / "out").exists()
+
+
+# ---- 5. cloze on a question longer than the model's positions --------------------------------------------
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cloze_cuts_a_long_context_from_the_left_and_counts_it(arch, arc_obqa_dir, gpt2_tokenizer, tmp_path):
+    """A 24-position model: GPT-2 raised IndexError, Llama ran past its positions. Now the context is cut
+    from the left (as lm-eval does), each choice scored like a plain forward pass over the cut sequence,
+    and results.json counts the cut examples."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+    from data.cloze import encoded_requests
+    from data.protocols import get_protocol
+    from eval.evaluate import evaluate_task
+
+    config = tiny_config(arch)
+    config.update({"n_positions" if arch == "gpt2" else "max_position_embeddings": 24})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    records = json.loads((arc_obqa_dir / "ARC-Easy" / "test.json").read_text())[:8]
+    long = [i for i, r in enumerate(records)
+            if max(len(c) + len(x) for c, x in encoded_requests(gpt2_tokenizer, r, "ARC-Easy", i)[0]) > 24]
+    assert 0 < len(long) < len(records)  # some cut, some not
+    result = evaluate_task(model, gpt2_tokenizer, records, "ARC-Easy", tmp_path, protocol=get_protocol("clean"),
+                           mode="cloze", batch_size=4, max_new_tokens=8, beam_size=1, max_examples=None, seed=0,
+                           show_progress=False, answer_format="cloze")
+    assert result["truncated_prompts"] == len(long) and result["n"] == len(records)
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "eval" / "ARC-Easy.jsonl").read_text().splitlines())}
+    i = long[0]
+    for (context, continuation), score in zip(encoded_requests(gpt2_tokenizer, records[i], "ARC-Easy", i)[0],
+                                              rows[i]["scores"]):
+        context = context[len(context) + len(continuation) - 24:] if len(context) + len(continuation) > 24 else context
+        ids = torch.tensor([context + continuation])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        expected = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(continuation))
+        assert score == pytest.approx(expected, abs=1e-4)
