@@ -288,3 +288,32 @@ def test_cloze_cuts_a_long_context_from_the_left_and_counts_it(arch, arc_obqa_di
             logp = torch.log_softmax(model(ids).logits[0].float(), -1)
         expected = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(continuation))
         assert score == pytest.approx(expected, abs=1e-4)
+
+
+# ---- 6. evaluation does not depend on the batch size ------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("mode,beams", [("generate", 1), ("generate", 3), ("loglik", 1), ("cloze", 1)])
+def test_predictions_are_the_same_at_eval_batch_1_and_16(arch, mode, beams, arc_obqa_dir, gpt2_tokenizer, tmp_path,
+                                                         threads1):
+    """The silent error users of other harnesses keep reporting: padding changes answers. 16 ARC-Easy
+    questions of different lengths (left padding for prompts, right padding for scored continuations)."""
+    from conftest import tiny_model
+    from data.protocols import get_protocol
+    from eval.evaluate import evaluate_task
+
+    model = tiny_model(arch, seed=1)
+    records = json.loads((arc_obqa_dir / "ARC-Easy" / "test.json").read_text())[:16]
+    rows = {}
+    for batch in (1, 16):
+        evaluate_task(model, gpt2_tokenizer, records, "ARC-Easy", tmp_path / str(batch), protocol=get_protocol("clean"),
+                      mode=mode, batch_size=batch, max_new_tokens=6, beam_size=beams, max_examples=None, seed=0,
+                      show_progress=False, answer_format="cloze" if mode == "cloze" else "label")
+        rows[batch] = [json.loads(x) for x in (tmp_path / str(batch) / "eval" / "ARC-Easy.jsonl").read_text().splitlines()]
+    assert len(rows[1]) == len(rows[16]) == 16
+    if mode == "generate":
+        assert [r["prediction"] for r in rows[1]] == [r["prediction"] for r in rows[16]]
+        assert len({r["prediction"] for r in rows[1]}) > 1  # not one constant answer
+    else:
+        for a, b in zip(rows[1], rows[16]):
+            assert a["extracted"] == b["extracted"] and a.get("pred_norm") == b.get("pred_norm")
+            assert b["scores"] == pytest.approx(a["scores"], abs=1e-4)
