@@ -26,7 +26,7 @@ from models.methods import REGISTRY
 from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
 from utils.errors import BadInput
 from utils.options import add_arguments, defaults_of, read_config
-from utils.runs import run_args
+from utils.runs import REQUIRED, RESUME_REQUIRED, run_args
 
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
@@ -77,6 +77,8 @@ def train_values(given: dict, parser) -> dict:
     wrong = sorted(eval_only & given.keys())
     if wrong:
         parser.error(f"--{wrong[0]} is an evaluation flag (used with --ckpt), not a training one")
+    if given.get("allow_data_change"):
+        parser.error("--allow_data_change goes with --resume RUN_DIR (a new run records its training data)")
     values = {k: v for cls in TRAIN_GROUPS.values() for k, v in defaults_of(cls).items()}
     method = REGISTRY.get(given.get("peft_type", values["peft_type"]))
     if method is None:
@@ -108,7 +110,10 @@ def resume_values(given: dict, parser) -> dict:
     value, and --output_folder/--run_name naming RUN_DIR, are accepted; a flag that differs is refused."""
     run_dir = Path(given["resume"])
     args_file = run_dir / "args.json"
-    saved = run_args(run_dir, "--resume")
+    saved = run_args(run_dir, "--resume", REQUIRED + RESUME_REQUIRED)
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "log.jsonl").is_file():
+        raise BadInput(f"--resume {run_dir}: no checkpoints/ and no log.jsonl there: not a run of this program "
+                       "that has started training (start a new run instead)")
 
     place = {"output_folder": run_dir.parent, "run_name": run_dir.name}  # the run's, from RUN_DIR
     # args.json of runs made before the resolved targets were recorded has target_modules null (the default):

@@ -156,6 +156,26 @@ def record_place(data_dir, dataset: str, records: list, record: dict) -> str:
     return f"{path} record {index}" if index is not None else str(path)
 
 
+def train_files(data_dir, dataset: str) -> list[Path]:
+    """The files load_train_data(data_dir, dataset) reads, in order (for messages)."""
+    spec = dataset.strip()
+    if spec == COMMON_170K:
+        return [Path(data_dir) / COMMON_170K_FILE]
+    tasks = _parse_mix(spec) if spec.startswith("mix:") else [spec]
+    return [task_file(data_dir, t, "train") for t in tasks]
+
+
+def fingerprint(records: list) -> dict:
+    """What identifies the training records as loaded: their count and a sha256 over them (each record's
+    JSON with sorted keys, one per line). A run records it with each checkpoint; --resume compares."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+    return {"records": len(records), "sha256": digest.hexdigest()}
+
+
 def split_validation(records: list, n_val: int, seed: int = VAL_SEED) -> tuple[list, list]:
     """Deterministically hold out `n_val` records for validation; returns (train, val).
 

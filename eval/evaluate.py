@@ -28,11 +28,11 @@ from data.protocols import Protocol
 from data.tasks import ANSWER_WORDS, resolve_task
 from data.choices import record_choices
 from data.questions import parse_record
-from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows
+from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows, count_truncated
 from eval.generate import generate_answers
 from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
-from utils.atomic import atomic_write_bytes
+from utils.atomic import atomic_write_bytes, locked_folder
 from utils.errors import BadInput
 from utils.runs import read_json
 
@@ -196,7 +196,9 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
 
     ids = select_ids(len(records), max_examples, seed)
     room, truncated = None, None  # prompts longer than the model's positions allow are cut (counted)
-    if mode != "cloze":
+    if mode == "cloze":  # contexts cut from the left as lm-eval cuts them (eval/cloze.py)
+        truncated = count_truncated(model, tokenizer, records, ids, task)
+    else:
         room = prompt_room(model, tokenizer, mode, max_new_tokens, offered)
         truncated = 0 if room is None else \
             sum(len(protocol.eval_prompt_ids(tokenizer, records[i])) > room for i in ids)
@@ -266,15 +268,25 @@ def read_results(path) -> dict:
     return results
 
 
-def update_results_json(out_dir, task_result: dict, meta: dict) -> dict:
+def update_results_json(out_dir, task_result: dict, meta: dict, configuration: tuple = ()) -> dict:
     """Merge `meta` and this task's result into <out_dir>/results.json (atomically); return it.
 
     Layout: {"meta": {...}, "tasks": {task: result}}. Existing tasks are kept; a task evaluated
-    again replaces its old entry; meta keys are updated.
+    again replaces its old entry; meta keys are updated. The read-modify-write holds a lock on out_dir,
+    so two evaluations into one folder both keep their tasks; a meta key in `configuration` that the file
+    (written meanwhile by another process) holds with another value is refused (BadInput), not overwritten.
     """
     path = Path(out_dir) / "results.json"
-    results = read_results(path)
-    results["meta"].update(meta)
-    results["tasks"][task_result["task"]] = task_result
-    atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    with locked_folder(out_dir):
+        results = read_results(path)
+        changed = [k for k in configuration
+                   if results["tasks"] and k in results["meta"] and results["meta"][k] != meta.get(k)]
+        if changed:
+            k = changed[0]
+            raise BadInput(f"{path} now holds evaluations of another configuration ({k} {results['meta'][k]!r}, "
+                           f"this one {meta.get(k)!r}; written by another process meanwhile); {task_result['task']} "
+                           "was not added: evaluate into another --results_dir")
+        results["meta"].update(meta)
+        results["tasks"][task_result["task"]] = task_result
+        atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return results

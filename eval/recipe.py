@@ -186,7 +186,7 @@ class EvalRecipe:
                                    answer_format=self.answer_format)
             results[task] = result
             if self.state.is_main_process:
-                update_results_json(self.out_dir, result, self.meta)
+                update_results_json(self.out_dir, result, self.meta, CONFIGURATION)
                 lo, hi = result["ci95_low"], result["ci95_high"]
                 norm = (f" acc_norm {100 * result['accuracy_norm']:5.1f}% [{100 * result['ci95_low_norm']:.1f}, "
                         f"{100 * result['ci95_high_norm']:.1f}]" if "accuracy_norm" in result else "")

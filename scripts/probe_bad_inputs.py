@@ -196,6 +196,19 @@ def data_copy(mutate):
     return d
 
 
+def run_on_changed_data(ctx):
+    """The run copy as if trained on a private data folder {work}/data (args.json's and the checkpoints'
+    data_dir moved there), whose boolq/train.json then loses its last 5 records."""
+    import torch
+
+    data_copy(lambda records: json.dumps(records[:-5]))(ctx)
+    edit_args(data_dir="{data}")(ctx)
+    for state_file in (ctx.run / "checkpoints").glob("step_*/state.pt"):
+        state = torch.load(state_file, weights_only=True)
+        state["config"]["data_dir"] = ctx.vars["data"]
+        torch.save(state, state_file)
+
+
 def test_file(mutate):
     def d(ctx):
         dst = ctx.work / "data"
@@ -585,6 +598,24 @@ CASES = [
     # ---- 16. file modes -------------------------------------------------------------------------
     Case("file_modes", "16", "a finished run under umask 022", T(), 0, ("done: 2 steps",), strict=False,
          check=modes_check),
+    # ---- issue 32: files the program did not write ---------------------------------------------
+    Case("resume_data_changed", "32", "the training file lost 5 records since the checkpoint, then --resume", R(), 2,
+         ("boolq/train.json", "records when saved", "--allow_data_change"), strict=False,
+         setup=then(copy_run, run_on_changed_data)),
+    Case("resume_foreign_args", "32", "args.json with keys no option has, then --resume", R(), 2,
+         ("args.json", "unknown key(s) 'epochs'"), setup=then(copy_run, edit_args(epochs=3))),
+    Case("eval_foreign_args", "32", "args.json with keys no option has, then E", E(), 2,
+         ("args.json", "unknown key(s) 'epochs'"), setup=then(copy_run, edit_args(epochs=3))),
+    Case("export_foreign_args", "32", "args.json with keys no option has, then --export peft",
+         ["--ckpt", "{run}", "--export", "peft", "--export_dir", "{work}/exported"], 2,
+         ("args.json", "unknown key(s) 'epochs'"), setup=then(copy_run, edit_args(epochs=3))),
+    Case("resume_never_trained", "32", "a folder holding only a run's args.json, then --resume", R(), 2,
+         ("no checkpoints/ and no log.jsonl",),
+         setup=then(mkdir("runs/r"), lambda c: shutil.copy(c.base_run / "args.json", c.run / "args.json"))),
+    Case("model_safetensors_truncated", "32", "a model folder whose model.safetensors is cut to half",
+         T("--model_name", "{work}/m"), 2, ("model.safetensors", "not a complete safetensors file"),
+         setup=then(copy_model, lambda c: truncate(lambda c: c.work / "m" / "model.safetensors",
+                                                   (c.work / "m" / "model.safetensors").stat().st_size // 2)(c))),
     # ---- evaluation mode ------------------------------------------------------------------------
     Case("ckpt_missing", "old", "--ckpt naming no folder", ["--ckpt", "{work}/nope", "--dataset", "boolq"], 2,
          ("--ckpt", "nope")),

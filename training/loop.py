@@ -170,12 +170,15 @@ class Trainer:
 
     def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
                  cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None, val_choices=None,
-                 lr_scales=None, val_tasks=None):
+                 lr_scales=None, val_tasks=None, data_fingerprint=None, allow_data_change=False):
         self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
         self.train_features, self.val_features, self.save = train_features, val_features, save
         self.val_slots, self.config = val_slots, config  # config: saved with checkpoints, checked on resume
         self.val_choices = val_choices  # text and cloze answer formats: what val_acc scores (validate)
         self.val_tasks = val_tasks  # each validation record's task (val_acc/<task>), or None
+        # {"records", "sha256", "files"} of the training records (data/commonsense.py fingerprint): saved with
+        # checkpoints, compared on resume unless allow_data_change
+        self.data_fingerprint, self.allow_data_change = data_fingerprint, allow_data_change
         self.reg_fn, self.reg_weight = regularizer if regularizer is not None else (None, 0.0)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.global_batch = cfg.batch * cfg.grad_acc * self.world
@@ -224,12 +227,37 @@ class Trainer:
             if state["step"] > self.total_steps:  # nothing to train, and args.json would record fewer steps
                 raise BadInput(f"the run's newest checkpoint {ckpt} is at step {state['step']}, beyond the "
                                f"{self.total_steps} steps asked for (--max_steps/--epoch): resume with more steps")
+            self.check_data(ckpt, state.get("data"))
             self.step, self.best_val = state["step"], state.get("best_val")
             self.bad_evals = state.get("bad_evals", 0)
             self.start_step = self.step
             self.acc.print(f"resumed from {ckpt} at step {self.step}")
         elif (self.run_dir / "log.jsonl").exists():
             self.acc.print(f"note: no checkpoint in {self.run_dir / 'checkpoints'}: training from step 0")
+
+    def check_data(self, ckpt, saved) -> None:
+        """The checkpoint's training-data fingerprint against this process's records: a change is refused
+        (BadInput) unless allow_data_change; a checkpoint written before fingerprints were recorded is noted."""
+        now = self.data_fingerprint
+        if now is None:
+            return
+        if saved is None:
+            self.acc.print(f"note: {ckpt} records no training-data fingerprint (written by an earlier version); "
+                           "the training records are not compared")
+            return
+        if not (isinstance(saved, dict) and isinstance(saved.get("sha256"), str)
+                and isinstance(saved.get("records"), int)):
+            raise BadInput(f"{ckpt / 'state.pt'}: its training-data fingerprint is not {{records, sha256}} "
+                           f"(got {saved!r:.80}); damaged?")
+        if saved["sha256"] == now["sha256"] and saved["records"] == now["records"]:
+            return
+        counts = (f"{saved['records']} records when saved, {now['records']} now" if saved["records"] != now["records"]
+                  else f"{now['records']} records then and now, their contents differ")
+        what = f"the training data ({', '.join(now['files'])}) changed since {ckpt} was saved: {counts}"
+        if not self.allow_data_change:
+            raise BadInput(f"--resume {self.run_dir}: {what}; restore the data, or continue on the new records "
+                           "with --allow_data_change")
+        self.acc.print(f"note: {what}; continuing on the new records (--allow_data_change)")
 
     def train_step(self) -> dict:
         """One optimizer step (all micro-batches of one global batch); returns its numbers."""
@@ -319,7 +347,9 @@ class Trainer:
         self.written.add(self.step)
         self.acc.wait_for_everyone()
         save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler,
-                        {"best_val": self.best_val, "bad_evals": self.bad_evals, "config": self.config},
+                        {"best_val": self.best_val, "bad_evals": self.bad_evals, "config": self.config,
+                         "data": None if self.data_fingerprint is None else
+                         {k: self.data_fingerprint[k] for k in ("records", "sha256")}},
                         keep=self.cfg.keep_checkpoints, write=self.acc.is_main_process)
         self.acc.wait_for_everyone()
 

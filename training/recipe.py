@@ -41,6 +41,9 @@ class RunOptions(Options):
                                   "not a path", check=plain_name)
     resume: str | None = option(None, "continue the run in RUN_DIR from its latest checkpoint "
                                 "(its args.json is used)")
+    allow_data_change: bool = option(False, "with --resume: continue although the training records changed since "
+                                     "the checkpoint was saved (otherwise refused; the run's new checkpoints "
+                                     "record the new data)")
 
 
 @dataclass
@@ -54,10 +57,10 @@ TRAIN_GROUPS = {"model": ModelOptions, "method": MethodChoice, "data": DataOptio
 # (torch_compile changes the speed, not the model: the compiled sums agree with eager's to 1e-5)
 RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop_patience",
                "keep_checkpoints", "cache_dir", "validate_at_start", "report_to",
-               "torch_compile")
+               "torch_compile", "allow_data_change")
 RUN_PLACE = ("output_folder", "run_name", "resume")
 # what args.json records besides the options (a run's args.json is also a --config file: these are skipped)
-RECORDED = ("trainable_params", "n_train", "n_val")
+RECORDED = ("trainable_params", "n_train", "n_val", "data_records", "data_sha256")
 
 
 def default_run_name(values: dict) -> str:
@@ -106,7 +109,7 @@ class TrainRecipe:
         from tqdm.auto import tqdm
 
         from data.cache import cached_features
-        from data.commonsense import DataError, load_train_data, record_place, split_validation
+        from data.commonsense import DataError, fingerprint, load_train_data, record_place, split_validation, train_files
         from models.adapter import count_trainable
         from models.get_models import load_base_model
         from training.trackers import check_report_to
@@ -116,6 +119,9 @@ class TrainRecipe:
         self.accelerator = Accelerator(mixed_precision=self.loop.mixed_precision,
                                        cpu=not torch.cuda.is_available())
         records = load_train_data(self.data.data_dir, self.data.dataset)
+        # the records as loaded (before the split), checked on --resume against the checkpoint's
+        self.data_fingerprint = {**fingerprint(records),
+                                 "files": [str(f) for f in train_files(self.data.data_dir, self.data.dataset)]}
         train_records, val_records = split_validation(records, self.data.val_size)
         torch.manual_seed(self.loop.seed)
         self.model, self.tokenizer = load_base_model(**asdict(self.model_opts))
@@ -185,7 +191,8 @@ class TrainRecipe:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
                        self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
                        self.val_slots, config=self.config(), val_choices=self.val_choices, val_tasks=self.val_tasks,
-                       lr_scales=self.method.lr_scales(self.method_cfg))
+                       lr_scales=self.method.lr_scales(self.method_cfg), data_fingerprint=self.data_fingerprint,
+                       allow_data_change=self.run.allow_data_change)
 
     def save(self, model, out_dir, write: bool = True) -> None:
         self.method.save(model, self.method_cfg, out_dir, write)
@@ -215,8 +222,11 @@ class TrainRecipe:
                     trainer.resume()  # a damaged or mismatched checkpoint: refused before anything is written
                 if acc.is_main_process:
                     atomic_write_json(self.run_dir / "args.json",
-                                      {**self.values(), "resume": None, "trainable_params": self.n_trainable,
-                                       "n_train": len(self.train_features), "n_val": len(self.val_features)})
+                                      {**self.values(), "resume": None, "allow_data_change": False,
+                                       "trainable_params": self.n_trainable, "n_train": len(self.train_features),
+                                       "n_val": len(self.val_features),
+                                       "data_records": self.data_fingerprint["records"],
+                                       "data_sha256": self.data_fingerprint["sha256"]})
                 total = sum(p.numel() for p in self.model.parameters())
                 acc.print(f"run dir: {self.run_dir}\ntrainable parameters: {self.n_trainable:,} "
                           f"({100 * self.n_trainable / total:.3f}%)")

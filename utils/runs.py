@@ -18,8 +18,24 @@ def read_json(path, holds: str | None = None):
     return value
 
 
-def run_args(run_dir, flag: str) -> dict:
-    """RUN_DIR/args.json; FileNotFoundError naming `flag` when RUN_DIR is not a run folder."""
+# what every run's args.json has held since runs were written (resume needs the training ones as well)
+REQUIRED = ("model_name", "peft_type")
+RESUME_REQUIRED = ("dataset", "data_dir", "lr", "seed", "batch", "max_steps")
+
+
+def known_keys() -> set[str]:
+    """Every key a run's args.json may hold: the options of every group and method, and the counts."""
+    from models.methods import REGISTRY
+    from training.recipe import RECORDED, TRAIN_GROUPS
+
+    return ({f.name for cls in TRAIN_GROUPS.values() for f in cls.option_fields()}
+            | {f.name for m in REGISTRY.values() for f in m.config_cls.option_fields()} | set(RECORDED))
+
+
+def run_args(run_dir, flag: str, required=REQUIRED) -> dict:
+    """RUN_DIR/args.json; FileNotFoundError naming `flag` when RUN_DIR is not a run folder, BadInput when
+    its args.json is not a run's of this program (not an object, a key no option has, a `required` key
+    missing, or a model_name/peft_type that is not a string)."""
     args_file = Path(run_dir) / "args.json"
     if not args_file.is_file():
         raise BadInput(f"{flag} {run_dir}: no args.json there (not a run folder)")
@@ -28,7 +44,15 @@ def run_args(run_dir, flag: str) -> dict:
         raise BadInput(f"{args_file}: not a run's arguments (expected a JSON object with model_name, "
                        f"peft_type and the other options; got {type(saved).__name__}"
                        f"{'' if not isinstance(saved, dict) else ' without model_name'})")
-    if not isinstance(saved.get("peft_type", ""), str):
+    foreign = sorted(saved.keys() - known_keys())
+    missing = [k for k in required if k not in saved]
+    if foreign or missing:
+        what = "; ".join(([f"unknown key(s) {', '.join(map(repr, foreign[:5]))}"
+                           f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}"] if foreign else [])
+                         + ([f"missing {', '.join(map(repr, missing))}"] if missing else []))
+        raise BadInput(f"{flag} {run_dir}: {args_file} is not the arguments of a run of this program ({what}); "
+                       "a folder made by another program is not read or changed")
+    if not isinstance(saved["peft_type"], str):
         raise BadInput(f"{args_file}: peft_type must be a method name (a string), got "
                        f"{type(saved['peft_type']).__name__} {saved['peft_type']!r}")
     return saved
