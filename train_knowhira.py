@@ -23,7 +23,7 @@ from eval.recipe import EvalOptions, EvalRecipe
 from models.export import ExportOptions, checkpoint_kind, export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
 from models.methods import REGISTRY
-from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
+from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, args_json_keys, default_run_name
 from utils.errors import BadInput
 from utils.options import add_arguments, defaults_of, read_config
 from utils.runs import REQUIRED, RESUME_REQUIRED, run_args
@@ -110,7 +110,7 @@ def resume_values(given: dict, parser) -> dict:
     value, and --output_folder/--run_name naming RUN_DIR, are accepted; a flag that differs is refused."""
     run_dir = Path(given["resume"])
     args_file = run_dir / "args.json"
-    saved = run_args(run_dir, "--resume", REQUIRED + RESUME_REQUIRED)
+    saved = run_args(run_dir, "--resume", REQUIRED + RESUME_REQUIRED, known=args_json_keys())
     if not (run_dir / "checkpoints").is_dir() and not (run_dir / "log.jsonl").is_file():
         raise BadInput(f"--resume {run_dir}: no checkpoints/ and no log.jsonl there: not a run of this program "
                        "that has started training (start a new run instead)")
@@ -172,6 +172,8 @@ def check_model_flags(given: dict, parser) -> None:
             parser.error("--adapter picks a state of a trained run (--ckpt RUN_DIR); --ckpt none is the base model")
         return
     kind = checkpoint_kind(given["ckpt"])  # not a run nor a peft adapter: a one-line error
+    if kind == "run":  # a folder whose args.json another program wrote is not read further
+        run_args(given["ckpt"], "--ckpt", known=args_json_keys())
     if kind == "peft" and "adapter" in given:
         parser.error(f"--adapter picks a state of a run folder; --ckpt {given['ckpt']} is a peft adapter (one state)")
     if kind == "run" and set(MODEL_FLAGS) & given.keys():

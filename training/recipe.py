@@ -19,7 +19,7 @@ from data.answer_format import record_task, scored_choices, train_example
 from data.options import DataOptions
 from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
-from models.methods import get_method
+from models.methods import REGISTRY, get_method
 from training.loop import LoopConfig, Trainer
 from training.loss import count_targets, task_loss_sum
 from training.order import epoch_order
@@ -61,6 +61,12 @@ RESUME_SAFE = ("max_steps", "eval_steps", "save_steps", "log_steps", "early_stop
 RUN_PLACE = ("output_folder", "run_name", "resume")
 # what args.json records besides the options (a run's args.json is also a --config file: these are skipped)
 RECORDED = ("trainable_params", "n_train", "n_val", "data_records", "data_sha256")
+
+
+def args_json_keys() -> set[str]:
+    """Every key a run's args.json may hold: the options of every group and method, and the counts."""
+    return ({f.name for cls in TRAIN_GROUPS.values() for f in cls.option_fields()}
+            | {f.name for m in REGISTRY.values() for f in m.config_cls.option_fields()} | set(RECORDED))
 
 
 def default_run_name(values: dict) -> str:

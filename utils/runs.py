@@ -23,18 +23,10 @@ REQUIRED = ("model_name", "peft_type")
 RESUME_REQUIRED = ("dataset", "data_dir", "lr", "seed", "batch", "max_steps")
 
 
-def known_keys() -> set[str]:
-    """Every key a run's args.json may hold: the options of every group and method, and the counts."""
-    from models.methods import REGISTRY
-    from training.recipe import RECORDED, TRAIN_GROUPS
-
-    return ({f.name for cls in TRAIN_GROUPS.values() for f in cls.option_fields()}
-            | {f.name for m in REGISTRY.values() for f in m.config_cls.option_fields()} | set(RECORDED))
-
-
-def run_args(run_dir, flag: str, required=REQUIRED) -> dict:
+def run_args(run_dir, flag: str, required=REQUIRED, known: set[str] | None = None) -> dict:
     """RUN_DIR/args.json; FileNotFoundError naming `flag` when RUN_DIR is not a run folder, BadInput when
-    its args.json is not a run's of this program (not an object, a key no option has, a `required` key
+    its args.json is not a run's of this program (not an object, a key not in `known` (every key a run's
+    args.json may hold: training/recipe.py `args_json_keys`, passed by the command line), a `required` key
     missing, or a model_name/peft_type that is not a string)."""
     args_file = Path(run_dir) / "args.json"
     if not args_file.is_file():
@@ -44,7 +36,7 @@ def run_args(run_dir, flag: str, required=REQUIRED) -> dict:
         raise BadInput(f"{args_file}: not a run's arguments (expected a JSON object with model_name, "
                        f"peft_type and the other options; got {type(saved).__name__}"
                        f"{'' if not isinstance(saved, dict) else ' without model_name'})")
-    foreign = sorted(saved.keys() - known_keys())
+    foreign = sorted(saved.keys() - known) if known is not None else []
     missing = [k for k in required if k not in saved]
     if foreign or missing:
         what = "; ".join(([f"unknown key(s) {', '.join(map(repr, foreign[:5]))}"
