@@ -33,17 +33,16 @@ Layers are processed one at a time; only their singular values are kept.
 """
 import argparse
 import gc
-import json
 import math
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+from analysis.tables import finite, write_csv
+from data.options import DEFAULT_DATA_DIR
+from utils.errors import BadInput
+from utils.options import argtype, non_negative, positive
 
-from analysis.tables import finite, write_csv  # noqa: E402
-from data.options import DEFAULT_DATA_DIR  # noqa: E402
-from utils.options import argtype, non_negative, positive  # noqa: E402
+ROOT = Path(__file__).resolve().parent
 SUMMARY_FIELDS = (
     "label", "run", "method", "model", "r", "n_layers", "effective_rank_mean", "effective_rank_median",
     "numerical_rank_mean", "rank_bound_mean", "rank_over_bound_mean", "min_dim_mean",
@@ -92,19 +91,24 @@ def read_run(run_dir: Path, results_root: str | None = None) -> dict:
     RUN_DIR/results.json, or results_root/<run folder name>/results.json; none when absent)."""
     args_path = run_dir / "args.json"
     if not args_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no args.json (not a run folder)")
+        raise BadInput(f"{run_dir}: no args.json (not a run folder)")
     from utils.runs import read_json, saved_dir_of
 
-    saved = read_json(args_path)
+    saved = read_json(args_path, "a run's arguments")
+    if not isinstance(saved.get("model_name"), str):
+        raise BadInput(f"{args_path}: no model_name (not a run's arguments)")
     trained = saved_dir_of(run_dir)
     if not trained.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no trained adapter (best/ or final/)")
+        raise BadInput(f"{run_dir}: no trained adapter (best/ or final/)")
     accs = {}
     results = (Path(results_root) / run_dir.name if results_root else run_dir) / "results.json"
     if results.is_file():
-        data = json.loads(results.read_text())
-        accs = {t: float(v["accuracy"]) for t, v in (data.get("tasks") or {}).items()
-                if isinstance(v, dict) and v.get("accuracy") is not None}
+        data = read_json(results, "evaluation results")
+        try:
+            accs = {t: float(v["accuracy"]) for t, v in (data.get("tasks") or {}).items()
+                    if isinstance(v, dict) and v.get("accuracy") is not None}
+        except (AttributeError, TypeError, ValueError) as e:
+            raise BadInput(f"{results}: an accuracy that is no number ({e})") from None
     return {"args": saved, "method": saved.get("peft_type", "?"), "trained": trained, "accs": accs}
 
 
@@ -344,7 +348,7 @@ def main(argv=None) -> int:
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         run_dirs = [Path(r) for r in opts.runs]
         if opts.results and not Path(opts.results).is_dir():
-            raise FileNotFoundError(f"--results {opts.results}: no such folder")
+            raise BadInput(f"--results {opts.results}: no such folder")
         methods = [read_run(r, opts.results)["method"] for r in run_dirs]  # fails early on a bad folder
         texts = (forgetting_texts(opts.data_dir, opts.forgetting_task, opts.forgetting_texts)
                  if opts.forgetting_texts > 0 else None)
@@ -359,7 +363,7 @@ def main(argv=None) -> int:
                 notes.append(f"{label}: {get_method(res['method']).analysis_note}")
             results.append(res)
         summary = write_outputs(results, out_dir, opts, len(texts or []), notes)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except BadInput as e:  # bad input: one line, exit 2 (anything else is a bug: traceback)
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in summary:

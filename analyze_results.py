@@ -38,11 +38,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from analysis.report import summarize  # noqa: E402
-from analysis.runs import METRICS, ResultsError  # noqa: E402
+from analysis.report import summarize
+from analysis.runs import METRICS
+from utils.errors import BadInput
 
 
 def main(argv=None) -> int:
@@ -70,7 +68,7 @@ def main(argv=None) -> int:
         table = summarize(args.results_dirs, args.out or (first if first.is_dir() else first.parent) / "summary",
                           baseline=args.baseline, compares=args.compare, group_seeds=not args.no_seed_groups,
                           mixed_protocols=args.mixed_protocols, metric=args.metric)
-    except ResultsError as err:
+    except BadInput as err:  # ResultsError and the readers' own (anything else is a bug: traceback)
         print(f"analyze_results: {err}", file=sys.stderr)
         return 2
     print(table, end="")

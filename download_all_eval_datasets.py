@@ -12,6 +12,7 @@ import sys
 
 from data import download
 from data.tasks import TASKS, resolve_task
+from utils.errors import BadInput
 
 
 def main(argv=None) -> int:
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         tasks = TASKS if "all" in args.datasets else [resolve_task(t) for t in args.datasets]
-    except ValueError as e:
+    except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return download.main(["--out", args.out, "--tasks", *tasks, *([] if args.with_170k else ["--no-170k"])])

@@ -23,14 +23,15 @@ from eval.recipe import EvalOptions, EvalRecipe
 from models.export import ExportOptions, checkpoint_kind, export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
 from models.methods import REGISTRY
-from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, default_run_name
+from training.recipe import RECORDED, RESUME_SAFE, TRAIN_GROUPS, TrainRecipe, args_json_keys, default_run_name
+from utils.errors import BadInput
 from utils.options import add_arguments, defaults_of, read_config
-from utils.runs import run_args
+from utils.runs import REQUIRED, RESUME_REQUIRED, run_args
 
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
 # and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
 EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "attn_implementation", "dataset", "data_dir", "seed", "batch",
-               "eval_strategy", "output_folder", "protocol", "answer_format")
+               "eval_strategy", "output_folder", "protocol", "answer_format", "torch_compile")
 # the base-model flags: with --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR; a run has its own
 MODEL_FLAGS = ("model_name", "gguf_file", "load_bit", "attn_implementation")
 
@@ -76,6 +77,8 @@ def train_values(given: dict, parser) -> dict:
     wrong = sorted(eval_only & given.keys())
     if wrong:
         parser.error(f"--{wrong[0]} is an evaluation flag (used with --ckpt), not a training one")
+    if given.get("allow_data_change"):
+        parser.error("--allow_data_change goes with --resume RUN_DIR (a new run records its training data)")
     values = {k: v for cls in TRAIN_GROUPS.values() for k, v in defaults_of(cls).items()}
     method = REGISTRY.get(given.get("peft_type", values["peft_type"]))
     if method is None:
@@ -96,7 +99,7 @@ def config_values(path, parser) -> dict:
     values = read_config(path, parser.fields, ignored=RECORDED)
     modes = sorted({"ckpt", "resume", "export", "export_dir"} & values.keys())
     if modes:
-        raise ValueError(f"{path}: {modes[0]}: not a training flag (--config holds a new run's configuration)")
+        raise BadInput(f"{path}: {modes[0]}: not a training flag (--config holds a new run's configuration)")
     return values
 
 
@@ -107,9 +110,17 @@ def resume_values(given: dict, parser) -> dict:
     value, and --output_folder/--run_name naming RUN_DIR, are accepted; a flag that differs is refused."""
     run_dir = Path(given["resume"])
     args_file = run_dir / "args.json"
-    saved = run_args(run_dir, "--resume")
+    saved = run_args(run_dir, "--resume", REQUIRED + RESUME_REQUIRED, known=args_json_keys())
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "log.jsonl").is_file():
+        raise BadInput(f"--resume {run_dir}: no checkpoints/ and no log.jsonl there: not a run of this program "
+                       "that has started training (start a new run instead)")
 
     place = {"output_folder": run_dir.parent, "run_name": run_dir.name}  # the run's, from RUN_DIR
+    # args.json of runs made before the resolved targets were recorded has target_modules null (the default):
+    # a list given with --resume is taken, and the checkpoint's record checks it against that default
+    unrecorded = "target_modules" in saved and saved["target_modules"] is None and "target_modules" in given
+    if unrecorded:
+        place["target_modules"] = given["target_modules"]
 
     def changed(k) -> bool:
         if k == "output_folder":
@@ -127,10 +138,12 @@ def resume_values(given: dict, parser) -> dict:
     defaults = train_values({"peft_type": saved.get("peft_type", "knowhira")}, parser)
     values = {**defaults, **saved, **{k: given[k] for k in RESUME_SAFE if k in given},
               "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None}
+    if unrecorded:
+        values["target_modules"] = given["target_modules"]
     try:  # an edited args.json: every value checked (type and range) before anything runs
         TrainRecipe.from_values(values)
-    except ValueError as e:
-        raise ValueError(f"{args_file}: {e}") from None
+    except BadInput as e:
+        raise BadInput(f"{args_file}: {e}") from None
     return values
 
 
@@ -148,7 +161,7 @@ def eval_recipe(given: dict, parser) -> EvalRecipe:
     return EvalRecipe(EvalOptions(**values), tasks=shared["dataset"], data_dir=shared["data_dir"],
                       seed=shared["seed"], base=ModelOptions.from_values(shared),
                       output_folder=shared["output_folder"], protocol=given.get("protocol"),
-                      answer_format=given.get("answer_format"))
+                      answer_format=given.get("answer_format"), torch_compile=shared["torch_compile"])
 
 
 def check_model_flags(given: dict, parser) -> None:
@@ -159,6 +172,8 @@ def check_model_flags(given: dict, parser) -> None:
             parser.error("--adapter picks a state of a trained run (--ckpt RUN_DIR); --ckpt none is the base model")
         return
     kind = checkpoint_kind(given["ckpt"])  # not a run nor a peft adapter: a one-line error
+    if kind == "run":  # a folder whose args.json another program wrote is not read further
+        run_args(given["ckpt"], "--ckpt", known=args_json_keys())
     if kind == "peft" and "adapter" in given:
         parser.error(f"--adapter picks a state of a run folder; --ckpt {given['ckpt']} is a peft adapter (one state)")
     if kind == "run" and set(MODEL_FLAGS) & given.keys():
@@ -210,7 +225,7 @@ def main(argv=None) -> int:
             values["run_name"] = default_run_name(values)
         TrainRecipe.from_values(values).setup().train(resuming="resume" in given)
         return 0
-    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, non-zero exit
+    except BadInput as e:  # bad input: one line naming the flag or file, exit 2 (anything else is a bug: traceback)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (NonFiniteLoss, NonFiniteState) as e:

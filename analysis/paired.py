@@ -74,13 +74,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import BadInput
+
 Z95 = 1.96  # the z of every 95% interval here (as eval.metrics.wilson_interval uses)
 MC_DRAWS = 100_000
 MC_SEED = 0
 EXACT_LIMIT = 2 * 10 ** 9  # bound on the exact sign-flip's element operations (~1 s); beyond: Monte Carlo
 
 
-class PairingError(ValueError):
+class PairingError(BadInput):
     """Runs that cannot be paired (different examples, missing or inconsistent predictions)."""
 
 

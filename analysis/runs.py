@@ -6,6 +6,7 @@ from pathlib import Path
 
 from analysis.paired import (PairingError, group_key, load_predictions, mean_interval, mean_std, paired_difference,
                              same_examples_problem, seedless_name)
+from utils.errors import BadInput
 from utils.options import defaults_of
 from utils.runs import read_json
 
@@ -29,7 +30,7 @@ def run_hparams(method: str, meta: dict) -> dict:
     return shown
 
 
-class ResultsError(Exception):
+class ResultsError(BadInput):
     """A missing folder or no usable results (reported as a one-line message, exit status 2)."""
 
 
@@ -82,7 +83,7 @@ def load_run(path: Path, metric: str = "acc") -> dict:
     reads accuracy_norm and its interval (cloze and text-format loglik evaluations have it)."""
     try:
         results = read_json(path)
-    except (OSError, ValueError) as err:
+    except (OSError, BadInput) as err:
         raise ResultsError(f"cannot read results: {err}") from err
     if not isinstance(results, dict) or not isinstance(results.get("tasks", {}), dict):
         raise ResultsError(f"{path}: expected {{'meta': {{...}}, 'tasks': {{...}}}}")
@@ -91,7 +92,7 @@ def load_run(path: Path, metric: str = "acc") -> dict:
     if args_path.exists():
         try:
             args = read_json(args_path)
-        except (OSError, ValueError) as err:
+        except (OSError, BadInput) as err:
             raise ResultsError(f"cannot read {err}") from err
         if isinstance(args, dict):
             meta.update(args)
@@ -101,7 +102,7 @@ def load_run(path: Path, metric: str = "acc") -> dict:
     if summary_path.exists():
         try:
             val_loss = read_json(summary_path, "training numbers").get("best_val_loss")
-        except (OSError, ValueError) as err:
+        except (OSError, BadInput) as err:
             raise ResultsError(f"cannot read {err}") from err
     tasks, suffix = {}, METRICS[metric]
     for task, result in results.get("tasks", {}).items():

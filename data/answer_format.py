@@ -20,6 +20,7 @@ from data.choices import answer_words, record_choices
 from data.cloze import cloze_train_example, encoded_requests
 from data.questions import FORMATS, parse_record
 from data.tasks import ANSWER_WORDS
+from utils.errors import BadInput
 
 ANSWER_FORMATS = ("label", "text", "cloze")
 RESPONSE_PREFIX = "the correct answer is "
@@ -40,8 +41,8 @@ def record_task(record: dict, index: int | None) -> str:
     for task, (opening, _) in FORMATS.items():
         if instruction.startswith(opening) and words and set(words) <= set(ANSWER_WORDS[task]):
             return task
-    raise ValueError(f"{where(index)}no task's instruction opening and answer words fit it, so its "
-                     "options cannot be parsed for --answer_format text")
+    raise BadInput(f"{where(index)}no task's instruction opening and answer words fit it, so its "
+                   "options cannot be parsed for --answer_format text")
 
 
 def options(record: dict, index: int | None, answer_format: str, task: str | None = None
@@ -50,10 +51,10 @@ def options(record: dict, index: int | None, answer_format: str, task: str | Non
     the record's): the words themselves (label format, and boolq in both formats), or the options'
     texts (text format); ValueError naming the record when its options cannot be parsed."""
     if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {answer_format!r}")
+        raise BadInput(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {answer_format!r}")
     if answer_format == "cloze":
-        raise ValueError("the cloze answer format offers no responses to score: evaluate it with --eval_mode "
-                         "cloze, or name a response format with --answer_format label|text")
+        raise BadInput("the cloze answer format offers no responses to score: evaluate it with --eval_mode "
+                       "cloze, or name a response format with --answer_format label|text")
     if answer_format == "label":
         task = task or record.get("task")
         words = record_choices(record, task) if task else answer_words(record) or []
@@ -77,8 +78,8 @@ def with_answer_format(record: dict, index: int | None, answer_format: str) -> d
         return record
     words, texts = options(record, index, answer_format)
     if record.get("answer") not in words:
-        raise ValueError(f"{where(index)}answer {record.get('answer')!r} is not one of its options "
-                         f"{'/'.join(words)}")
+        raise BadInput(f"{where(index)}answer {record.get('answer')!r} is not one of its options "
+                       f"{'/'.join(words)}")
     return {**record, "output": candidate_response(texts[words.index(record["answer"])])}
 
 

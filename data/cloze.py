@@ -26,6 +26,7 @@ import re
 from data.questions import ClozeQuestion, parse_record
 from data.tasks import resolve_task
 from utils.batching import IGNORE_INDEX
+from utils.errors import BadInput
 
 QUESTION_TEMPLATE = "Question: {question}\nAnswer:"
 BOOLQ_TEMPLATE = "{question}?\nAnswer:"
@@ -78,8 +79,8 @@ def encoded_requests(tokenizer, record: dict, task: str, index: int | None
     for k, (context, continuation) in enumerate(pairs):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
         if not context_ids or not continuation_ids:
-            raise ValueError(f"{resolve_task(task)}: record {'?' if index is None else index}: choice {k + 1} leaves "
-                             f"the {'context' if not context_ids else 'continuation'} without tokens")
+            raise BadInput(f"{resolve_task(task)}: record {'?' if index is None else index}: choice {k + 1} leaves "
+                           f"the {'context' if not context_ids else 'continuation'} without tokens")
         encoded.append((context_ids, continuation_ids))
     return encoded, lengths, item
 
@@ -94,8 +95,8 @@ def cloze_train_example(tokenizer, record: dict, task: str, cutoff_len: int, tra
         head = context[:1] if bos is not None and context[:1] == [bos] else []
         room = cutoff_len - len(head) - len(continuation)
         if room < 1:
-            raise ValueError(f"the gold continuation is {len(continuation)} tokens: --cutoff_len {cutoff_len} "
-                             "leaves no room for its context")
+            raise BadInput(f"the gold continuation is {len(continuation)} tokens: --cutoff_len {cutoff_len} "
+                           "leaves no room for its context")
         context = head + context[len(context) - room:]
     labels = (list(context) if train_on_inputs else [IGNORE_INDEX] * len(context)) + list(continuation)
     return {"input_ids": list(context) + list(continuation), "labels": labels}

@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 from data.tasks import TASKS, resolve_task
+from utils.errors import BadInput
 
 SPLITS = ("train", "test")
 COMMON_170K = "common_170k"
@@ -29,8 +30,8 @@ DATASET_FORMS = (
 )
 
 
-class DataError(ValueError):
-    """A data file or data argument is missing or malformed."""
+class DataError(BadInput):
+    """A data file or data argument is missing or malformed (bad input: one line, exit 2)."""
 
 
 def load_records(path) -> list[dict]:
@@ -83,13 +84,13 @@ def _check_data_dir(data_dir) -> Path:
 def task_file(data_dir, task: str, split: str) -> Path:
     """Path of `<data_dir>/<canonical task>/<split>.json` (the file need not exist).
 
-    DataError (a ValueError) for an unknown task, listing the known tasks, or an unknown split.
+    DataError (a BadInput) for an unknown task, listing the known tasks, or an unknown split.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     try:
         canonical = resolve_task(task)
-    except ValueError as e:
+    except BadInput as e:
         raise DataError(str(e)) from e
     return Path(data_dir) / canonical / f"{split}.json"
 
@@ -112,7 +113,7 @@ def _parse_mix(spec: str) -> list[str]:
     for name in names:
         try:
             canonical = resolve_task(name)
-        except ValueError as e:
+        except BadInput as e:
             raise DataError(f"dataset {spec!r}: {e}") from e
         if canonical in tasks:
             raise DataError(f"dataset {spec!r}: task {canonical!r} appears more than once in the mix")
@@ -137,7 +138,7 @@ def load_train_data(data_dir, dataset: str) -> list[dict]:
         return records
     try:
         task = resolve_task(spec)
-    except ValueError:
+    except BadInput:
         raise DataError(f"unknown dataset {dataset!r}; accepted forms: {DATASET_FORMS}") from None
     return load_task_split(data_dir, task, "train")
 
@@ -153,6 +154,26 @@ def record_place(data_dir, dataset: str, records: list, record: dict) -> str:
         mine = [r for r in records if r.get("task") == record.get("task")]
     index = next((i for i, r in enumerate(mine) if r is record), None)
     return f"{path} record {index}" if index is not None else str(path)
+
+
+def train_files(data_dir, dataset: str) -> list[Path]:
+    """The files load_train_data(data_dir, dataset) reads, in order (for messages)."""
+    spec = dataset.strip()
+    if spec == COMMON_170K:
+        return [Path(data_dir) / COMMON_170K_FILE]
+    tasks = _parse_mix(spec) if spec.startswith("mix:") else [spec]
+    return [task_file(data_dir, t, "train") for t in tasks]
+
+
+def fingerprint(records: list) -> dict:
+    """What identifies the training records as loaded: their count and a sha256 over them (each record's
+    JSON with sorted keys, one per line). A run records it with each checkpoint; --resume compares."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+    return {"records": len(records), "sha256": digest.hexdigest()}
 
 
 def split_validation(records: list, n_val: int, seed: int = VAL_SEED) -> tuple[list, list]:

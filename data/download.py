@@ -22,6 +22,7 @@ from pathlib import Path
 
 from data.commonsense import COMMON_170K_FILE, DataError, load_records
 from data.tasks import TASKS, resolve_task
+from utils.errors import BadInput
 
 BASE_URL = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/main"
 CHUNK = 1 << 20
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         tasks = [resolve_task(t) for t in args.tasks]
-    except ValueError as e:
+    except BadInput as e:
         parser.error(str(e))
 
     for url, dest, required in plan(args.out, tasks, not args.no_170k):

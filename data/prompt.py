@@ -6,6 +6,7 @@ SmolLM2 add nothing), and the response is encoded separately without special tok
 with EOS. Encoding the two parts separately makes the prompt tokens identical in training and
 evaluation, and makes the label mask cover exactly the prompt tokens.
 """
+from utils.errors import BadInput
 
 _WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides "
@@ -34,5 +35,5 @@ def encode_response(tokenizer, response: str) -> list[int]:
     """Response token ids without special tokens, terminated by EOS so the model learns to stop."""
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer has no EOS token; cannot terminate training targets")
+        raise BadInput("tokenizer has no EOS token; cannot terminate training targets")
     return ids + [tokenizer.eos_token_id]

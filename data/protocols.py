@@ -26,6 +26,7 @@ from data.prompt import encode_prompt, generate_prompt
 from data.tokenize import tokenize_record
 from data.tasks import ANSWER_WORDS, resolve_task
 from utils.batching import IGNORE_INDEX
+from utils.errors import BadInput
 
 # ---- LLM-Adapters (AGI-Edgerunners/LLM-Adapters @ 8166572) --------------------------------------
 LLM_ADAPTERS_TRAIN_WITH_INPUT = (
@@ -205,7 +206,7 @@ DEFAULT_PROTOCOL = "hira"
 
 def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+        raise BadInput(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from data.choices import record_choices
 from data.tasks import resolve_task
+from utils.errors import BadInput
 
 _ASK = "Please choose the correct answer to the question: "
 # task -> (the instruction's fixed opening, the choice marker word)
@@ -46,14 +47,14 @@ class ClozeQuestion:
 
 
 def parse_record(record: dict, task: str, index: int | None) -> ClozeQuestion:
-    """The question, choices and gold index of an LLM-Adapters record; a one-line ValueError naming
+    """The question, choices and gold index of an LLM-Adapters record; a one-line BadInput naming
     the task and record index when the record cannot be parsed."""
     task = resolve_task(task)
     opening, marker = FORMATS[task]
 
-    def fail(why: str) -> ValueError:
+    def fail(why: str) -> BadInput:
         record_ = "the record" if index is None else f"record {index}"
-        return ValueError(f"{task}: {record_} cannot be parsed into a question and its choices: {why}")
+        return BadInput(f"{task}: {record_} cannot be parsed into a question and its choices: {why}")
 
     instruction = record.get("instruction") if isinstance(record, Mapping) else None
     if not isinstance(instruction, str):

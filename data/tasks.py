@@ -3,6 +3,7 @@
 The answer words are the LLM-Adapters ones; training targets ("the correct answer is X")
 and evaluation extraction both use exactly these words, so they cannot drift apart.
 """
+from utils.errors import BadInput
 
 # canonical task name -> answer words, in the order the instruction lists them
 ANSWER_WORDS = {
@@ -40,7 +41,7 @@ def resolve_task(name: str) -> str:
             return task
     if key in ALIASES:
         return ALIASES[key]
-    raise ValueError(
+    raise BadInput(
         f"unknown task {name!r}; known tasks: {', '.join(TASKS)} "
         f"(aliases: {', '.join(sorted(ALIASES))})"
     )

@@ -15,8 +15,10 @@ Scores (lm-eval's HFLM loglikelihood and ConfigurableTask.process_results):
             every option scores the same continuation, that length is the continuation's, so
             acc_norm = acc). Ties go to the first choice (numpy.argmax).
 The pairs of all examples are batched together, right-padded (eval.loglik's scheme); identical
-pairs are scored once, so identical choices tie exactly. Nothing is truncated (lm-eval cuts the
-context from the left beyond the model's maximum length; these questions are far shorter).
+pairs are scored once, so identical choices tie exactly. A context whose pair does not fit the model's
+positions (config max_position_embeddings) is cut from the left, as lm-eval cuts context + continuation
+to its max length (a leading BOS kept; here the continuation's last token is fed too, so one position
+less); results.json counts the examples cut (`truncated_prompts`).
 
 Differences to lm-eval's own tasks: the text is the LLM-Adapters one (hellaswag's ctx_b is not
 re-capitalised, boolq has no passage); openbookqa (lm-eval: the bare question stem) and social_i_qa
@@ -27,6 +29,7 @@ from data.cloze import encoded_requests
 from data.tasks import resolve_task
 from eval.scoring import score_token_pairs
 from utils.batching import pad_token_id
+from utils.errors import BadInput
 
 PROTOCOL_NAME = "cloze (lm-eval style)"
 
@@ -36,6 +39,40 @@ def argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda k: (values[k], -k))
 
 
+def max_positions(model) -> int | None:
+    """The model's positions (config max_position_embeddings; GPT-2's n_positions), or None."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None) or None
+
+
+def fit_pair(context: list[int], continuation: list[int], max_pos: int | None, bos_id: int | None,
+             where: str = "") -> list[int]:
+    """The context cut from the LEFT so that context + continuation fit `max_pos` positions, keeping a
+    leading BOS; unchanged when they fit (or max_pos is None). BadInput when the continuation alone leaves
+    no room for a context token."""
+    if max_pos is None or len(context) + len(continuation) <= max_pos:
+        return context
+    head = context[:1] if bos_id is not None and context[:1] == [bos_id] else []
+    room = max_pos - len(head) - len(continuation)
+    if room < 1:
+        raise BadInput(f"{where}a choice of {len(continuation)} tokens leaves no room for its question in the "
+                       f"model's {max_pos} positions")
+    return head + context[len(context) - room:]
+
+
+def count_truncated(model, tokenizer, records: list[dict], ids: list[int], task: str) -> int:
+    """How many of records[ids] have a request cut by fit_pair (checking every one fits at all)."""
+    max_pos, task = max_positions(model), resolve_task(task)
+    if max_pos is None:
+        return 0
+    cut = 0
+    for i in ids:
+        encoded = encoded_requests(tokenizer, records[i], task, i)[0]
+        for c, r in encoded:
+            fit_pair(c, r, max_pos, tokenizer.bos_token_id, f"{task}: record {i}: ")
+        cut += any(len(c) + len(r) > max_pos for c, r in encoded)
+    return cut
+
+
 def cloze_rows(model, tokenizer, records: list[dict], ids: list[int], task: str, *, batch_size: int,
                show_progress: bool = True) -> list[dict]:
     """Per-example rows for records[ids]: {"id", "choices" (texts), "scores" (summed log-probs),
@@ -43,7 +80,9 @@ def cloze_rows(model, tokenizer, records: list[dict], ids: list[int], task: str,
     "correct_norm"}."""
     task = resolve_task(task)
     requests = [encoded_requests(tokenizer, records[i], task, i) for i in ids]
-    pairs = [pair for encoded, _, _ in requests for pair in encoded]
+    max_pos, bos = max_positions(model), tokenizer.bos_token_id
+    pairs = [(fit_pair(c, r, max_pos, bos, f"{task}: record {i}: "), r)
+             for i, (encoded, _, _) in zip(ids, requests) for c, r in encoded]
     flat = score_token_pairs(model, pairs, pad_token_id(tokenizer), batch_size=batch_size, show_progress=show_progress)
     rows, at = [], 0
     for i, (encoded, lengths, item) in zip(ids, requests):

@@ -28,11 +28,12 @@ from data.protocols import Protocol
 from data.tasks import ANSWER_WORDS, resolve_task
 from data.choices import record_choices
 from data.questions import parse_record
-from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows
+from eval.cloze import PROTOCOL_NAME as CLOZE_PROTOCOL, argmax, cloze_rows, count_truncated
 from eval.generate import generate_answers
 from eval.loglik import score_candidates
 from eval.metrics import chance_accuracy, majority_accuracy, wilson_interval
-from utils.atomic import atomic_write_bytes
+from utils.atomic import atomic_write_bytes, locked_folder
+from utils.errors import BadInput
 from utils.runs import read_json
 
 MODES = ("generate", "loglik", "cloze")
@@ -51,14 +52,14 @@ def validate_records(records: list[dict], task: str) -> None:
     vocab = ANSWER_WORDS[task]
     for index, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
-            raise ValueError(f"{task}: record {index} has no 'instruction' string")
+            raise BadInput(f"{task}: record {index} has no 'instruction' string")
         answer = record.get("answer")
         if answer not in vocab:
-            raise ValueError(f"{task}: record {index} has answer {answer!r}, "
-                             f"not one of {'/'.join(vocab)}")
+            raise BadInput(f"{task}: record {index} has answer {answer!r}, "
+                           f"not one of {'/'.join(vocab)}")
         if answer not in record_choices(record, task):
-            raise ValueError(f"{task}: record {index} has answer {answer!r}, but its question "
-                             f"offers only {'/'.join(record_choices(record, task))}")
+            raise BadInput(f"{task}: record {index} has answer {answer!r}, but its question "
+                           f"offers only {'/'.join(record_choices(record, task))}")
 
 
 def check_records(records: list[dict], task: str, mode: str, answer_format: str) -> list[str]:
@@ -68,10 +69,10 @@ def check_records(records: list[dict], task: str, mode: str, answer_format: str)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not records:
-        raise ValueError(f"{task}: no records to evaluate")
+        raise BadInput(f"{task}: no records to evaluate")
     validate_records(records, task)
     if answer_format == "text" and mode != "loglik":
-        raise ValueError(f"the text answer format is scored, not generated: use --eval_mode loglik, not {mode}")
+        raise BadInput(f"the text answer format is scored, not generated: use --eval_mode loglik, not {mode}")
     if mode == "cloze":  # every rank checks every record before any runs the model
         for index, record in enumerate(records):
             parse_record(record, task, index)
@@ -114,8 +115,8 @@ def prompt_room(model, tokenizer, mode: str, max_new_tokens: int, words=()) -> i
     after = max_new_tokens if mode == "generate" else max(
         (len(tokenizer(candidate_response(w), add_special_tokens=False)["input_ids"]) for w in words), default=0)
     if max_pos - after < 2:
-        raise ValueError(f"{'--max_new_tokens ' + str(after) if mode == 'generate' else 'the answer'} leaves "
-                         f"no room for a prompt in the model's {max_pos} positions")
+        raise BadInput(f"{'--max_new_tokens ' + str(after) if mode == 'generate' else 'the answer'} leaves "
+                       f"no room for a prompt in the model's {max_pos} positions")
     return max_pos - after
 
 
@@ -195,7 +196,9 @@ def evaluate_task(model, tokenizer, records: list[dict], task: str, out_dir, *, 
 
     ids = select_ids(len(records), max_examples, seed)
     room, truncated = None, None  # prompts longer than the model's positions allow are cut (counted)
-    if mode != "cloze":
+    if mode == "cloze":  # contexts cut from the left as lm-eval cuts them (eval/cloze.py)
+        truncated = count_truncated(model, tokenizer, records, ids, task)
+    else:
         room = prompt_room(model, tokenizer, mode, max_new_tokens, offered)
         truncated = 0 if room is None else \
             sum(len(protocol.eval_prompt_ids(tokenizer, records[i])) > room for i in ids)
@@ -251,29 +254,39 @@ def read_results(path) -> dict:
         return {"meta": {}, "tasks": {}}
     try:
         results = read_json(path)
-    except ValueError as err:
-        raise ValueError(f"{err}; refusing to overwrite it") from None
+    except BadInput as err:
+        raise BadInput(f"{err}; refusing to overwrite it") from None
     if not isinstance(results, dict):
-        raise ValueError(f"{path} holds a JSON {type(results).__name__}, not evaluation results "
-                         '({"meta": {...}, "tasks": {...}}); refusing to overwrite it')
+        raise BadInput(f"{path} holds a JSON {type(results).__name__}, not evaluation results "
+                       '({"meta": {...}, "tasks": {...}}); refusing to overwrite it')
     results.setdefault("meta", {})
     results.setdefault("tasks", {})
     wrong = [k for k in ("meta", "tasks") if not isinstance(results[k], dict)]
     if wrong:
-        raise ValueError(f"{path}: {wrong[0]!r} is a JSON {type(results[wrong[0]]).__name__}, not an object "
-                         '(expected {"meta": {...}, "tasks": {...}}); refusing to overwrite it')
+        raise BadInput(f"{path}: {wrong[0]!r} is a JSON {type(results[wrong[0]]).__name__}, not an object "
+                       '(expected {"meta": {...}, "tasks": {...}}); refusing to overwrite it')
     return results
 
 
-def update_results_json(out_dir, task_result: dict, meta: dict) -> dict:
+def update_results_json(out_dir, task_result: dict, meta: dict, configuration: tuple = ()) -> dict:
     """Merge `meta` and this task's result into <out_dir>/results.json (atomically); return it.
 
     Layout: {"meta": {...}, "tasks": {task: result}}. Existing tasks are kept; a task evaluated
-    again replaces its old entry; meta keys are updated.
+    again replaces its old entry; meta keys are updated. The read-modify-write holds a lock on out_dir,
+    so two evaluations into one folder both keep their tasks; a meta key in `configuration` that the file
+    (written meanwhile by another process) holds with another value is refused (BadInput), not overwritten.
     """
     path = Path(out_dir) / "results.json"
-    results = read_results(path)
-    results["meta"].update(meta)
-    results["tasks"][task_result["task"]] = task_result
-    atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    with locked_folder(out_dir):
+        results = read_results(path)
+        changed = [k for k in configuration
+                   if results["tasks"] and k in results["meta"] and results["meta"][k] != meta.get(k)]
+        if changed:
+            k = changed[0]
+            raise BadInput(f"{path} now holds evaluations of another configuration ({k} {results['meta'][k]!r}, "
+                           f"this one {meta.get(k)!r}; written by another process meanwhile); {task_result['task']} "
+                           "was not added: evaluate into another --results_dir")
+        results["meta"].update(meta)
+        results["tasks"][task_result["task"]] = task_result
+        atomic_write_bytes(path, (json.dumps(results, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return results

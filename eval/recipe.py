@@ -9,6 +9,7 @@ from pathlib import Path
 from data.protocols import DEFAULT_PROTOCOL, get_protocol
 from eval.evaluate import MODES
 from models.get_models import ModelOptions
+from utils.errors import BadInput
 from utils.options import Options, option, positive
 
 
@@ -18,7 +19,7 @@ def parse_adapter(text: str) -> str:
         return text
     number = text[len("step_"):] if text.startswith("step_") else ""
     if not number.isdigit():
-        raise ValueError(f"must be best, final or step_N (a checkpoint's step, e.g. step_400), got {text!r}")
+        raise BadInput(f"must be best, final or step_N (a checkpoint's step, e.g. step_400), got {text!r}")
     return f"step_{int(number)}"
 
 
@@ -61,13 +62,17 @@ class EvalRecipe:
     """Options, then `setup` (tasks, model, merge), then `run` (per task: evaluate, write)."""
 
     def __init__(self, opts: EvalOptions, *, tasks: str, data_dir: str, seed: int, base: ModelOptions,
-                 output_folder: str, protocol: str | None, answer_format: str | None = None):
+                 output_folder: str, protocol: str | None, answer_format: str | None = None,
+                 torch_compile: bool = False):
         """`base`: the model evaluated zero-shot (--ckpt none); a run's own comes from its args.json.
         `protocol`, `answer_format`: None = the run's (runs made before they existed: clean, label),
-        zero-shot: the defaults (hira, label)."""
+        zero-shot: the defaults (hira, label). `torch_compile` (--torch_compile, training/loop.py
+        LoopConfig): compile the merged model's decoder blocks for the scoring modes (models/compile.py;
+        generation stays eager: its KV cache is a new guard at every decode step)."""
         self.opts, self.tasks_spec, self.data_dir, self.seed = opts, tasks, data_dir, seed
         self.base, self.output_folder, self.protocol_name = base, output_folder, protocol
         self.answer_format_name = answer_format
+        self.torch_compile = torch_compile
 
     def setup(self) -> "EvalRecipe":
         import torch
@@ -81,7 +86,7 @@ class EvalRecipe:
         for t in missing:
             self.state.print(f"skip {t}: no test file {Path(self.data_dir) / t / 'test.json'}")
         if not self.tasks:
-            raise FileNotFoundError(f"no test files for {self.tasks_spec!r} in {self.data_dir}")
+            raise BadInput(f"no test files for {self.tasks_spec!r} in {self.data_dir}")
         if self.opts.ckpt == "none":
             model, self.tokenizer = load_base_model(**asdict(self.base))
             trained = {}
@@ -121,9 +126,16 @@ class EvalRecipe:
         if self.mode == "cloze" and self.answer_format_name is None:
             self.answer_format = "cloze"  # the choice texts in lm-eval's prompt (the cloze answer format's own)
         if self.mode != "cloze" and self.answer_format == "cloze":
-            raise ValueError(f"--eval_mode {self.mode} scores a response after the protocol's prompt; the cloze "
-                             "answer format has none: use --eval_mode cloze, or name a response format with "
-                             "--answer_format label|text")
+            raise BadInput(f"--eval_mode {self.mode} scores a response after the protocol's prompt; the cloze "
+                           "answer format has none: use --eval_mode cloze, or name a response format with "
+                           "--answer_format label|text")
+        if self.torch_compile and self.mode == "generate":
+            self.state.print("note: --torch_compile: generation runs eager (models/compile.py: the KV cache "
+                             "changes its guards at every decode step); scoring modes compile")
+        elif self.torch_compile:
+            from models.compile import compile_blocks
+
+            compile_blocks(self.model, self.state.device)
         self.beam_size = self.opts.beam_size or self.protocol.num_beams
         self.max_new_tokens = self.opts.max_new_tokens or self.protocol.max_new_tokens
         self.meta.update(eval_mode=self.mode, answer_format=self.answer_format, max_examples=self.opts.max_examples,
@@ -141,8 +153,8 @@ class EvalRecipe:
                    if held["tasks"] and k in held["meta"] and held["meta"][k] != self.meta.get(k)]
         if changed:  # one results.json, one configuration: its meta describes every task in it
             k = changed[0]
-            raise ValueError(f"{path} holds evaluations of another configuration ({k} {held['meta'][k]!r}, this one "
-                             f"{self.meta.get(k)!r}); evaluate into another --results_dir")
+            raise BadInput(f"{path} holds evaluations of another configuration ({k} {held['meta'][k]!r}, this one "
+                           f"{self.meta.get(k)!r}); evaluate into another --results_dir")
         return self
 
     def deviations(self, trained: dict) -> dict:
@@ -174,7 +186,7 @@ class EvalRecipe:
                                    answer_format=self.answer_format)
             results[task] = result
             if self.state.is_main_process:
-                update_results_json(self.out_dir, result, self.meta)
+                update_results_json(self.out_dir, result, self.meta, CONFIGURATION)
                 lo, hi = result["ci95_low"], result["ci95_high"]
                 norm = (f" acc_norm {100 * result['accuracy_norm']:5.1f}% [{100 * result['ci95_low_norm']:.1f}, "
                         f"{100 * result['ci95_high_norm']:.1f}]" if "accuracy_norm" in result else "")

@@ -35,6 +35,7 @@ def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: i
     found: dict[tuple, float] = {}
     device = model_device(model)
     last_only = {"logits_to_keep": 1} if keeps_logits(model) else {}
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     with eval_mode(model):
         for start in tqdm(range(0, len(contexts), batch_size), desc=desc, disable=not show_progress):
             batch = contexts[start:start + batch_size]
@@ -51,6 +52,8 @@ def score_token_pairs(model, pairs: list[tuple[list[int], list[int]]], pad_id: i
             cont, cont_mask = cont.to(device), cont_mask.to(device)
             lengths = mask.sum(-1)[index]
             positions = lengths[:, None] + torch.arange(cont.shape[1], device=device)[None]
+            if limit:  # right padding after a context cut to fit (eval/cloze.py): its positions stay in range
+                positions = positions.clamp(max=limit - 1)
             logits = model(input_ids=cont, attention_mask=torch.cat([mask[index], cont_mask], dim=1),
                            position_ids=positions, cache=cache, use_cache=False).logits
             for row, (q, r) in enumerate(rows):

@@ -3,15 +3,17 @@ save/load of the adapter tensors, merge and export. No method-specific code: eac
 and initialisation live in its method file (models/methods/), which calls these.
 """
 import re
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from models.hadamard import MergeableAdapter, _is_conv1d, base_weight
+from models.layers import MergeableAdapter, _is_conv1d, base_weight
 from models.targets import default_targets
 from utils.atomic import atomic_save_safetensors, atomic_write_json
 from utils.dist import full
+from utils.errors import BadInput
 from utils.runs import read_json
 
 # This project's adapter files. They are NOT peft's names: a folder holding them is not a peft
@@ -49,8 +51,8 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
         pattern = re.compile(target_modules)
         found = [n for n in linear if pattern.fullmatch(n)]
         if not found:
-            raise ValueError(f"target regex {target_modules!r} matches no linear layer; "
-                             f"available linear module names: {available}")
+            raise BadInput(f"target regex {target_modules!r} matches no linear layer; "
+                           f"available linear module names: {available}")
     else:
         all_names = dict(model.named_modules())
         missing, not_linear = [], []
@@ -67,10 +69,10 @@ def find_targets(model: nn.Module, target_modules) -> list[str]:
                                 f"{type(model).__name__}")
             if not_linear:
                 problems.append(f"target module(s) {not_linear} are not linear layers")
-            raise ValueError("; ".join(problems) + f"; available linear module names: {available}")
+            raise BadInput("; ".join(problems) + f"; available linear module names: {available}")
         found = [n for n in linear if any(n == t or n.endswith("." + t) for t in target_modules)]
     if not found:
-        raise ValueError(f"target_modules={target_modules!r} selects no layer; available: {available}")
+        raise BadInput(f"target_modules={target_modules!r} selects no layer; available: {available}")
     return found
 
 
@@ -104,14 +106,35 @@ def count_trainable(model: nn.Module) -> int:
 
 
 # ---- save / load ---------------------------------------------------------------------------
+# the base-weight fingerprint saved with every adapted layer: ||W0||_F ("w0_fro") and W0's entries at
+# W0_SAMPLES evenly spaced flat positions ("w0_sample"). The norm alone cannot tell sibling checkpoints
+# apart (a base model and its Instruct fine-tune, or a permuted or sign-flipped copy, have nearly or
+# exactly the same norm); their entries differ. Loading the adapter's own base gives the same entries
+# up to the rounding of where they were computed (KaSA's truncated W0: a matmul on another device).
+FINGERPRINT = ("w0_fro", "w0_sample")
+W0_SAMPLES = 64
+SAMPLE_RTOL = 1e-4  # of the sample's largest magnitude: far above rounding, far below a fine-tune's changes
+
+
+def w0_sample(w0: torch.Tensor) -> torch.Tensor:
+    """W0's entries (fp32) at min(W0_SAMPLES, numel) evenly spaced positions of its flat view, first and
+    last included (integer arithmetic: the same positions on every machine)."""
+    flat = w0.detach().reshape(-1)
+    k = min(W0_SAMPLES, flat.numel())
+    idx = torch.arange(k, dtype=torch.int64, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
+    return flat[idx].float()
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every layer's `saved_tensors` (factors, gates, cached σ_norm, KaSA's dropped components) plus
-    its ||W0||_F fingerprint (of the frozen base as the adapter sees it)."""
+    its base-weight fingerprint (FINGERPRINT, of the frozen base as the adapter sees it)."""
     state = {}
     for name, layer in adapter_layers(model).items():  # full(): whole tensors under FSDP2
         for key in layer.saved_tensors:
             state[f"{name}.{key}"] = full(getattr(layer, key).detach()).float()
-        state[f"{name}.w0_fro"] = full(base_weight(layer.base).detach()).float().norm().reshape(1)
+        w0 = full(base_weight(layer.base).detach())
+        state[f"{name}.w0_fro"] = w0.float().norm().reshape(1)
+        state[f"{name}.w0_sample"] = w0_sample(w0)
     return state
 
 
@@ -151,7 +174,7 @@ def adapter_file(adapter_dir, name: str) -> Path:
 def read_adapter_config(adapter_dir) -> dict:
     path = adapter_file(adapter_dir, ADAPTER_CONFIG)
     if not path.is_file():
-        raise FileNotFoundError(f"no {ADAPTER_CONFIG} (or {LEGACY_CONFIG}) in {adapter_dir}")
+        raise BadInput(f"no {ADAPTER_CONFIG} (or {LEGACY_CONFIG}) in {adapter_dir}")
     return read_json(path, "the adapter's options")
 
 
@@ -162,49 +185,66 @@ def load_checked(path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
+        raise BadInput(f"{path}: not found")
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
         why = " ".join(str(e).split())[:160]
-        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {why}; damaged or truncated?)") from None
+        raise BadInput(f"{path}: cannot be read ({type(e).__name__}: {why}; damaged or truncated?)") from None
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise ValueError(f"{path}: non-finite values (NaN or inf) in {bad[0]}"
-                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; damaged?")
+        raise BadInput(f"{path}: non-finite values (NaN or inf) in {bad[0]}"
+                       f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; damaged?")
     return tensors
 
 
 def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
     """Restore every saved tensor into the injected layers (built with compute=False).
 
-    Checks that each layer's ||W0||_F matches the one seen at training time (rel. 1e-2), so an
-    adapter loaded onto the wrong base model fails loudly instead of evaluating garbage.
+    Checks each layer's base weight against the fingerprint saved at training time (FINGERPRINT: the
+    sampled entries within SAMPLE_RTOL, ||W0||_F within 1%), so an adapter loaded onto the wrong base
+    model, a sibling checkpoint of the right one included, fails loudly instead of evaluating garbage.
+    Adapters saved before the sampled entries were recorded are checked by ||W0||_F alone (a note says so).
     """
-    saved = load_checked(adapter_file(adapter_dir, ADAPTER_WEIGHTS))
+    path = adapter_file(adapter_dir, ADAPTER_WEIGHTS)
+    saved = load_checked(path)
     expected = adapter_state_dict(model)
+    sampled = any(k.endswith(".w0_sample") for k in saved)
+    if not sampled:  # an adapter made before the sampled entries: the norm check only
+        expected = {k: v for k, v in expected.items() if not k.endswith(".w0_sample")}
+        print(f"note: {path} predates the base-weight sample; the base model is checked by ||W0||_F only "
+              "(within 1%), which a sibling checkpoint of the same model can pass", file=sys.stderr)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
-        raise ValueError(f"adapter in {adapter_dir} does not fit this model: "
-                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise BadInput(f"adapter in {adapter_dir} does not fit this model: "
+                       f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     layers = adapter_layers(model)
     for key, value in saved.items():  # e.g. an edited rank in the config: one line, not a copy_ traceback
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{adapter_file(adapter_dir, ADAPTER_WEIGHTS)}: {key} has shape {tuple(value.shape)}, "
-                             f"the layer built from {adapter_file(adapter_dir, ADAPTER_CONFIG)} has "
-                             f"{tuple(expected[key].shape)} (an edited config, or another model?)")
+            raise BadInput(f"{adapter_file(adapter_dir, ADAPTER_WEIGHTS)}: {key} has shape {tuple(value.shape)}, "
+                           f"the layer built from {adapter_file(adapter_dir, ADAPTER_CONFIG)} has "
+                           f"{tuple(expected[key].shape)} (an edited config, or another model?)")
     with torch.no_grad():
         for key, value in saved.items():
             name, _, attr = key.rpartition(".")
-            if attr != "w0_fro":
+            if attr not in FINGERPRINT:
                 getattr(layers[name], attr).copy_(value)
         for layer in layers.values():
             layer.after_load()  # e.g. KaSA: W0' = W0 − U_r S_r V_rᵀ from the saved components
         for name, layer in layers.items():
-            now, then = base_weight(layer.base).float().norm().item(), saved[f"{name}.w0_fro"].item()
+            w0 = base_weight(layer.base)
+            now, then = w0.float().norm().item(), saved[f"{name}.w0_fro"].item()
             if abs(now - then) > 1e-2 * then:
-                raise ValueError(f"base weight of {name} differs from the one the adapter was "
-                                 f"trained on (||W0||_F {now:.4g} vs {then:.4g}): wrong base model?")
+                raise BadInput(f"base weight of {name} differs from the one the adapter was "
+                               f"trained on (||W0||_F {now:.4g} vs {then:.4g}): wrong base model?")
+            if sampled:
+                sample = saved[f"{name}.w0_sample"].to(w0.device)
+                off = (w0_sample(w0) - sample).abs().max().item()
+                if off > SAMPLE_RTOL * sample.abs().max().item():
+                    raise BadInput(f"base weight of {name} differs from the one the adapter was trained on "
+                                   f"(its sampled entries by up to {off:.3g}, with ||W0||_F {now:.4g} vs "
+                                   f"{then:.4g}): wrong base model (another checkpoint of it, e.g. base vs "
+                                   "Instruct)?")
 
 
 # ---- merge / export ------------------------------------------------------------------------
@@ -243,7 +283,7 @@ def save_plain_model(model: nn.Module, tokenizer, out_dir) -> None:
         quant = getattr(quantizer.quantization_config, "quant_method", None)
         quant = getattr(quant, "value", quant)
         if quant != "gguf":
-            raise ValueError(f"cannot write a plain model from weights quantized with {quant}")
+            raise BadInput(f"cannot write a plain model from weights quantized with {quant}")
         model.hf_quantizer = None
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config

@@ -24,6 +24,7 @@ from pathlib import Path
 from models.adapter import ADAPTER_CONFIG, LEGACY_CONFIG, PEFT_CONFIG
 from models.get_models import ModelOptions
 from utils.atomic import fsync_dir
+from utils.errors import BadInput
 from utils.options import Options, option
 from utils.runs import read_json, run_args, saved_dir_of
 
@@ -62,10 +63,10 @@ def checkpoint_kind(ckpt) -> str:
     if peft_adapter_config(path) is not None:
         return "peft"
     if (path / ADAPTER_CONFIG).is_file() or (path / LEGACY_CONFIG).is_file():
-        raise ValueError(f"--ckpt {ckpt} is an adapter folder of a run, not a run: pass the run folder "
-                         f"({path.parent}), whose args.json names the base model")
-    raise FileNotFoundError(f"--ckpt {ckpt}: no args.json there (not a run folder) and no "
-                            f"{PEFT_CONFIG} of a peft adapter")
+        raise BadInput(f"--ckpt {ckpt} is an adapter folder of a run, not a run: pass the run folder "
+                       f"({path.parent}), whose args.json names the base model")
+    raise BadInput(f"--ckpt {ckpt}: no args.json there (not a run folder) and no "
+                   f"{PEFT_CONFIG} of a peft adapter")
 
 
 @dataclass
@@ -127,17 +128,17 @@ def load_step_tensors(model, path: Path) -> None:
     try:
         saved = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path}: cannot be read ({type(e).__name__}; damaged or truncated?)") from None
+        raise BadInput(f"{path}: cannot be read ({type(e).__name__}; damaged or truncated?)") from None
     params = dict(model.named_parameters())
     missing = sorted(saved.keys() - params.keys())
     if missing:
-        raise ValueError(f"{path}: {missing[0]} is no parameter of the run's model"
-                         f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+        raise BadInput(f"{path}: {missing[0]} is no parameter of the run's model"
+                       f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
     with torch.no_grad():
         for name, value in saved.items():
             if tuple(value.shape) != tuple(params[name].shape):
-                raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, the model's is "
-                                 f"{tuple(params[name].shape)}")
+                raise BadInput(f"{path}: {name} has shape {tuple(value.shape)}, the model's is "
+                               f"{tuple(params[name].shape)}")
             params[name].copy_(value)
 
 
@@ -147,20 +148,20 @@ def run_state(path: Path, adapter: str) -> tuple[Path, Path | None, str]:
     if adapter == "best":
         saved_dir = saved_dir_of(path)  # best/, else final/ (a run that kept no best/)
         if not saved_dir.is_dir():
-            raise FileNotFoundError(f"{path} has no trained adapter (best/ or final/)")
+            raise BadInput(f"{path} has no trained adapter (best/ or final/)")
         return saved_dir, None, saved_dir.name
     if adapter == "final":
         if not (path / "final").is_dir():
-            raise FileNotFoundError(f"--adapter final: {path / 'final'} not found (the run has not finished)")
+            raise BadInput(f"--adapter final: {path / 'final'} not found (the run has not finished)")
         return path / "final", None, "final"
     step_dir = path / "checkpoints" / f"step_{int(adapter[len('step_'):]):06d}"
     if not (step_dir / "trainable.safetensors").is_file():
         kept = sorted(p.name for p in (path / "checkpoints").glob("step_*") if (p / "trainable.safetensors").is_file())
-        raise FileNotFoundError(f"--adapter {adapter}: no checkpoint {step_dir} (kept: {', '.join(kept) or 'none'})")
+        raise BadInput(f"--adapter {adapter}: no checkpoint {step_dir} (kept: {', '.join(kept) or 'none'})")
     structure = saved_dir_of(path)  # the method's saved layout; the step's tensors replace its values
     if not structure.is_dir():
-        raise FileNotFoundError(f"--adapter {adapter}: {path} has neither best/ nor final/, which give the "
-                                "adapter's structure")
+        raise BadInput(f"--adapter {adapter}: {path} has neither best/ nor final/, which give the "
+                       "adapter's structure")
     return structure, step_dir, adapter
 
 
@@ -179,7 +180,7 @@ def open_checkpoint(ckpt, base: ModelOptions | None = None, adapter: str = "best
         return Checkpoint(path, "run", get_method(saved["peft_type"]), saved_dir, opts, run_args=saved,
                           adapter=name, step_dir=step_dir)
     if base is None:
-        raise ValueError(f"--ckpt {ckpt} is a peft adapter: name its base model with --model_name")
+        raise BadInput(f"--ckpt {ckpt} is a peft adapter: name its base model with --model_name")
     config = peft_adapter_config(path)
     return Checkpoint(path, "peft", method_for_peft_config(config), path, base, peft_config=config)
 
@@ -188,7 +189,7 @@ def open_checkpoint(ckpt, base: ModelOptions | None = None, adapter: str = "best
 def check_export_dir(out_dir) -> Path:
     out = Path(out_dir)
     if out.exists():
-        raise ValueError(f"--export_dir {out} exists; remove it or name a new folder")
+        raise BadInput(f"--export_dir {out} exists; remove it or name a new folder")
     return out
 
 
@@ -220,7 +221,7 @@ def export_checkpoint(ckpt: Checkpoint, kind: str, out_dir) -> str:
     """Write `ckpt` as `kind` ('peft' or 'merged') into the new folder `out_dir`; returns a line
     saying what was written."""
     if kind not in EXPORT_KINDS:
-        raise ValueError(f"--export must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
+        raise BadInput(f"--export must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
     with atomic_dir(out_dir) as tmp:
         if kind == "peft":
             what = ckpt.method.export_peft(tmp, saved_dir=ckpt.saved_dir, base_model_name=ckpt.base_model_name,

@@ -1,10 +1,12 @@
 """Load a causal LM (hub name, local folder, or GGUF file) and add KnowHiRA adapters to it."""
-from pathlib import Path
-
+import json
+import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from utils.errors import BadInput
 from utils.options import Options, option
 
 DEFAULT_MODEL = "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # scripts/fetch_smollm2.sh
@@ -45,6 +47,28 @@ def looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
+def check_safetensors(path) -> None:
+    """BadInput naming `path` unless it is a whole safetensors file: an 8-byte header length, that many
+    bytes of JSON header, and data reaching the end of every tensor (only the header is read)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else None
+        if n is None or 8 + n > size:
+            raise BadInput(f"{path}: not a complete safetensors file ({size} bytes, shorter than its header; "
+                           "truncated or damaged)")
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise BadInput(f"{path}: not a safetensors file (its header is not a JSON table of tensors; "
+                           "damaged?)") from None
+    if 8 + n + end > size:
+        raise BadInput(f"{path}: not a complete safetensors file ({size} bytes; its tensors need {8 + n + end}; "
+                       "truncated or damaged)")
+
+
 def load_base_model(model_name: str, **options):
     """(model, tokenizer) from a hub name (online users), a local folder, or a GGUF file; `options`
     are the other ModelOptions fields (gguf_file, load_bit, enable_grad_ckpt), defaults as there.
@@ -57,34 +81,45 @@ def load_base_model(model_name: str, **options):
     opts = ModelOptions(model_name=model_name, **options)
     model_name, gguf_file = split_gguf(opts.model_name, opts.gguf_file)
     if gguf_file is not None and not (Path(model_name) / gguf_file).is_file():
-        raise FileNotFoundError(f"GGUF file {Path(model_name) / gguf_file} does not exist "
-                                f"(scripts/fetch_smollm2.sh fetches SmolLM2-135M-Instruct)")
+        raise BadInput(f"GGUF file {Path(model_name) / gguf_file} does not exist "
+                       f"(scripts/fetch_smollm2.sh fetches SmolLM2-135M-Instruct)")
     if looks_local(model_name) and not Path(model_name).exists():
-        raise FileNotFoundError(f"model {model_name} does not exist (expected a hub name like org/model, "
-                                "a local model folder, or a .gguf file)")
+        raise BadInput(f"model {model_name} does not exist (expected a hub name like org/model, "
+                       "a local model folder, or a .gguf file)")
     if gguf_file is None and Path(model_name).is_dir() and not (Path(model_name) / "config.json").is_file():
-        raise FileNotFoundError(f"model folder {model_name} has no config.json (expected a Hugging Face model "
-                                "folder: config.json, weights and tokenizer files; or a .gguf file)")
+        raise BadInput(f"model folder {model_name} has no config.json (expected a Hugging Face model "
+                       "folder: config.json, weights and tokenizer files; or a .gguf file)")
+    if gguf_file is None and Path(model_name).is_dir():
+        for weights in sorted(Path(model_name).glob("*.safetensors")):
+            check_safetensors(weights)
     # a model folder's own Python code is never run (transformers would otherwise ask "[y/N]" mid-run)
     kwargs = {"trust_remote_code": False, **({"gguf_file": gguf_file} if gguf_file else {})}
     kernel = {"attn_implementation": opts.attn_implementation} if opts.attn_implementation else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs, **kernel)
+    except struct.error as e:  # transformers' GGUF reader on a file that ends early
+        where = Path(model_name) / gguf_file if gguf_file else Path(model_name)
+        raise BadInput(f"{where}: not a complete GGUF file (truncated or damaged: {e})") from None
     except ImportError as e:  # e.g. flash_attention_2 without its package
-        raise ValueError(f"--attn_implementation {opts.attn_implementation}: not available on this machine "
-                         f"({' '.join(str(e).split())[:200]})") from None
+        raise BadInput(f"--attn_implementation {opts.attn_implementation}: not available on this machine "
+                       f"({' '.join(str(e).split())[:200]})") from None
     except ValueError as e:
         if kernel and "attn_implementation" in str(e):  # the architecture has no such kernel
-            raise ValueError(f"--attn_implementation {opts.attn_implementation}: {model_name} does not support it "
-                             f"({' '.join(str(e).split())[:200]})") from None
+            raise BadInput(f"--attn_implementation {opts.attn_implementation}: {model_name} does not support it "
+                           f"({' '.join(str(e).split())[:200]})") from None
         first = " ".join(str(e).split())[:300] if str(e).strip() else type(e).__name__
-        raise FileNotFoundError(f"model {model_name} could not be loaded (a hub name like org/model, a local "
-                                f"model folder, or a .gguf file): {first}") from None
+        raise BadInput(f"model {model_name} could not be loaded (a hub name like org/model, a local "
+                       f"model folder, or a .gguf file): {first}") from None
     except OSError as e:  # not on the hub / offline / a folder without model or tokenizer files
         first = " ".join(str(e).split())[:300] if str(e).strip() else type(e).__name__
-        raise FileNotFoundError(f"model {model_name} could not be loaded (a hub name like org/model, a local "
-                                f"model folder, or a .gguf file): {first}") from None
+        raise BadInput(f"model {model_name} could not be loaded (a hub name like org/model, a local "
+                       f"model folder, or a .gguf file): {first}") from None
+    except Exception as e:  # safetensors' own error type (check_safetensors finds most first)
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise BadInput(f"model {model_name}: a weights file cannot be read (truncated or damaged: "
+                       f"{' '.join(str(e).split())[:200]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if opts.enable_grad_ckpt:
@@ -108,7 +143,7 @@ def get_knowhira_models(model_name: str, peft_type: str = "knowhira", **options)
     known = {f.name for f in fields(ModelOptions)} | {f.name for f in fields(config_cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"{peft_type} has no option {unknown[0]!r}")
+        raise BadInput(f"{peft_type} has no option {unknown[0]!r}")
     model_fields = {f.name for f in fields(ModelOptions)}
     model, tokenizer = load_base_model(model_name, **{k: v for k, v in options.items() if k in model_fields})
     cfg = config_cls.from_values(options)

@@ -10,6 +10,9 @@ of equal shape, in fp32. It must run on the PRETRAINED weights, i.e. after from_
 """
 import torch
 
+from utils.errors import BadInput
+
+
 def _chunk(device: torch.device) -> int:
     """Layers per svdvals call: batched on accelerators (one launch for many layers); one at a
     time on CPU, where LAPACK's batched path measured 5.7 s for 8 x (576 x 1536) vs 1.1 s looped."""
@@ -22,8 +25,8 @@ def top_k(r: int, svd_rank_ratio: float, min_dim: int) -> int:
         raise ValueError(f"svd_rank_ratio must be in (0, 1], got {svd_rank_ratio}")
     k = max(r, int(round(svd_rank_ratio * min_dim)))
     if k > min_dim:
-        raise ValueError(f"KnowHiRA needs r <= min(out, in); got r={r} for a layer with "
-                         f"min(out, in)={min_dim}")
+        raise BadInput(f"KnowHiRA needs r <= min(out, in); got r={r} for a layer with "
+                       f"min(out, in)={min_dim}")
     return k
 
 

@@ -1,5 +1,6 @@
 """The default target modules per architecture (`--target_modules` unset). A leaf module: the layers,
-the methods and the loader all read it, and it imports nothing of the project."""
+the methods and the loader all read it, and it imports nothing of the project but the leaf utils/errors.py."""
+from utils.errors import BadInput
 
 
 # Default targets per architecture: attention q, k, v plus the MLP's up and down projections
@@ -16,6 +17,27 @@ DEFAULT_TARGETS = {
 
 def default_targets(model_type: str) -> list[str]:
     if model_type not in DEFAULT_TARGETS:
-        raise ValueError(f"no default target_modules for model_type {model_type!r}; pass "
-                         f"--target_modules (known defaults: {', '.join(DEFAULT_TARGETS)})")
-    return DEFAULT_TARGETS[model_type]
+        raise BadInput(f"no default target_modules for model_type {model_type!r}; pass "
+                       f"--target_modules (known defaults: {', '.join(DEFAULT_TARGETS)})")
+    return list(DEFAULT_TARGETS[model_type])  # a copy: the caller records (and may change) it
+
+
+def resolve_targets(target_modules, model_type: str | None):
+    """The targets a method is built with and records: the given ones, or for None (`--target_modules`
+    unset) the architecture's default list. Methods write the result into their config at build time
+    (as peft's `_prepare_adapter_config` does), so args.json and the adapter config name the layers the
+    run adapted and a saved run loads with that list, whatever this table says later. Runs made before
+    that recorded null: they are resolved with today's table (what they always were)."""
+    return default_targets(model_type) if target_modules is None else target_modules
+
+
+def recorded_config(recorded: dict, given: dict, model_type: str | None) -> dict:
+    """A checkpoint's recorded configuration as the run's is now compared with it: a checkpoint of a run
+    made before targets were recorded holds `target_modules: null` (the default then), which stands for
+    today's default of `model_type` when the run's configuration has a list."""
+    if recorded.get("target_modules", "") is None and given.get("target_modules") is not None:
+        try:
+            return {**recorded, "target_modules": default_targets(model_type)}
+        except BadInput:  # no default for this architecture: the run cannot have been built with null
+            return recorded
+    return recorded

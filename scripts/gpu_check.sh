@@ -8,7 +8,8 @@
 #                   tokens/s, TFLOP/s and the share of --peak_tflops (MFU), peak memory; (e) evaluation
 #                   throughput (generation and loglik) at batch 1, 16 and 64
 #   precision.json  20 steps of knowhira on the same records in bf16 (--load_bit 16 --mixed_precision bf16) and
-#                   in fp32: both loss curves and their largest relative difference (tolerance 5e-2)
+#                   in fp32: both loss curves and their largest relative difference (tolerance 5e-2); and bf16
+#                   with --torch_compile against bf16 eager (same tolerance), with each run's median step time
 #   dist.json       the distributed paths at world size 1 under torchrun (NCCL on a GPU, gloo on a CPU): DDP,
 #                   and FSDP2 (--fsdp), 4 steps each: exit codes and losses against the single process's
 #   README.md       the tables (scripts/gpu_report.py)
@@ -47,7 +48,8 @@ if [ "$DRY" = 1 ]; then
          --step_records 4 --cutoff_len 48 --step_repeats 1 --step_warmup 0 --methods knowhira,lora)
 else
   SIZES=(--sections a,b,c,e --smollm2 "$MODEL" --layer_dtype bf16 --dtype bf16 --neo_layers 24 --step_batch 8
-         --step_records 64 --step_repeats 10 --eval_batches 1,16,64 --eval_n 64 --methods knowhira,hira,peft-hira,lora,fft)
+         --step_records 64 --step_repeats 10 --eval_batches 1,16,64 --eval_n 64 --methods knowhira,hira,peft-hira,lora,fft
+         --torch_compile)
 fi
 "$PY" -m scripts.bench "${SIZES[@]}" --gptneo_shaped --data_dir "$DATA_DIR" --tokenizer "$TOKENIZER" --out "$OUT/bench.json"
 
@@ -59,9 +61,10 @@ TRAIN=(train_knowhira.py --model_name "$MODEL" --data_dir "$DATA_DIR" --dataset 
        --cache_dir none --output_folder "$OUT/runs")
 rm -rf "$OUT/runs"
 
-echo "== 3. bf16 against fp32, $STEPS steps -> $OUT/precision.json"
+echo "== 3. bf16 against fp32, and compiled bf16 against eager bf16, $STEPS steps -> $OUT/precision.json"
 "$PY" "${TRAIN[@]}" --max_steps "$STEPS" --run_name fp32
 "$PY" "${TRAIN[@]}" --max_steps "$STEPS" --run_name bf16 --load_bit 16 --mixed_precision bf16
+"$PY" "${TRAIN[@]}" --max_steps "$STEPS" --run_name bf16_compiled --load_bit 16 --mixed_precision bf16 --torch_compile
 
 echo "== 4. torchrun at world size 1: DDP and FSDP2 -> $OUT/dist.json"
 DIST_STEPS=$([ "$DRY" = 1 ] && echo 2 || echo 4)

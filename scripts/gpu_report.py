@@ -2,8 +2,10 @@
 
     python scripts/gpu_report.py docs/gpu/<device>_<date>
 
-precision.json: the task loss of every step of runs/fp32 and runs/bf16 (log.jsonl) and the largest relative
-difference, against TOLERANCE (bf16 keeps 8 bits of mantissa: about 4e-3 per rounding, compounded over
+precision.json: the task loss of every step of runs/fp32, runs/bf16 and runs/bf16_compiled (log.jsonl), the
+largest relative difference of bf16 to fp32 and of compiled to eager bf16, and each run's median step time
+(the median gap of log.jsonl "time" over the second half of the steps: the compiled run compiles in
+its first ones), against TOLERANCE (bf16 keeps 8 bits of mantissa: about 4e-3 per rounding, compounded over
 30 layers and the steps). dist.json: each torchrun run's exit code (ddp.rc, fsdp.rc) and its largest relative
 loss difference to the single process (runs/single) at world size 1. Exit status 1 when a part failed.
 """
@@ -19,6 +21,17 @@ def losses(run: Path) -> list[float]:
     if not path.is_file():
         return []
     return [r["loss_task"] for r in map(json.loads, path.read_text().splitlines()) if "loss_task" in r]
+
+
+def median_step_s(run: Path) -> float | None:
+    """The median seconds per step over the second half of the run's logged steps (compilation, warm-up and
+    the allocator's growth happen in the first half)."""
+    path = run / "log.jsonl"
+    if not path.is_file():
+        return None
+    times = [r["time"] for r in map(json.loads, path.read_text().splitlines()) if "loss_task" in r]
+    gaps = [b - a for a, b in zip(times, times[1:])][len(times) // 2 - 1:] if len(times) > 2 else []
+    return sorted(gaps)[len(gaps) // 2] if gaps else None
 
 
 def max_rel(a: list[float], b: list[float]) -> float | None:
@@ -38,9 +51,12 @@ def main(argv=None) -> int:
     env = json.loads((out / "env.json").read_text())
     bench = json.loads((out / "bench.json").read_text())
     runs = out / "runs"
-    fp32, bf16 = losses(runs / "fp32"), losses(runs / "bf16")
-    precision = {"fp32": fp32, "bf16": bf16, "max_rel_diff": max_rel(bf16, fp32), "tolerance": TOLERANCE}
-    precision["ok"] = precision["max_rel_diff"] is not None and precision["max_rel_diff"] <= TOLERANCE
+    fp32, bf16, compiled = losses(runs / "fp32"), losses(runs / "bf16"), losses(runs / "bf16_compiled")
+    precision = {"fp32": fp32, "bf16": bf16, "bf16_compiled": compiled, "max_rel_diff": max_rel(bf16, fp32),
+                 "compiled_max_rel_diff": max_rel(compiled, bf16), "tolerance": TOLERANCE,
+                 "median_step_s": {name: median_step_s(runs / name) for name in ("fp32", "bf16", "bf16_compiled")}}
+    precision["ok"] = all(precision[k] is not None and precision[k] <= TOLERANCE
+                          for k in ("max_rel_diff", "compiled_max_rel_diff"))
     single = losses(runs / "single")
     dist = {}
     for kind in ("ddp", "fsdp"):
@@ -64,8 +80,12 @@ def main(argv=None) -> int:
     if "layer" in bench:
         parts.append("## One layer, forward + backward\n\n" + table(
             ["layer", "median ms"], [[k, v * 1e3] for k, v in bench["layer"]["median_s"].items()]) + "\n")
-    parts.append(f"## bf16 against fp32\n\n{len(bf16)} steps; largest relative difference of the task loss: "
-                 f"{precision['max_rel_diff']} (tolerance {TOLERANCE}): {'ok' if precision['ok'] else 'FAILED'}\n")
+    parts.append(f"## bf16 against fp32, compiled against eager\n\n{len(bf16)} steps of knowhira; largest relative "
+                 f"difference of the task loss (tolerance {TOLERANCE}): bf16 to fp32 {precision['max_rel_diff']}, "
+                 f"bf16 with --torch_compile to bf16 eager {precision['compiled_max_rel_diff']}: "
+                 f"{'ok' if precision['ok'] else 'FAILED'}\n\n" + table(
+                     ["run", "median s/step (second half)"],
+                     [[k, v if v is not None else "—"] for k, v in precision["median_step_s"].items()]) + "\n")
     parts.append("## torchrun, world size 1\n\n" + table(
         ["path", "exit code", "max relative loss difference to one process", "ok"],
         [[k, v["rc"], v["max_rel_diff_to_single"], v["ok"]] for k, v in dist.items()]) + "\n")

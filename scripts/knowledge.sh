@@ -81,7 +81,7 @@ pilot() {
     "$PY" analyze_results.py "$DOCS/pilot/$fmt" --baseline zeroshot --no_seed_groups --metric "$m2" \
       --out "$DOCS/pilot/summary_${fmt}_$m2" >/dev/null
   done
-  "$PY" scripts/knowledge_rules.py format "$DOCS/pilot"
+  "$PY" -m scripts.knowledge_rules format "$DOCS/pilot"
 }
 
 chosen_format() {
@@ -107,11 +107,11 @@ sweep() {
     else continue; fi
     train "sweep_${m}_lr$lr" "$m" "$lr" 1 "$SWEEP_STEPS" "$fmt" "$SWEEP_STEPS"
   done
-  "$PY" scripts/sweep_table.py "$DOCS" --out "$DOCS/sweep.md" >/dev/null
+  "$PY" -m scripts.sweep_table "$DOCS" --out "$DOCS/sweep.md" >/dev/null
 }
 
 chosen_rate() {  # the sweep's rate for a method (scripts/sweep_table.py's rule: highest validation accuracy)
-  "$PY" scripts/sweep_table.py "$DOCS" --out "$RUNS/.sweep.md" | sed -n "s/^LR_$1=//p"
+  "$PY" -m scripts.sweep_table "$DOCS" --out "$RUNS/.sweep.md" | sed -n "s/^LR_$1=//p"
 }
 
 EVAL_KNOWLEDGE=ARC-Easy,ARC-Challenge,openbookqa  # every question of the test files
@@ -159,8 +159,8 @@ tables() {
       --out "$DOCS/summary_${kind}_per_seed"
     "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --metric "$m2" --out "$DOCS/summary_${kind}_$m2" "${vs[@]}"
   done
-  "$PY" scripts/knowledge_rules.py target "$DOCS/$fmt"
-  "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
+  "$PY" -m scripts.knowledge_rules target "$DOCS/$fmt"
+  "$PY" -m scripts.sweep_table "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS; do [ -d "$RUNS/${m}_s1" ] && runs+=("$RUNS/${m}_s1"); done
   if [ ${#runs[@]} -eq 0 ]; then  # it reads the weights, which stay in $RUNS (not in git)
     echo "analyze_adapter: no seed-1 run in $RUNS; $DOCS/adapters left as it is" >&2; return 0

@@ -1,7 +1,7 @@
 """The knowledge experiment's pre-registered rules (docs/experiments/knowledge_20261205/README.md), as code.
 
-    python scripts/knowledge_rules.py format FOLDER/pilot     # which answer format the grid uses
-    python scripts/knowledge_rules.py target FOLDER/<format>  # does a method meet the target in every seed
+    python -m scripts.knowledge_rules format FOLDER/pilot     # which answer format the grid uses
+    python -m scripts.knowledge_rules target FOLDER/<format>  # does a method meet the target in every seed
 
 A task PASSES for a run when, on the format's fixed metric (text: acc, the summed score; cloze:
 acc_norm, the score per character), the run beats zero-shot on the same questions with exact McNemar
@@ -19,8 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from analysis.paired import format_p, load_predictions, paired_difference  # noqa: E402
+from analysis.paired import format_p, load_predictions, paired_difference
 
 KNOWLEDGE = ("ARC-Easy", "ARC-Challenge", "openbookqa")
 METRIC = {"text": "acc", "cloze": "acc_norm"}  # fixed before any result (issue 27)

@@ -1,6 +1,6 @@
 """Probe train_knowhira.py with bad input, damaged files and failures mid-run; print what a user sees.
 
-    python scripts/probe_bad_inputs.py [--out docs/robustness.md] [--cases a,b] [--mode fork|subprocess]
+    python -m scripts.probe_bad_inputs [--out docs/robustness.md] [--cases a,b] [--mode fork|subprocess]
 
 Every case (the CASES table below: how to set it up, the command line, the exit status and the words
 its message must hold, what may be left on disk) runs train_knowhira.py as its own process, in its own
@@ -194,6 +194,19 @@ def data_copy(mutate):
         path.write_text(mutate(json.loads(path.read_text())))
         ctx.vars["data"] = str(dst)
     return d
+
+
+def run_on_changed_data(ctx):
+    """The run copy as if trained on a private data folder {work}/data (args.json's and the checkpoints'
+    data_dir moved there), whose boolq/train.json then loses its last 5 records."""
+    import torch
+
+    data_copy(lambda records: json.dumps(records[:-5]))(ctx)
+    edit_args(data_dir="{data}")(ctx)
+    for state_file in (ctx.run / "checkpoints").glob("step_*/state.pt"):
+        state = torch.load(state_file, weights_only=True)
+        state["config"]["data_dir"] = ctx.vars["data"]
+        torch.save(state, state_file)
 
 
 def test_file(mutate):
@@ -585,6 +598,24 @@ CASES = [
     # ---- 16. file modes -------------------------------------------------------------------------
     Case("file_modes", "16", "a finished run under umask 022", T(), 0, ("done: 2 steps",), strict=False,
          check=modes_check),
+    # ---- issue 32: files the program did not write ---------------------------------------------
+    Case("resume_data_changed", "32", "the training file lost 5 records since the checkpoint, then --resume", R(), 2,
+         ("boolq/train.json", "records when saved", "--allow_data_change"), strict=False,
+         setup=then(copy_run, run_on_changed_data)),
+    Case("resume_foreign_args", "32", "args.json with keys no option has, then --resume", R(), 2,
+         ("args.json", "unknown key(s) 'epochs'"), setup=then(copy_run, edit_args(epochs=3))),
+    Case("eval_foreign_args", "32", "args.json with keys no option has, then E", E(), 2,
+         ("args.json", "unknown key(s) 'epochs'"), setup=then(copy_run, edit_args(epochs=3))),
+    Case("export_foreign_args", "32", "args.json with keys no option has, then --export peft",
+         ["--ckpt", "{run}", "--export", "peft", "--export_dir", "{work}/exported"], 2,
+         ("args.json", "unknown key(s) 'epochs'"), setup=then(copy_run, edit_args(epochs=3))),
+    Case("resume_never_trained", "32", "a folder holding only a run's args.json, then --resume", R(), 2,
+         ("no checkpoints/ and no log.jsonl",),
+         setup=then(mkdir("runs/r"), lambda c: shutil.copy(c.base_run / "args.json", c.run / "args.json"))),
+    Case("model_safetensors_truncated", "32", "a model folder whose model.safetensors is cut to half",
+         T("--model_name", "{work}/m"), 2, ("model.safetensors", "not a complete safetensors file"),
+         setup=then(copy_model, lambda c: truncate(lambda c: c.work / "m" / "model.safetensors",
+                                                   (c.work / "m" / "model.safetensors").stat().st_size // 2)(c))),
     # ---- evaluation mode ------------------------------------------------------------------------
     Case("ckpt_missing", "old", "--ckpt naming no folder", ["--ckpt", "{work}/nope", "--dataset", "boolq"], 2,
          ("--ckpt", "nope")),
@@ -656,8 +687,7 @@ def run_script_here(argv, fault=None) -> int:
     import runpy
     import traceback
 
-    sys.argv = [str(SCRIPT), *argv]
-    sys.path.insert(0, str(ROOT))
+    sys.argv = [str(SCRIPT), *argv]  # the project's root is on sys.path already (python -m, or installed)
     try:
         apply_fault(fault)
         runpy.run_path(str(SCRIPT), run_name="__main__")
@@ -937,7 +967,6 @@ def preimport() -> str:
     saved = os.dup(2)
     os.dup2(err.fileno(), 2)
     try:
-        sys.path.insert(0, str(ROOT))
         import accelerate  # noqa: F401
         import matplotlib
         matplotlib.use("Agg")
@@ -1052,7 +1081,7 @@ def table(report: dict) -> str:
 def markdown(report: dict) -> str:
     return f"""# What train_knowhira.py does with bad input (probe)
 
-`python scripts/probe_bad_inputs.py{' --mode subprocess' if report['mode'] == 'subprocess' else ''} --out docs/robustness.md`
+`python -m scripts.probe_bad_inputs{' --mode subprocess' if report['mode'] == 'subprocess' else ''} --out docs/robustness.md`
 ran every case of its table ({'a fresh interpreter per command, as a shell starts it' if report['mode'] == 'subprocess'
 else 'one forked process per command'}) on tiny RANDOMLY INITIALISED Llama models (2 layers, hidden 48, 512
 positions, the GPT-2 tokenizer) and 40-record copies of the real data files; each case in its own scratch

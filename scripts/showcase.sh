@@ -89,7 +89,7 @@ sweep() {  # the middle rate of every method first, then the low ones, then the 
       train "sweep_${m}_lr${lrs[$i]}" "$m" "${lrs[$i]}" 1 "$SWEEP_STEPS"
     done
   done
-  "$PY" scripts/sweep_table.py "$DOCS" --out "$DOCS/sweep.md"
+  "$PY" -m scripts.sweep_table "$DOCS" --out "$DOCS/sweep.md"
 }
 
 main_runs() {
@@ -157,7 +157,7 @@ tables() {  # analyze_results.py per evaluation kind; analyze_adapter.py over ea
     [ "$kind" = label ] || "$PY" analyze_results.py "$DOCS/$kind" --baseline zeroshot --metric acc_norm \
       --out "$DOCS/summary_${kind}_norm" "${vs[@]}"
   done
-  "$PY" scripts/sweep_table.py "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
+  "$PY" -m scripts.sweep_table "$DOCS" --main --out "$DOCS/main_curves.md"  # curves over seeds, hours
   for m in $METHODS $gate; do if [ -d "$RUNS/${m%_s1}_s1" ]; then runs+=("$RUNS/${m%_s1}_s1"); fi; done
   if [ ${#runs[@]} -eq 0 ]; then  # it reads the weights, which stay in $RUNS (not in git)
     echo "analyze_adapter: no seed-1 run in $RUNS; $DOCS/adapters left as it is" >&2; return 0

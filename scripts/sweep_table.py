@@ -1,7 +1,7 @@
 """The learning curves of scripts/showcase.sh as tables and figures: the learning-rate sweep, or the main runs.
 
-    python scripts/sweep_table.py docs/experiments/NAME --out docs/experiments/NAME/sweep.md
-    python scripts/sweep_table.py docs/experiments/NAME --main --out docs/experiments/NAME/main_curves.md
+    python -m scripts.sweep_table docs/experiments/NAME --out docs/experiments/NAME/sweep.md
+    python -m scripts.sweep_table docs/experiments/NAME --main --out docs/experiments/NAME/main_curves.md
 
 Sweep (default): every <folder>/sweep_<method>_lr<rate>/ (args.json, log.jsonl); a Markdown table (per
 method and rate: validation accuracy at each validation step, the best one, the last validation loss,
@@ -25,8 +25,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from analysis.paired import mean_std  # noqa: E402
+from analysis.paired import mean_std
 
 
 def read_run(run: Path) -> dict:

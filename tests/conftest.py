@@ -1,14 +1,12 @@
 """Shared fixtures: the real GPT-2 tokenizer and the real commonsense data folder (from env vars),
 and tiny RANDOMLY INITIALISED GPT-Neo / GPT-2 / Llama models for fast tests."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # on sys.path for the tests: pyproject.toml's pytest pythonpath
 # no tokenised-feature cache (data/cache.py) unless a test asks for one: every test tokenises
 os.environ.setdefault("KNOWHIRA_CACHE", "none")
 

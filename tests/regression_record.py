@@ -7,7 +7,10 @@ through the CLI entry point (train_knowhira.main), then evaluation of 4 seeded t
 task in generate and loglik mode. Recorded: every logged loss, regulariser, gradient norm and
 validation loss, and every prediction (generated text, log-likelihood scores).
 
-    KNOWHIRA_DATA_DIR=... KNOWHIRA_TOKENIZER_DIR=... python tests/regression_record.py OUT.json
+    KNOWHIRA_DATA_DIR=... KNOWHIRA_TOKENIZER_DIR=... PYTHONPATH=. python tests/regression_record.py OUT.json
+
+(from the repository root; PYTHONPATH=. puts the project's modules beside tests/, which Python puts on
+sys.path for the script; after `pip install -e .`, as scripts/setup_env.sh does, it is not needed)
 """
 import json
 import os
@@ -15,10 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 METHODS = ("knowhira", "hira", "hira_sb", "kasa", "lora", "dora", "ia3", "fft")
 TASKS = ("boolq", "openbookqa")

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_model
 from models.adapter import (ADAPTER_CONFIG, adapter_layers, count_trainable, export_merged,
                             merge_adapters, read_adapter_config, unmerge_adapters)
-from models.hadamard import base_weight, layer_shape
+from models.layers import base_weight, layer_shape
 from models.methods import build, get_method, method_of
 from models.methods.hira import ortho_loss
 from models.methods.knowhira import KnowHiRAConfig
@@ -168,6 +168,60 @@ def test_load_onto_wrong_base_fails(tmp_path):
     get_method("knowhira").save(model, cfg, tmp_path / "a")
     with pytest.raises(ValueError, match="wrong base model"):
         get_method("knowhira").load(tiny_model("gpt_neo", seed=3), tmp_path / "a")
+
+
+def sibling_base(how: str):
+    """tiny_model("gpt_neo") with its q_proj/v_proj weights replaced by copies of (nearly) the same
+    Frobenius norm: sign-flipped, entries permuted, or nudged by 0.1% (what a fine-tune of the base does)."""
+    model = tiny_model("gpt_neo")
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name.endswith(("q_proj", "v_proj")):
+                w = m.weight
+                if how == "sign":
+                    w.neg_()
+                elif how == "permuted":
+                    w.copy_(w.reshape(-1)[torch.randperm(w.numel(), generator=g)].reshape(w.shape))
+                else:
+                    w.add_(torch.randn(w.shape, generator=g) * 1e-3 * w.abs().mean())
+    return model
+
+
+@pytest.mark.parametrize("how", ["sign", "permuted", "nudged"])
+def test_load_onto_a_sibling_base_with_the_same_norm_fails(how, tmp_path):
+    """Issue 29, defect 7: ||W0||_F within 1% let a sibling checkpoint of the base (base vs Instruct, or a
+    permuted or sign-flipped copy: the same norm) pass; the saved sample of W0's entries tells them apart."""
+    from utils.errors import BadInput
+
+    model, cfg = adapted("gpt_neo", ["q_proj", "v_proj"])
+    method = get_method("knowhira")
+    method.save(model, cfg, tmp_path / "a")
+    other = dict(sibling_base(how).named_modules())
+    for name, layer in adapter_layers(model).items():  # the norm check alone passes them
+        then = base_weight(layer.base).norm()
+        assert abs(other[name].weight.norm() - then) < 1e-2 * then
+    with pytest.raises(BadInput, match=r"sampled entries .*wrong base model"):
+        method.load(sibling_base(how), tmp_path / "a")
+    method.load(tiny_model("gpt_neo"), tmp_path / "a")  # its own base loads
+
+
+def test_an_adapter_without_the_sample_is_checked_by_its_norm_with_a_note(tmp_path, capsys):
+    """Adapters saved before the sample keep the old check (||W0||_F within 1%), saying so."""
+    from safetensors.torch import load_file, save_file
+
+    from models.adapter import ADAPTER_WEIGHTS
+
+    model, cfg = adapted("gpt_neo", ["q_proj"])
+    method = get_method("knowhira")
+    method.save(model, cfg, tmp_path / "a")
+    path = tmp_path / "a" / ADAPTER_WEIGHTS
+    save_file({k: v for k, v in load_file(str(path)).items() if not k.endswith(".w0_sample")}, str(path))
+    method.load(tiny_model("gpt_neo"), tmp_path / "a")
+    assert "predates the base-weight sample" in capsys.readouterr().err
+    method.load(sibling_base("sign"), tmp_path / "a")  # what the old check cannot tell apart
+    with pytest.raises(ValueError, match="wrong base model"):
+        method.load(tiny_model("gpt_neo", seed=3), tmp_path / "a")
 
 
 def test_regex_targets_survive_save_and_load(tmp_path):

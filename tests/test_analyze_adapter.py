@@ -11,7 +11,7 @@ import torch
 from analysis.adapter_stats import (effective_rank, layer_stats, numerical_rank, random_expectation,
                                     subspace_shares)
 from analysis.forgetting import question_from_instruction
-from models.hadamard import base_weight
+from models.layers import base_weight
 
 from conftest import tiny_model
 

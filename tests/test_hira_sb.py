@@ -9,8 +9,8 @@ from conftest import tiny_model
 from data.commonsense import load_task_split
 from data.tokenize import Collator, tokenize_record
 from models.adapter import adapter_layers, count_trainable
-from models.hadamard import _is_conv1d, base_weight
-from models.hira_sb import (accumulate_full_gradients, hira_sb_initialise, sb_factors, sb_layers,
+from models.layers import _is_conv1d, base_weight
+from models.hira_sb_init import (accumulate_full_gradients, hira_sb_initialise, sb_factors, sb_layers,
                             sb_solve_r)
 from models.methods import build
 from models.methods.hira import HiRAConfig

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from models.hadamard import base_weight
+from models.layers import base_weight
 from models.methods.kasa import KASA_TENSORS, KaSAConfig, KaSALinear
 
 from conftest import tiny_model

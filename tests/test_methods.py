@@ -400,9 +400,9 @@ def test_save_load_round_trip(method, arch, tmp_path):
         for name, layer in adapter_layers(loaded).items():
             src = adapter_layers(model)[name]
             keys = [k.rsplit(".", 1)[-1] for k in saved if k.rsplit(".", 1)[0] == name]
-            assert set(keys) == {*layer.saved_tensors, "w0_fro"}
+            assert set(keys) == {*layer.saved_tensors, "w0_fro", "w0_sample"}  # + the base's fingerprint
             for key in keys:
-                if key != "w0_fro":
+                if key not in ("w0_fro", "w0_sample"):
                     assert torch.equal(getattr(layer, key), getattr(src, key)), (name, key)
             if "gate" in layer.saved_tensors:  # KnowHiRA: the perturbed gates and σ_norm survive
                 assert {"gate", "sigma_norm"} <= set(keys)

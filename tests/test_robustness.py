@@ -20,7 +20,6 @@ import pytest
 from scripts.probe_bad_inputs import BY_NAME, CASES
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = ROOT / "scripts" / "probe_bad_inputs.py"
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,9 @@ def probe(request, tmp_path_factory):
     names = [item.callspec.params["case"] for item in request.session.items
              if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
     out = tmp_path_factory.mktemp("probe") / "report.json"
-    proc = subprocess.run([sys.executable, str(PROBE), "--json", str(out), "--cases", ",".join(names or ["unknown_flag"])],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "scripts.probe_bad_inputs", "--json", str(out),  # from the root
+                           "--cases", ",".join(names or ["unknown_flag"])], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
     if not out.is_file():
         pytest.fail(f"the probe did not report (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     report = json.loads(out.read_text())

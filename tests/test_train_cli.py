@@ -179,7 +179,8 @@ def test_run_dir_contents(runs, tiny_neo_dir):
     assert saved["r_ab"] == R and saved["target_modules"] == TARGETS.split(",")
     # args.json: the model/data/loop/run options, only the chosen method's config fields, and counts
     assert saved.keys() == {*run_option_names(), "peft_type", *asdict(KnowHiRAConfig()),
-                            "trainable_params", "n_train", "n_val"}
+                            "trainable_params", "n_train", "n_val", "data_records", "data_sha256"}
+    assert saved["data_records"] == 80 and len(saved["data_sha256"]) == 64 and saved["allow_data_change"] is False
     assert saved["peft_type"] == "knowhira" and saved["resume"] is None and saved["run_name"] == "A"
     assert "kasa_alpha" not in saved and "lora_alpha" not in saved and "sb_eta" not in saved
     for sub in ("best", "final"):  # our own file names: not a peft folder (--export peft makes one)

@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from models.targets import recorded_config
 from utils.atomic import atomic_save_safetensors, atomic_write_bytes, fsync_dir
 from utils.dist import copy_full_, gather_state, is_sharded
+from utils.errors import BadInput
 
 FAULT_ENV = "KNOWHIRA_FAULT_KILL_IN_SAVE"  # fault injection for tests: SIGKILL mid-write at step N
 
@@ -177,40 +179,43 @@ def load_checkpoint(path, model, optimizer, scheduler, config: dict | None = Non
         try:
             recorded = torch.load(path / "state.pt", weights_only=True).get("config")
         except Exception as e:
-            raise ValueError(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
-        # an option added since the checkpoint was written is absent from it: equal when at its default None
+            raise BadInput(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
+        # an option added since the checkpoint was written is absent from it: equal when at its default None;
+        # target_modules null (runs made before the resolved list was recorded) is today's default list
+        if isinstance(recorded, dict):
+            recorded = recorded_config(recorded, config, getattr(getattr(model, "config", None), "model_type", None))
         first = ("peft_type", "model_name", "r_ab", "target_modules", "dataset")
         diff = [] if recorded is None else sorted(
             (k for k in recorded.keys() | config.keys() if recorded.get(k) != config.get(k)),
             key=lambda k: (k not in first, first.index(k) if k in first else 0, k))
         if diff:
             more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
-            raise ValueError(f"{path} was made with another configuration than the run's args.json: "
-                             + ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in diff[:6]) + more)
+            raise BadInput(f"{path} was made with another configuration than the run's args.json: "
+                           + ", ".join(f"{k} {recorded.get(k)!r} -> {config.get(k)!r}" for k in diff[:6]) + more)
     weights = path / "trainable.safetensors"
     try:
         saved = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{weights}: cannot be read ({reason(e)}; damaged or truncated?)") from None
+        raise BadInput(f"{weights}: cannot be read ({reason(e)}; damaged or truncated?)") from None
     bad = [n for n, t in saved.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:  # save_checkpoint never writes these: the file was damaged or written elsewhere
-        raise ValueError(f"{weights}: non-finite values in {bad[0]}"
-                         f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; not a checkpoint "
-                         f"to continue from (resume from an earlier one: remove {path})")
+        raise BadInput(f"{weights}: non-finite values in {bad[0]}"
+                       f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; not a checkpoint "
+                       f"to continue from (resume from an earlier one: remove {path})")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
     if missing or unexpected:
-        raise ValueError(f"{weights} does not fit this run's model (another method or rank?): missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]}")
+        raise BadInput(f"{weights} does not fit this run's model (another method or rank?): missing "
+                       f"{missing[:3]}, unexpected {unexpected[:3]}")
     for name, value in saved.items():
         if tuple(value.shape) != tuple(params[name].shape):
-            raise ValueError(f"{weights}: {name} has shape {tuple(value.shape)}, the model's is "
-                             f"{tuple(params[name].shape)} (another rank?)")
+            raise BadInput(f"{weights}: {name} has shape {tuple(value.shape)}, the model's is "
+                           f"{tuple(params[name].shape)} (another rank?)")
         copy_full_(params[name], value)  # into this rank's shard under FSDP2
     try:
         state = torch.load(path / "state.pt", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
+        raise BadInput(f"{path / 'state.pt'}: cannot be read ({reason(e)}; damaged or truncated?)") from None
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

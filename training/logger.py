@@ -1,4 +1,5 @@
-"""Training logs a person can plot: JSONL (one record per logged step), TensorBoard, and a PNG."""
+"""Training logs a person can plot: JSONL (one record per logged step), the trackers of --report_to
+(TensorBoard by default; training/trackers.py), and a PNG."""
 import json
 import sys
 import threading
@@ -8,14 +9,16 @@ from utils.atomic import atomic_write_bytes
 
 
 class RunLogger:
-    """Appends step records to RUN_DIR/log.jsonl and mirrors scalars to TensorBoard (RUN_DIR/tb).
+    """Appends step records to RUN_DIR/log.jsonl and mirrors their scalars to the trackers of
+    --report_to (training/trackers.py; default TensorBoard in RUN_DIR/tb), with the run's args.json as
+    their configuration.
 
-    log.jsonl is the record: a failed write of it is an error naming the file. TensorBoard is a
-    view: when its writer fails (e.g. a full disk; it writes from a thread of its own) the run goes
-    on with one warning line, and `close(quiet=True)` (a run that failed anyway) says nothing."""
+    log.jsonl is the record: a failed write of it is an error naming the file. The trackers are views:
+    when one fails (e.g. a full disk; TensorBoard writes from a thread of its own) the run goes on with
+    one warning line, and `close(quiet=True)` (a run that failed anyway) says nothing."""
 
-    def __init__(self, run_dir, resume_step: int = 0):
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir, resume_step: int = 0, report_to=("tensorboard",)):
+        from training.trackers import Trackers
 
         self.path = Path(run_dir) / "log.jsonl"
         existed = self.path.exists()
@@ -23,23 +26,25 @@ class RunLogger:
             keep = [line for line in self.path.read_text().splitlines()  # and a line cut by a kill
                     if resume_step > 0 and _step(line) is not None and _step(line) <= resume_step]
             atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
-        self.tb_dir, self.tb_ok, self.quiet = Path(run_dir) / "tb", True, False
-        self.tb = SummaryWriter(str(self.tb_dir), purge_step=resume_step if existed else None)
+        self.tb_dir = Path(run_dir) / "tb"
+        args = Path(run_dir) / "args.json"
+        config = json.loads(args.read_text()) if args.is_file() else {}
         self.previous_hook = threading.excepthook
         threading.excepthook = self._thread_error  # tensorboard's writer thread: a warning, not a traceback
+        # a resumed run: TensorBoard drops the events of steps after the checkpoint's (all, from step 0)
+        purge = (resume_step + 1 if resume_step > 0 else 0) if existed else None
+        self.trackers = Trackers(list(report_to), run_dir, config, purge_step=purge, warn=self._warn)
+
+    def _warn(self, name, e) -> None:
+        why = " ".join(str(e).split())[:200]
+        what = f"TensorBoard log {self.tb_dir}" if name == "tensorboard" else f"--report_to {name}"
+        print(f"warning: {what} stopped ({type(e).__name__}: {why}); log.jsonl goes on", file=sys.stderr)
 
     def _thread_error(self, args):
         if type(args.thread).__name__ == "_AsyncWriterThread":
-            self._tb_failed(args.exc_value)
+            self.trackers.failed("tensorboard", args.exc_value)
         else:
             self.previous_hook(args)
-
-    def _tb_failed(self, e) -> None:
-        if self.tb_ok and not self.quiet:
-            why = " ".join(str(e).split())[:200]
-            print(f"warning: TensorBoard log {self.tb_dir} stopped ({type(e).__name__}: {why}); "
-                  f"log.jsonl goes on", file=sys.stderr)
-        self.tb_ok = False
 
     def log(self, record: dict) -> None:
         try:
@@ -48,22 +53,12 @@ class RunLogger:
                 f.flush()
         except OSError as e:  # e.g. a full disk: write(2) errors name no file
             raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
-        if not self.tb_ok:
-            return
-        try:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["step"])
-        except Exception as e:  # the writer thread failed before (its error surfaces here)
-            self._tb_failed(e)
+        self.trackers.log(record)
 
     def close(self, quiet: bool = False) -> None:
-        """Flush and close TensorBoard; `quiet`: the run failed, its own error is the message."""
-        self.quiet = self.quiet or quiet
+        """Finish every tracker; `quiet`: the run failed, its own error is the message."""
         try:
-            self.tb.close()
-        except Exception as e:
-            self._tb_failed(e)
+            self.trackers.close(quiet)
         finally:
             if threading.excepthook == self._thread_error:
                 threading.excepthook = self.previous_hook

@@ -27,9 +27,16 @@ from training.checkpoint import complete, discard_checkpoint, latest_checkpoint,
 from training.logger import RunLogger, plot_losses
 from training.loss import OutputHead, count_targets, task_loss_sum
 from training.order import epoch_order
+from training.trackers import check_report_to, parse_report_to, report_to_problem
 from training.validation import validate
 from utils.dist import full, shard_model
+from utils.errors import BadInput
 from utils.options import Options, non_negative, option, positive
+
+
+def seed_range(v):
+    """torch's generators take seeds in [-2**63, 2**64)."""
+    return None if -2**63 <= v < 2**64 else f"must fit in 64 bits (a torch seed), got {v}"
 
 
 @dataclass
@@ -46,7 +53,8 @@ class LoopConfig(Options):
     epoch: float = option(1.0, "training epochs, fractions allowed (0.5, 3.0); --max_steps > 0 overrides",
                           check=positive)
     max_steps: int = option(-1, "optimizer steps; > 0 overrides --epoch")
-    seed: int = option(42, "random seed (training: init and data order; evaluation: the --max_examples subset)")
+    seed: int = option(42, "random seed (training: init and data order; evaluation: the --max_examples subset)",
+                       check=seed_range)
     eval_strategy: str = option("steps", "when to compute the validation loss", choices=("steps", "epoch", "no"))
     eval_steps: int = option(50, "validate every N steps (--eval_strategy steps)", check=positive)
     early_stop_patience: int = option(0, "validations without improvement before stopping (0 = off)",
@@ -58,9 +66,17 @@ class LoopConfig(Options):
     best_metric: str = option("val_loss", "the validation number that picks best/ (and early stopping): "
                               "lowest val_loss, or highest val_acc", choices=("val_loss", "val_acc"))
     log_steps: int = option(1, "log every N steps", check=positive)
+    report_to: list[str] = option(["tensorboard"], "experiment trackers that also get log.jsonl's scalars and "
+                                  "the run's config: a comma list of tensorboard, wandb, mlflow, trackio, or none "
+                                  "(log.jsonl only); docs/usage.md says what each needs",
+                                  parse=parse_report_to, check=report_to_problem)
     save_steps: int = option(50, "checkpoint every N steps", check=positive)
     keep_checkpoints: int = option(2, "checkpoints kept", check=positive)
     mixed_precision: str = option("no", "autocast compute dtype (accelerate)", choices=("no", "bf16", "fp16"))
+    torch_compile: bool = option(False, "torch.compile each decoder block, adapters included, forward and "
+                                 "backward (dynamic shapes: one graph for every padded length; models/compile.py); "
+                                 "training, validation and scoring evaluation; off by default (docs/speed.md: "
+                                 "compile time and step time measured)")
     fsdp: bool = option(False, "shard parameters, gradients and optimizer state over the processes (torch "
                         "FSDP2 full-shard, one unit per decoder block; GPU and CPU/gloo); for 7B-13B "
                         "models under torchrun, see docs/scaling.md")
@@ -154,23 +170,31 @@ class Trainer:
 
     def __init__(self, accelerator, model, tokenizer, train_features: list[dict], val_features: list[dict],
                  cfg: LoopConfig, run_dir, save, regularizer=None, val_slots=None, config=None, val_choices=None,
-                 lr_scales=None, val_tasks=None):
+                 lr_scales=None, val_tasks=None, data_fingerprint=None, allow_data_change=False):
         self.acc, self.model, self.cfg, self.run_dir = accelerator, model, cfg, Path(run_dir)
         self.train_features, self.val_features, self.save = train_features, val_features, save
         self.val_slots, self.config = val_slots, config  # config: saved with checkpoints, checked on resume
         self.val_choices = val_choices  # text and cloze answer formats: what val_acc scores (validate)
         self.val_tasks = val_tasks  # each validation record's task (val_acc/<task>), or None
+        # {"records", "sha256", "files"} of the training records (data/commonsense.py fingerprint): saved with
+        # checkpoints, compared on resume unless allow_data_change
+        self.data_fingerprint, self.allow_data_change = data_fingerprint, allow_data_change
         self.reg_fn, self.reg_weight = regularizer if regularizer is not None else (None, 0.0)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.global_batch = cfg.batch * cfg.grad_acc * self.world
         self.steps_per_epoch = len(train_features) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(train_features)} training examples are fewer than one effective "
-                             f"batch ({cfg.batch} x {cfg.grad_acc} x {self.world} = {self.global_batch})")
+            raise BadInput(f"{len(train_features)} training examples are fewer than one effective "
+                           f"batch ({cfg.batch} x {cfg.grad_acc} x {self.world} = {self.global_batch})")
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epoch * self.steps_per_epoch)
         accelerator.print(f"effective batch = {cfg.batch} (per device) x {cfg.grad_acc} (grad_acc) x "
                           f"{self.world} (processes) = {self.global_batch}; {self.steps_per_epoch} "
                           f"steps/epoch; {self.total_steps} optimizer steps")
+        if cfg.torch_compile:  # before sharding and DDP, as torchtune does: they wrap the compiled blocks
+            from models.compile import compile_blocks
+
+            n = compile_blocks(model, accelerator.device)
+            accelerator.print(f"torch.compile: {n} decoder blocks (compiled at the first steps)")
         if cfg.fsdp:  # torch FSDP2 directly: accelerate's FSDP plugin does not run on CPU/gloo
             self.wrapped = shard_model(model)
             accelerator.print(f"FSDP2 full-shard over {self.world} processes: each holds 1/{self.world} "
@@ -184,6 +208,7 @@ class Trainer:
             self.optimizer = accelerator.prepare(optimizer)
         else:
             self.wrapped, self.optimizer = accelerator.prepare(model, optimizer)
+        check_report_to(cfg.report_to)  # a tracker not installed or configured: BadInput before the run folder
         self.collate = Collator(tokenizer)
         self.step, self.best_val, self.bad_evals = 0, None, 0
         self.written, self.resumed = set(), False  # checkpoint steps this process wrote; resume() done
@@ -200,14 +225,39 @@ class Trainer:
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, self.config)
             if state["step"] > self.total_steps:  # nothing to train, and args.json would record fewer steps
-                raise ValueError(f"the run's newest checkpoint {ckpt} is at step {state['step']}, beyond the "
-                                 f"{self.total_steps} steps asked for (--max_steps/--epoch): resume with more steps")
+                raise BadInput(f"the run's newest checkpoint {ckpt} is at step {state['step']}, beyond the "
+                               f"{self.total_steps} steps asked for (--max_steps/--epoch): resume with more steps")
+            self.check_data(ckpt, state.get("data"))
             self.step, self.best_val = state["step"], state.get("best_val")
             self.bad_evals = state.get("bad_evals", 0)
             self.start_step = self.step
             self.acc.print(f"resumed from {ckpt} at step {self.step}")
         elif (self.run_dir / "log.jsonl").exists():
             self.acc.print(f"note: no checkpoint in {self.run_dir / 'checkpoints'}: training from step 0")
+
+    def check_data(self, ckpt, saved) -> None:
+        """The checkpoint's training-data fingerprint against this process's records: a change is refused
+        (BadInput) unless allow_data_change; a checkpoint written before fingerprints were recorded is noted."""
+        now = self.data_fingerprint
+        if now is None:
+            return
+        if saved is None:
+            self.acc.print(f"note: {ckpt} records no training-data fingerprint (written by an earlier version); "
+                           "the training records are not compared")
+            return
+        if not (isinstance(saved, dict) and isinstance(saved.get("sha256"), str)
+                and isinstance(saved.get("records"), int)):
+            raise BadInput(f"{ckpt / 'state.pt'}: its training-data fingerprint is not {{records, sha256}} "
+                           f"(got {saved!r:.80}); damaged?")
+        if saved["sha256"] == now["sha256"] and saved["records"] == now["records"]:
+            return
+        counts = (f"{saved['records']} records when saved, {now['records']} now" if saved["records"] != now["records"]
+                  else f"{now['records']} records then and now, their contents differ")
+        what = f"the training data ({', '.join(now['files'])}) changed since {ckpt} was saved: {counts}"
+        if not self.allow_data_change:
+            raise BadInput(f"--resume {self.run_dir}: {what}; restore the data, or continue on the new records "
+                           "with --allow_data_change")
+        self.acc.print(f"note: {what}; continuing on the new records (--allow_data_change)")
 
     def train_step(self) -> dict:
         """One optimizer step (all micro-batches of one global batch); returns its numbers."""
@@ -297,7 +347,9 @@ class Trainer:
         self.written.add(self.step)
         self.acc.wait_for_everyone()
         save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler,
-                        {"best_val": self.best_val, "bad_evals": self.bad_evals, "config": self.config},
+                        {"best_val": self.best_val, "bad_evals": self.bad_evals, "config": self.config,
+                         "data": None if self.data_fingerprint is None else
+                         {k: self.data_fingerprint[k] for k in ("records", "sha256")}},
                         keep=self.cfg.keep_checkpoints, write=self.acc.is_main_process)
         self.acc.wait_for_everyone()
 
@@ -309,7 +361,7 @@ class Trainer:
     def _run(self, stop: StopFlag) -> LoopResult:
         acc, cfg, total = self.acc, self.cfg, self.total_steps
         self.resume()
-        logger = RunLogger(self.run_dir, resume_step=self.step) if acc.is_main_process else None
+        logger = RunLogger(self.run_dir, resume_step=self.step, report_to=cfg.report_to) if acc.is_main_process else None
         self.wrapped.train()
         bar = tqdm(total=total, initial=self.step, disable=not acc.is_main_process,
                    desc="train", dynamic_ncols=True)
@@ -354,8 +406,8 @@ class Trainer:
                                        self.head, self.val_choices, self.val_tasks)
                     record = {**(record or {"step": step}), **numbers}
                     if cfg.best_metric not in numbers:
-                        raise ValueError(f"--best_metric {cfg.best_metric}: no validation record has a known "
-                                         "answer position (answer words of the records)")
+                        raise BadInput(f"--best_metric {cfg.best_metric}: no validation record has a known "
+                                       "answer position (answer words of the records)")
                     # best_val is kept as "lower is better": the loss, or minus the accuracy
                     val = numbers["val_loss"] if cfg.best_metric == "val_loss" else -numbers["val_acc"]
                     if self.best_val is None or val < self.best_val:
@@ -375,7 +427,7 @@ class Trainer:
         except BaseException:  # the bar's line ends before the error message is printed
             bar.close()
             if logger is not None:
-                logger.close(quiet=True)  # TensorBoard's thread flushes now, not into a removed folder
+                logger.close(quiet=True)  # the trackers flush now, not into a removed folder
             raise
         bar.close()
         self.save(self.model, self.run_dir / "final", acc.is_main_process)

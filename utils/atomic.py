@@ -8,6 +8,7 @@ not mkstemp's 0600.
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -67,3 +68,19 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+@contextmanager
+def locked_folder(folder):
+    """An exclusive flock on `folder` itself (its directory descriptor, so no lock file is left behind),
+    held for the block: read-modify-writes of a file in it by several processes happen one at a time
+    (results.json, when two evaluations share a --results_dir). Waits for the holder."""
+    import fcntl
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -3,6 +3,8 @@ logits, or over logits computed only where a label is)."""
 import torch
 import torch.nn.functional as F
 
+from utils.errors import BadInput
+
 IGNORE_INDEX = -100  # label value ignored by torch.nn.functional.cross_entropy
 
 
@@ -12,7 +14,7 @@ def pad_token_id(tokenizer) -> int:
         return tokenizer.pad_token_id
     if tokenizer.eos_token_id is not None:
         return tokenizer.eos_token_id
-    raise ValueError("tokenizer has neither a pad nor an EOS token; cannot pad batches")
+    raise BadInput("tokenizer has neither a pad nor an EOS token; cannot pad batches")
 
 
 def pad(sequences: list[list[int]], value: int, side: str = "right", width: int | None = None

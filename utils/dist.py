@@ -9,6 +9,15 @@ rank must call it, in the same order). Without sharding these are no-ops.
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from utils.errors import BadInput
+
+
+def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's decoder blocks: the modules whose class its `_no_split_modules` names (FSDP2's units
+    here, torch.compile's in models/compile.py)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2 full-shard (torch.distributed.fsdp.fully_shard, in place): one unit per decoder block
@@ -18,10 +27,10 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     optimizer is created: the parameters are replaced by sharded DTensors."""
     from torch.distributed.fsdp import fully_shard
 
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    blocks = decoder_blocks(model)
     if not blocks:
-        raise ValueError(f"--fsdp: no decoder blocks found (_no_split_modules = {sorted(names)})")
+        names = sorted(getattr(model, "_no_split_modules", None) or [])
+        raise BadInput(f"--fsdp: no decoder blocks found (_no_split_modules = {names})")
     for block in blocks:
         fully_shard(block, reshard_after_forward=True)
     fully_shard(model, reshard_after_forward=True)

@@ -6,7 +6,7 @@ line is generated from the fields, and the same check runs when the dataclass is
         lr: float = option(2e-4, "peak learning rate", check=positive)
 
 `option(...)` stores the help, the check and an optional parser in the field's metadata;
-`Options.__post_init__` runs every check (ValueError "lr: must be > 0, got -1"); `add_arguments`
+`Options.__post_init__` runs every check (BadInput, a ValueError: "lr: must be > 0, got -1"); `add_arguments`
 turns the fields into argparse flags (`--lr`) whose type function parses AND checks, so a bad
 value is a one-line argparse error (exit 2). Floats are always finite: NaN, inf and values beyond
 float32 are refused at parse time and in Python. Fields with `flag=False` are not on the command line.
@@ -15,6 +15,7 @@ import argparse
 import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields
+from utils.errors import BadInput
 
 
 # ---- checks: each returns None when fine, else what is wrong -----------------------------------
@@ -51,10 +52,13 @@ def finite_problem(value: float, text=None) -> str | None:
 
 
 def parse_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError as e:  # float's own words ("could not convert string to float: 'x'")
+        raise BadInput(str(e)) from None
     problem = finite_problem(value, text)
     if problem:
-        raise ValueError(problem)
+        raise BadInput(problem)
     return value
 
 
@@ -62,7 +66,7 @@ def parse_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"must be an integer, got {text!r}") from None
+        raise BadInput(f"must be an integer, got {text!r}") from None
 
 
 def parse_bool(text) -> bool:
@@ -73,7 +77,7 @@ def parse_bool(text) -> bool:
         return True
     if low in ("0", "false", "no"):
         return False
-    raise ValueError(f"must be true or false, got {text!r}")
+    raise BadInput(f"must be true or false, got {text!r}")
 
 
 _PARSERS = {"float": parse_float, "int": parse_int, "str": str, "bool": parse_bool}
@@ -92,6 +96,8 @@ def option(default, help: str, *, check=None, parse=None, choices=None, flag=Tru
 def _base_type(f) -> str:
     """'int' for `int`, `int | None` or 'int | None'; the first non-None member of a union."""
     t = f.type
+    if typing.get_origin(t) in (list, tuple, dict):  # list[str]: 'list' (not its member type)
+        return typing.get_origin(t).__name__
     if not isinstance(t, str):
         args = [a for a in typing.get_args(t) if a is not type(None)]
         t = getattr(args[0] if args else t, "__name__", "str")
@@ -110,7 +116,7 @@ def check_type(f, value) -> None:
     float, a bool for bool; fields of other types (lists, custom parsers) are left to their checks."""
     kind = _base_type(f)
     if kind in _TYPES and (isinstance(value, bool) and kind != "bool" or not isinstance(value, _TYPES[kind])):
-        raise ValueError(f"must be {'an' if kind == 'int' else 'a'} {kind}, got {type(value).__name__} {value!r}")
+        raise BadInput(f"must be {'an' if kind == 'int' else 'a'} {kind}, got {type(value).__name__} {value!r}")
 
 
 def check_value(f, value):
@@ -122,14 +128,14 @@ def check_value(f, value):
     else:
         check_type(f, value)
     if isinstance(value, float) and finite_problem(value):
-        raise ValueError(finite_problem(value))
+        raise BadInput(finite_problem(value))
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
-        raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise BadInput(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
     check = f.metadata.get("check")
     problem = check(value) if check is not None else None
     if problem:
-        raise ValueError(problem)
+        raise BadInput(problem)
     return value
 
 
@@ -143,8 +149,8 @@ class Options:
                 continue
             try:
                 setattr(self, f.name, check_value(f, getattr(self, f.name)))
-            except ValueError as e:
-                raise ValueError(f"{f.name}: {e}") from None
+            except BadInput as e:
+                raise BadInput(f"{f.name}: {e}") from None
 
     @classmethod
     def option_fields(cls):
@@ -218,8 +224,8 @@ def config_value(f, value):
     if isinstance(value, list) and f.metadata.get("parse") is not None and all(isinstance(v, str) for v in value):
         return check_value(f, ",".join(value))
     if not isinstance(value, (str, int, float, bool)) and value is not None:
-        raise ValueError(f"must be {'an' if _base_type(f) == 'int' else 'a'} {_base_type(f)}, "
-                         f"got {type(value).__name__} {value!r}")
+        raise BadInput(f"must be {'an' if _base_type(f) == 'int' else 'a'} {_base_type(f)}, "
+                       f"got {type(value).__name__} {value!r}")
     return check_value(f, value)
 
 
@@ -235,7 +241,7 @@ def read_config(path, fields: dict, ignored=()) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"--config {path}: no such file") from None
+        raise BadInput(f"--config {path}: no such file") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -244,20 +250,20 @@ def read_config(path, fields: dict, ignored=()) -> dict:
         else:
             data = json.loads(text)
     except Exception as e:  # json's and yaml's own error types
-        raise ValueError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} "
-                         f"({' '.join(str(e).split())[:160]})") from None
+        raise BadInput(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} "
+                       f"({' '.join(str(e).split())[:160]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object of flag names and values, got {type(data).__name__}")
+        raise BadInput(f"{path}: expected an object of flag names and values, got {type(data).__name__}")
     values = {}
     for key, value in data.items():
         if key in ignored:
             continue
         if key not in fields:
-            raise ValueError(f"{path}: unknown key {key!r} (not a flag of train_knowhira.py)")
+            raise BadInput(f"{path}: unknown key {key!r} (not a flag of train_knowhira.py)")
         if value is None and _default(fields[key]) is None:
             continue
         try:
             values[key] = config_value(fields[key], value)
-        except ValueError as e:
-            raise ValueError(f"{path}: {key}: {e}") from None
+        except BadInput as e:
+            raise BadInput(f"{path}: {key}: {e}") from None
     return values

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from models import adapter as layers
+from models.targets import resolve_targets
+from utils.errors import BadInput
 from utils.options import Options, in_range, option, positive
 
 
@@ -34,20 +36,27 @@ def parse_targets(text: str):
     if text.startswith("re:") or _REGEX_CHARS & set(text):
         pattern = text[3:] if text.startswith("re:") else text
         if not pattern:
-            raise ValueError("empty regex after 're:'")
+            raise BadInput("empty regex after 're:'")
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ValueError(f"invalid regex {pattern!r}: {e}") from None
+            raise BadInput(f"invalid regex {pattern!r}: {e}") from None
         return pattern
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise ValueError("empty target list")
+        raise BadInput("empty target list")
     return names
 
 
 def _targets_check(v):
     return "is empty" if v is not None and not v else None
+
+
+def record_targets(model: nn.Module, cfg) -> None:
+    """Set cfg.target_modules to the targets `model` is built with (None: its architecture's default
+    list, models/targets.py), so that args.json and the saved adapter config record them."""
+    if cfg.target_modules is None:
+        cfg.target_modules = resolve_targets(None, getattr(getattr(model, "config", None), "model_type", None))
 
 
 @dataclass
@@ -107,7 +116,9 @@ class Method:
     reads_peft: ClassVar[str | None] = None
 
     def build(self, model: nn.Module, cfg) -> nn.Module:
-        """Make `model` trainable for this method (after the pretrained weights are loaded)."""
+        """Make `model` trainable for this method (after the pretrained weights are loaded). A config with
+        target_modules is first given the resolved list (`record_targets`), which args.json and the saved
+        config then record; AdapterMethod and the peft methods do so."""
         raise NotImplementedError
 
     def init_batches(self, cfg) -> int:
@@ -162,7 +173,7 @@ class Method:
         `load_model()`: the base model with the trained state on it (unmerged), loaded on demand;
         `base_model_name`: for adapter_config.json's base_model_name_or_path. Default: refuse."""
         note = f" ({self.no_adapter_form})" if self.no_adapter_form else ""
-        raise ValueError(f"{self.name} has no adapter form{note}; use --export merged")
+        raise BadInput(f"{self.name} has no adapter form{note}; use --export merged")
 
     def reads_peft_config(self, config: dict) -> bool:
         """Whether a stock peft adapter with this adapter_config.json is this method's."""
@@ -186,6 +197,7 @@ class AdapterMethod(Method):
         """Whole-model initialisation after injection (e.g. KnowHiRA's batched σ_norm)."""
 
     def build(self, model, cfg, compute: bool = True):
+        record_targets(model, cfg)  # the default list, recorded (a saved null: resolved here, as before)
         layers.inject(model, cfg.target_modules, lambda base: self.make_layer(base, cfg, compute))
         self.after_inject(model, cfg, compute)
         return model
@@ -232,5 +244,5 @@ class AdapterMethod(Method):
         known = {"peft_type", *self.RENAMED, *(f.name for m in REGISTRY.values() for f in fields(m.config_cls))}
         unknown = sorted(set(saved) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown key {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
-                             f": not an option of {self.name} or of any method here")
+            raise BadInput(f"{path}: unknown key {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
+                           f": not an option of {self.name} or of any method here")

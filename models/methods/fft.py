@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from models.adapter import find_targets
-from models.hadamard import _is_conv1d, base_weight
+from models.layers import _is_conv1d, base_weight
 from models.methods.base import LayerDelta, Method, MethodConfig
 from utils.atomic import atomic_write_bytes, atomic_write_path
 from utils.dist import gather_state
+from utils.errors import BadInput
 
 WEIGHTS = "model.safetensors"
 
@@ -32,7 +33,7 @@ class SavedTensors:
                 for key in h.keys():
                     self.files[key] = f
         if not self.files:
-            raise FileNotFoundError(f"no *.safetensors in {folder}")
+            raise BadInput(f"no *.safetensors in {folder}")
 
     def get(self, key: str) -> torch.Tensor:
         from safetensors import safe_open
@@ -87,8 +88,8 @@ class FullFineTuning(Method):
         loaded = {id(params[k]) for k in state if k in params}
         missing = [k for k in missing if k not in params or id(params[k]) not in loaded]  # tied
         if missing or unexpected:
-            raise ValueError(f"{saved_dir} does not fit the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise BadInput(f"{saved_dir} does not fit the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
         return model
 
     def layer_modules(self, model, targets):

@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from models.adapter import PEFT_WEIGHTS, adapter_layers
-from models.hadamard import HadamardLinear, _is_conv1d
+from models.hadamard import HadamardLinear
+from models.layers import _is_conv1d
 from models.methods.base import AdapterMethod, LowRankConfig, Regularizer
 from models.methods.peft_lib import PEFT_PREFIX
+from utils.errors import BadInput
 from utils.options import non_negative, option
 
 _PEFT_KEY = re.compile(re.escape(PEFT_PREFIX) + r"(.+)\.(hira_A|hira_B)")
@@ -99,20 +101,20 @@ class HiRA(AdapterMethod):
 
         path = Path(adapter_dir) / PEFT_WEIGHTS
         if not path.is_file():
-            raise FileNotFoundError(f"no {PEFT_WEIGHTS} in {adapter_dir} (a pickled .bin is not read)")
+            raise BadInput(f"no {PEFT_WEIGHTS} in {adapter_dir} (a pickled .bin is not read)")
         factors = {}
         for key, value in load_checked(path).items():
             match = _PEFT_KEY.fullmatch(key)
             if match is None:
-                raise ValueError(f"{path}: tensor {key} is not a HiRA factor of a linear layer "
-                                 f"(embedding targets and modules_to_save are not read)")
+                raise BadInput(f"{path}: tensor {key} is not a HiRA factor of a linear layer "
+                               f"(embedding targets and modules_to_save are not read)")
             factors.setdefault(match[1], {})[match[2]] = value
         incomplete = sorted(n for n, f in factors.items() if len(f) != 2)
         if not factors or incomplete:
-            raise ValueError(f"{path}: no hira_A/hira_B pair for {incomplete[:3] or 'any layer'}")
+            raise BadInput(f"{path}: no hira_A/hira_B pair for {incomplete[:3] or 'any layer'}")
         ranks = {f["hira_A"].shape[0] for f in factors.values()}
         if len(ranks) != 1:
-            raise ValueError(f"{path}: layers of different ranks {sorted(ranks)} are not read")
+            raise BadInput(f"{path}: layers of different ranks {sorted(ranks)} are not read")
         cfg = self.config_cls(r_ab=ranks.pop(), target_modules=sorted(factors), hira_scale=1.0,
                               adapter_dropout=float(config.get("hira_dropout") or 0.0), ortho_lambda=0.0)
         self.build(model, cfg, compute=False)
@@ -121,7 +123,7 @@ class HiRA(AdapterMethod):
             for key, value in f.items():
                 target = getattr(layers[name], key)
                 if target.shape != value.shape:
-                    raise ValueError(f"{path}: {name}.{key} is {tuple(value.shape)}, this base model's "
-                                     f"layer needs {tuple(target.shape)}: another base model?")
+                    raise BadInput(f"{path}: {name}.{key} is {tuple(value.shape)}, this base model's "
+                                   f"layer needs {tuple(target.shape)}: another base model?")
                 target.copy_(value)
         return model, cfg

@@ -1,14 +1,14 @@
 """HiRA-SB: the Hadamard layer with a trainable r x r core R, W = W0 + s · W0 ⊙ (B R A), where B and
 A are FIXED from the SVD of W0 ⊙ G (G the full fine-tuning gradient of `--sb_init_batches` training
 batches) and R starts as the least-squares match of one full fine-tuning step of size η. The math
-(gradient pass, factors, solve) is in models/hira_sb.py; the derivation in docs/hira_sb.md."""
+(gradient pass, factors, solve) is in models/hira_sb_init.py; the derivation in docs/hira_sb.md."""
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from models.hadamard import HadamardLinear
-from models.hira_sb import hira_sb_initialise
+from models.hira_sb_init import hira_sb_initialise
 from models.methods.hira import HadamardConfig, HiRA
 from utils.options import non_negative, option, positive
 

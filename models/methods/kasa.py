@@ -46,9 +46,10 @@ import torch
 from torch import nn
 
 from models.adapter import adapter_layers, read_adapter_config
-from models.hadamard import MergeableAdapter, _is_conv1d, acc_dtype, base_weight, layer_shape
+from models.layers import MergeableAdapter, _is_conv1d, acc_dtype, base_weight, layer_shape
 from models.methods.base import AdapterMethod, LayerDelta, LowRankConfig, Regularizer
 from utils.dist import full
+from utils.errors import BadInput
 from utils.options import non_negative, option
 
 KASA_TENSORS = ("kasa_dU", "kasa_dV", "kasa_dS", "kasa_U_drop", "kasa_S_drop", "kasa_V_drop")
@@ -90,9 +91,9 @@ class KaSALinear(MergeableAdapter):
         out_f, in_f = layer_shape(base)
         r, alpha, dropout = cfg.r_ab, cfg.kasa_alpha, cfg.adapter_dropout
         if r >= min(out_f, in_f):
-            raise ValueError(f"KaSA rank r={r} must be < min(out, in) = {min(out_f, in_f)} for a "
-                             f"{out_f}x{in_f} (out x in) layer: it keeps min(out, in) - r singular "
-                             f"components of W0")
+            raise BadInput(f"KaSA rank r={r} must be < min(out, in) = {min(out_f, in_f)} for a "
+                           f"{out_f}x{in_f} (out x in) layer: it keeps min(out, in) - r singular "
+                           f"components of W0")
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -200,8 +201,8 @@ class KaSA(AdapterMethod):
         if len({(layer.r, layer.alpha) for layer in layers.values()}) != 1:
             raise ValueError("layers of different ranks or α: not one peft KaSA config")
         if any(layer.merged for layer in layers.values()) or any(_is_conv1d(layer.base) for layer in layers.values()):
-            raise ValueError("a merged adapter, or a GPT-2 Conv1D layer (peft's KaSA is for nn.Linear): use "
-                             "--export merged")
+            raise BadInput("a merged adapter, or a GPT-2 Conv1D layer (peft's KaSA is for nn.Linear): use "
+                           "--export merged")
         saved = read_adapter_config(saved_dir)
         trained = {}
         with torch.no_grad():

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from models.adapter import adapter_layers
-from models.hadamard import HadamardLinear, base_weight
+from models.hadamard import HadamardLinear
+from models.layers import base_weight
 from models.methods.base import LayerDelta
 from models.methods.hira import HiRA, HiRAConfig
 from models.spectrum import sigma_norms, spectrum_row_scale
+from utils.errors import BadInput
 from utils.options import in_range, negative, non_negative, option, positive
 
 INIT_CHOICES = ("spectrum", "kaiming")
@@ -26,7 +28,7 @@ def parse_init(text: str) -> str:
     B always starts at zero, so that the adapted model equals the base model at step 0."""
     a_init, _, b_init = text.partition(",")
     if b_init and b_init.strip() != "zero":
-        raise ValueError(f"B must start at zero (the model equals the base at step 0); got B init {b_init!r}")
+        raise BadInput(f"B must start at zero (the model equals the base at step 0); got B init {b_init!r}")
     return a_init.strip()
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from models.adapter import PEFT_CONFIG, PEFT_WEIGHTS
-from models.hadamard import _is_conv1d, base_weight
-from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig
-from models.targets import default_targets
+from models.layers import _is_conv1d, base_weight
+from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig, record_targets
 from utils.dist import gather_state, is_sharded
+from utils.errors import BadInput
 from utils.options import option
 
 PEFT_PREFIX = "base_model.model."  # peft's prefix of a causal LM's module names in its files
@@ -53,9 +53,8 @@ class PeftMethod(Method):
     def build(self, model, cfg):
         from peft import get_peft_model
 
-
-        targets = cfg.target_modules or default_targets(model.config.model_type)
-        return get_peft_model(model, self.peft_config(cfg, targets, model.config.model_type))
+        record_targets(model, cfg)  # the default list, recorded in args.json (peft's file has it too)
+        return get_peft_model(model, self.peft_config(cfg, cfg.target_modules, model.config.model_type))
 
     def save(self, model, cfg, out_dir, write=True):
         """peft's format; under FSDP2 from the gathered trainable tensors."""
@@ -82,7 +81,7 @@ class PeftMethod(Method):
         """The saved folder is peft's own adapter: copied file by file (the model is not loaded)."""
         files = [f for f in sorted(Path(saved_dir).iterdir()) if f.is_file()]
         if not (Path(saved_dir) / PEFT_CONFIG).is_file():
-            raise FileNotFoundError(f"no {PEFT_CONFIG} in {saved_dir}")
+            raise BadInput(f"no {PEFT_CONFIG} in {saved_dir}")
         for f in files:
             shutil.copyfile(f, Path(out_dir) / f.name)
         return f"copy of the peft {self.reads_peft} adapter in {saved_dir}"
@@ -179,8 +178,8 @@ class IA3(PeftMethod):
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF
 
         if isinstance(targets, str):
-            raise ValueError("ia3 needs a list of target module names (its feed-forward subset is "
-                             "taken from peft's per-architecture mapping)")
+            raise BadInput("ia3 needs a list of target module names (its feed-forward subset is "
+                           "taken from peft's per-architecture mapping)")
         # a target is feed-forward if it names one of peft's entries (e.g. gpt2's "mlp.c_proj") or
         # a more specific path ending in one ("h.0.mlp.c_proj", "mlp.down_proj")
         feedforward = [t for t in targets

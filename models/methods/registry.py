@@ -1,6 +1,7 @@
 """The registry: method name -> Method (models/methods/__init__.py registers the built-in methods).
-It imports nothing of the project, so a method file may ask it (e.g. for every method's option names)
+It imports nothing of the project but the leaf utils/errors.py, so a method file may ask it (e.g. for every method's option names)
 without an import cycle."""
+from utils.errors import BadInput
 
 
 REGISTRY: dict = {}  # method name -> its models.methods.base.Method
@@ -18,7 +19,7 @@ def register(method):
 
 def get_method(name: str):
     if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(REGISTRY)}")
+        raise BadInput(f"unknown method {name!r}; choose from {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -38,7 +39,7 @@ def method_for_peft_config(config: dict):
             return m
     readable = ", ".join(f"{m.reads_peft} ({m.name})" for m in REGISTRY.values() if m.reads_peft)
     kind = config.get("peft_type") + (" with use_dora" if config.get("use_dora") else "")
-    raise ValueError(f"no method here reads a peft {kind} adapter; readable: {readable}")
+    raise BadInput(f"no method here reads a peft {kind} adapter; readable: {readable}")
 
 
 def build(model, cfg):

@@ -9,7 +9,8 @@ configuration alike, and prints medians and ratios (also written to --out as JSO
   b  step.py        one optimizer step of the real SmolLM2-135M (and, with --gptneo_shaped, a random
                     GPT-Neo-1.3B-shaped model with fewer layers) per method: THE TRAINING RECIPE'S
                     step (training.recipe.TrainRecipe -> Trainer.train_step) on real records from
-                    --data_dir; peft's HiRA (not a registered method) as an HF mean-loss step
+                    --data_dir; peft's HiRA (not a registered method) as an HF mean-loss step;
+                    --torch_compile adds each method compiled (compile time, steady-state ratio)
   c  memory.py      peak memory of each (b) configuration, each in a fresh spawned subprocess
   d  svd.py         start-up cost of KnowHiRA's singular values (models.spectrum.sigma_norms)
   e  evaluation.py  evaluation throughput (examples/s) at batch 1 and 16, generation and

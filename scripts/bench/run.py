@@ -57,6 +57,9 @@ def parse_args(argv=None):
                    help="first records taken of each --step_data task")
     g.add_argument("--step_repeats", type=int, default=5)
     g.add_argument("--step_warmup", type=int, default=1)
+    g.add_argument("--torch_compile", action="store_true",
+                   help="(b) also time each registered method with --torch_compile, interleaved with its eager "
+                        "step: compile time (first step minus eager's) apart from the steady-state median")
     g.add_argument("--mem_steps", type=int, default=2, help="(c) steps per child (1st allocates AdamW)")
     g.add_argument("--child_timeout", type=float, default=1800)
     g.add_argument("--gptneo_shaped", action="store_true",

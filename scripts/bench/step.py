@@ -5,7 +5,10 @@ Registered methods (knowhira, hira, lora, fft) run THE RECIPE'S STEP: training.r
 Trainer.train_step(): the task loss summed over response tokens / their count, + λ·L_reg, backward,
 gradient clipping, AdamW step, scheduler step. peft's HiRA is not a registered method, so "peft-hira"
 is timed the old way on the same batches: HF's mean `.loss`, backward, AdamW step (no clipping, no
-scheduler), and labelled so in the JSON.
+scheduler), and labelled so in the JSON. With --torch_compile each registered method is also timed as
+"<method>+compile" (the recipe with --torch_compile, models/compile.py), interleaved with its eager step:
+every configuration's first step is timed alone (compile time = compiled first step - eager first step),
+the steady state is the median of the same steps' eager / compiled ratios.
 
 The records are real: the first --step_records training records of each --step_data task of
 --data_dir, copied into a temporary data folder; sequence lengths are what those records give (up to
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from scripts.bench.common import (FLOP_FORMULA, LORA_ALPHA, load_bit, matmul_params, median,
-                                  print_table, ratio, step_dtype, time_interleaved)
+                                  print_table, ratio, step_dtype, sync, time_interleaved)
 
 STEP_METHODS = ("knowhira", "hira", "peft-hira", "lora", "fft")
 PEFT_HIRA = "peft-hira"
@@ -129,14 +132,20 @@ def prepare_data(args, folder) -> dict:
 
 
 # ---- one step per method -------------------------------------------------------------------------
+COMPILED = "+compile"  # "knowhira+compile": the recipe's step with --torch_compile (models/compile.py)
+
+
 def recipe_values(args, model_kind: str, model_dir: str, method: str, data: dict, out_dir) -> dict:
-    """The TrainRecipe option values of one (b)/(c) configuration."""
+    """The TrainRecipe option values of one (b)/(c) configuration (method "<m>+compile": m, --torch_compile)."""
+    compiled = method.endswith(COMPILED)
+    method = method.removesuffix(COMPILED)
     return {"model_name": model_dir, "load_bit": load_bit(step_dtype(args, recipe_device())),
-            "peft_type": method, "r_ab": args.r, "target_modules": ",".join(targets_for(model_kind, args)),
-            "lora_alpha": LORA_ALPHA, "data_dir": data["data_dir"], "dataset": data["dataset"],
+            "torch_compile": compiled, "peft_type": method, "r_ab": args.r,
+            "target_modules": ",".join(targets_for(model_kind, args)), "lora_alpha": LORA_ALPHA,
+            "data_dir": data["data_dir"], "dataset": data["dataset"],
             "cutoff_len": args.cutoff_len, "val_size": 0, "batch": args.step_batch, "grad_acc": 1,
             "seed": 42, "eval_strategy": "no", "output_folder": str(out_dir),
-            "run_name": f"bench_{model_kind}_{method}"}
+            "run_name": f"bench_{model_kind}_{method}{'_compiled' if compiled else ''}"}
 
 
 def recipe_device() -> torch.device:
@@ -217,16 +226,53 @@ def make_step(name: str, values: dict):
 
 
 # ---- (b) ---------------------------------------------------------------------------------------
+def first_steps(steps: dict, device) -> dict[str, float]:
+    """Seconds of each configuration's first step (the same batch for all): a compiled one compiles there."""
+    first = {}
+    for name, step in steps.items():
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        first[name] = time.perf_counter() - t0
+    return first
+
+
+def compile_numbers(first: dict, times: dict) -> dict:
+    """Per compiled method: compile time = its first step - the eager first step (same batch, both
+    allocate AdamW's state); the steady state as the median over timed steps of eager / compiled of the
+    SAME step (interleaved: the same batch), which a recompile (a new guard, e.g. the first batch
+    without padding) or a batch of other length moves by one rank only; and the medians of each."""
+    out = {}
+    for name in first:
+        if name.endswith(COMPILED):
+            m = name.removesuffix(COMPILED)
+            paired = [e / c for e, c in zip(times[m], times[name])]
+            out[m] = {"first_step_s": first[name], "eager_first_step_s": first[m],
+                      "compile_s": first[name] - first[m], "steady_s": median(times[name]),
+                      "eager_steady_s": median(times[m]), "eager_over_compiled": median(paired),
+                      "eager_over_compiled_per_step": paired}
+    return out
+
+
 def bench_step_model(args, model_kind: str, model: dict, data: dict, out_dir) -> dict:
+    from torch._dynamo.utils import counters
+
     device = recipe_device()
     dtype_name = step_dtype(args, device)
     methods = args.methods.split(",")
+    if getattr(args, "torch_compile", False):  # each registered method also compiled, timed beside it
+        methods += [m + COMPILED for m in methods if m != PEFT_HIRA]
     steps, setup_s = {}, {}
     for m in methods:
         t0 = time.perf_counter()
         steps[m] = make_step(m, recipe_values(args, model_kind, model["dir"], m, data, out_dir))
         setup_s[m] = time.perf_counter() - t0
+    # with compiled configurations, every one's first step is timed alone (its compile time), then the rest
+    first = first_steps(steps, device) if any(m.endswith(COMPILED) for m in methods) else {}
+    graphs_after_first = counters["stats"]["unique_graphs"]
     times = time_interleaved(steps, args.step_repeats, args.step_warmup, device)
+    recompiled = counters["stats"]["unique_graphs"] - graphs_after_first
     timed_tokens = {m: s.tokens[-args.step_repeats:] for m, s in steps.items()}
     trainable = {m: s.n_trainable for m, s in steps.items()}
     kinds = {m: s.kind for m, s in steps.items()}
@@ -244,14 +290,21 @@ def bench_step_model(args, model_kind: str, model: dict, data: dict, out_dir) ->
         "cutoff_len": args.cutoff_len, "tokens": tokens, "mean_tokens_per_step": mean_tokens,
         "data": {k: v for k, v in data.items() if k != "data_dir"},  # data_dir: a temporary copy
         "protocol": (f"one optimizer step per call, median of {args.step_repeats} after "
-                     f"{args.step_warmup} warmup, methods interleaved, every method on the same "
-                     f"batches of real records; tokens = mean non-padding tokens per timed step"),
+                     + (f"1 + {args.step_warmup} warmup (the first timed alone: first_step_s)" if first
+                        else f"{args.step_warmup} warmup")
+                     + ", methods interleaved, every method on the same batches of real records; tokens = mean "
+                     "non-padding tokens per timed step"),
         "step_kind": kinds,
         "median_s": med, "all_s": times,
         "tokens_per_s": {m: sum(timed_tokens[m]) / sum(times[m]) for m in methods},
-        "trainable_params": trainable, "setup_s": setup_s, "matmul_params": n_matmul,
+        "trainable_params": trainable, "setup_s": setup_s, "first_step_s": first, "matmul_params": n_matmul,
         "flops_per_step_fft_equiv": flops, "flop_formula": FLOP_FORMULA,
     }
+    compiled = compile_numbers(first, times)
+    if compiled:
+        res["compile"] = {"per_method": compiled, "graphs_compiled_after_the_first_step": recompiled,
+                          "what": "models/compile.py: each decoder block, dynamic=True; compile_s = first "
+                                  "step compiled - first step eager (same batch)"}
     ref = {k: med[k] for k in ("lora", "peft-hira", "fft") if k in med}
     res["ratios"] = {f"{m} / {k}": ratio(med[m], v) for m in methods for k, v in ref.items()}
     rows = [[m + (" (HF mean loss)" if m == PEFT_HIRA else ""), med[m] * 1e3, res["tokens_per_s"][m]]
@@ -269,6 +322,12 @@ def bench_step_model(args, model_kind: str, model: dict, data: dict, out_dir) ->
                 f"{tokens:.0f} tokens/step on average (cutoff {args.cutoff_len}), r={args.r} "
                 f"(median of {args.step_repeats})", header, rows)
     print(f"  registered methods: {RECIPE_STEP}")
+    for m, c in compiled.items():
+        print(f"  {m}{COMPILED} (--torch_compile): compile {c['compile_s']:.1f} s (first step "
+              f"{c['first_step_s']:.1f} s vs eager {c['eager_first_step_s']:.2f} s); steady state eager / compiled "
+              f"{c['eager_over_compiled']:.3f}x (median of the same steps' ratios; medians "
+              f"{c['eager_steady_s'] * 1e3:.4g} / {c['steady_s'] * 1e3:.4g} ms)"
+              f"{f'; {recompiled} graphs compiled after the first step' if recompiled else ''}")
     if PEFT_HIRA in methods:
         print(f"  peft-hira: {PEFT_HIRA_STEP}")
     if device.type == "cuda":

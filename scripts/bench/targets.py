@@ -25,6 +25,9 @@ TARGETS = {
     "step_vs_peft_hira": Target("Step (b) SmolLM2: knowhira / peft-hira", "<=", 0.90,
                                 "recipe step vs peft HiRA's HF mean-loss step (no clipping, no "
                                 "scheduler), median ratio"),
+    "compile_gain": Target("Step (b) SmolLM2: knowhira eager / --torch_compile", ">=", 1.2,
+                           "steady state: median over the timed steps of eager / compiled of the same step "
+                           "(compile time apart), bench --torch_compile"),
     "memory_vs_lora": Target("Memory (c) {kind}: knowhira peak / lora peak", "<=", 1.10,
                              "peak memory above the built model during training steps"),
     "eval_batching": Target("Eval (e) {method} {mode}: batch {b1} / batch {b0} examples/s", ">=", 5.0,
@@ -56,6 +59,11 @@ def target_checks(results: dict) -> list[dict]:
             if "knowhira" in m and ref in m:
                 checks.append(check(key, ratio(m["knowhira"], m[ref]),
                                     f"{m['knowhira'] * 1e3:.4g} ms vs {m[ref] * 1e3:.4g} ms"))
+        compiled = step.get("compile", {}).get("per_method", {}).get("knowhira")
+        if compiled:
+            checks.append(check("compile_gain", compiled["eager_over_compiled"],
+                                f"{compiled['eager_steady_s'] * 1e3:.4g} ms vs {compiled['steady_s'] * 1e3:.4g} ms; "
+                                f"compile {compiled['compile_s']:.0f} s"))
     for kind, mem in results.get("memory", {}).items():
         rows = mem["per_method"]
         k, lo = rows.get("knowhira", {}), rows.get("lora", {})

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from models.adapter import adapter_layers
-from models.hadamard import HadamardLinear, acc_dtype, base_weight
+from models.hadamard import HadamardLinear
+from models.layers import acc_dtype, base_weight
+from utils.errors import BadInput
 
 
 def sb_layers(model: nn.Module) -> dict[str, HadamardLinear]:
@@ -93,8 +95,8 @@ def accumulate_full_gradients(model: nn.Module, batches, loss_fn, offload_to_cpu
                          "models.methods.build(model, HiRASBConfig(...))")
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embed is None:
-        raise ValueError(f"{type(model).__name__} has no get_input_embeddings(); the gradient pass "
-                         f"needs the input embeddings to make the graph differentiable")
+        raise BadInput(f"{type(model).__name__} has no get_input_embeddings(); the gradient pass "
+                       f"needs the input embeddings to make the graph differentiable")
 
     grads: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
@@ -173,7 +175,7 @@ def _svd_factors(w0: torch.Tensor, g: torch.Tensor, r: int):
     if g.shape != w0.shape:
         raise ValueError(f"gradient shape {tuple(g.shape)} != weight shape {tuple(w0.shape)}")
     if not 0 < r <= min(out_f, in_f):
-        raise ValueError(f"rank r={r} must be in [1, min(out, in)] = [1, {min(out_f, in_f)}]")
+        raise BadInput(f"rank r={r} must be in [1, min(out, in)] = [1, {min(out_f, in_f)}]")
     acc = acc_dtype(w0.dtype)
     h = w0.detach().to(acc) * g.to(device=w0.device, dtype=acc)  # H = ∂L/∂M = W0 ⊙ G
     u, s, vh = torch.linalg.svd(h, full_matrices=False)
@@ -287,7 +289,7 @@ def hira_sb_initialise(model: nn.Module, batches, loss_fn, eta: float,
     layers = sb_layers(model)
     for name, layer in layers.items():
         if layer.scale == 0:
-            raise ValueError(f"layer {name} has scale 0; HiRA-SB needs s != 0")
+            raise BadInput(f"layer {name} has scale 0; HiRA-SB needs s != 0")
     grads = accumulate_full_gradients(model, batches, loss_fn, offload_to_cpu=offload_to_cpu)
     report = {}
     for name in list(grads):
