@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # the other command lines: their flags are the string literals opening their add_argument calls
 OTHER_CLIS = ["analyze_results.py", "analyze_adapter.py", "scripts/sweep_table.py", "scripts/knowledge_rules.py",
-              "scripts/bench/run.py", "scripts/memory_estimate.py", "scripts/probe_bad_inputs.py",
+              "scripts/bench/run.py", "scripts/memory_estimate.py", "tests/robustness/probe.py",
               "download_all_eval_datasets.py", "data/download.py"]
 EXTERNAL_FLAGS = {"--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_endpoint", "--rdzv_backend",
                   "--standalone", "--dist", "--durations", "--index-url", "--extra-index-url", "--upgrade"}

@@ -1,5 +1,5 @@
 """Issue #13: every bad input a one-line error with nothing left behind, explicit resume, checkpoints
-that never hold NaN. One test per case of scripts/probe_bad_inputs.py's table (the probe and these
+that never hold NaN. One test per case of tests/robustness/cases.py's table (the probe and these
 tests are one source): each case runs train_knowhira.py as its own process on tiny RANDOM Llama
 models and 40-record copies of the real data files, and asserts the exit status (2 bad input, 3
 non-finite training, 130 Ctrl-C, 1 a full disk, 0 where the run goes on; SIGTERM and SIGKILL kill),
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.probe_bad_inputs import BY_NAME, CASES
+from tests.robustness.cases import BY_NAME, CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def probe(request, tmp_path_factory):
     names = [item.callspec.params["case"] for item in request.session.items
              if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
     out = tmp_path_factory.mktemp("probe") / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "scripts.probe_bad_inputs", "--json", str(out),  # from the root
+    proc = subprocess.run([sys.executable, "-m", "tests.robustness", "--json", str(out),  # from the root
                            "--cases", ",".join(names or ["unknown_flag"])], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
     if not out.is_file():

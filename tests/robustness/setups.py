@@ -1,0 +1,381 @@
+"""The probe's table, part one: the constants, the Case record, the command templates (T, REF, E, R),
+the setups that prepare a scratch folder and the checks of what a case may leave on disk (cases.py
+holds the table itself; probe.py says how it all runs)."""
+import json
+import re
+import shutil
+import signal
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+TIMEOUT = 300  # seconds per command
+N_RECORDS = 40  # records per data file copy
+TASKS = ("boolq", "openbookqa")
+
+
+# ---- the case table ------------------------------------------------------------------------------
+@dataclass
+class Case:
+    name: str
+    defect: str  # the issue's item ("1".."16"), or "old" (inputs checked before the issue)
+    what: str  # one line for the table
+    argv: list  # templates: {model} {data} {work} {out} {run}
+    exit: int
+    words: tuple = ()  # in the message line (exit != 0) or anywhere in stdout+stderr (exit 0)
+    setup: Callable | None = None  # setup(ctx): prepare the scratch folder (before the snapshot)
+    check: Callable | None = None  # check(ctx, result) -> (problems, leftovers text); None: nothing new
+    strict: bool = True  # stderr exactly one line; False: one line besides progress bars and notes
+    interrupt: Callable | None = None  # send `signal` to the command once interrupt(ctx) is true
+    signal: int = signal.SIGINT
+    fault: str | None = None  # "enospc": simulated full disk (when no tmpfs can be mounted)
+
+
+def T(*extra):
+    """The issue's training command T (tiny Llama, boolq, r 4, 2 steps) plus `extra` (later flags win)."""
+    return ["--model_name", "{model}", "--data_dir", "{data}", "--dataset", "boolq",
+            "--target_modules", "q_proj,v_proj", "--r_ab", "4", "--batch", "2", "--max_steps", "2",
+            "--val_size", "4", "--output_folder", "{out}", "--run_name", "r", *extra]
+
+
+def REF(*extra):
+    """T for 12 steps without validation: the shared reference run's command (interruption cases)."""
+    return T("--max_steps", "12", "--eval_strategy", "no", "--save_steps", "1000", *extra)
+
+
+def E(*extra):
+    """The issue's evaluation command E on the run copy {run}."""
+    return ["--ckpt", "{run}", "--data_dir", "{data}", "--dataset", "boolq", "--max_examples", "4", *extra]
+
+
+def R(*extra):
+    """--resume of the run copy {run}."""
+    return ["--resume", "{run}", *extra]
+
+
+# setups ------------------------------------------------------------------------------------------
+def copy_run(ctx):
+    """A copy of the shared 2-step run (checkpoints step 1 and 2, best/, final/) at {run}."""
+    shutil.copytree(ctx.base_run, ctx.run)
+
+
+def copy_run_as_new_run_name(ctx):
+    shutil.copytree(ctx.base_run, ctx.out / "r")
+
+
+def then(*steps):
+    def setup(ctx):
+        for s in steps:
+            s(ctx)
+    return setup
+
+
+def edit_args(**changes):
+    def edit(ctx):
+        path = ctx.run / "args.json"
+        saved = json.loads(path.read_text())
+        saved.update({k: v.format(**ctx.vars) if isinstance(v, str) else v for k, v in changes.items()})
+        path.write_text(json.dumps(saved, indent=2))
+    return edit
+
+
+def write(rel, text):
+    """Write `text` to {work}/rel."""
+    def w(ctx):
+        path = ctx.work / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return w
+
+
+def mkdir(rel):
+    def m(ctx):
+        (ctx.work / rel).mkdir(parents=True, exist_ok=True)
+    return m
+
+
+def copy_model(ctx, keep=None, broken=None):
+    """{work}/m: a copy of the tiny model's folder (only the files `keep`; `broken` overwritten with '{')."""
+    dst = ctx.work / "m"
+    dst.mkdir()
+    for f in ctx.model.iterdir():
+        if keep is None or f.name in keep:
+            shutil.copy(f, dst / f.name)
+    if broken:
+        (dst / broken).write_text("{")
+
+
+def adapter_weights(run: Path) -> Path:
+    """The saved adapter's tensor file in best/ (this project's name, or the name older runs used)."""
+    for name in ("knowhira_adapter.safetensors", "adapter_model.safetensors"):
+        if (run / "best" / name).is_file():
+            return run / "best" / name
+    raise FileNotFoundError(f"no adapter in {run / 'best'}")
+
+
+def adapter_config(run: Path) -> Path:
+    for name in ("knowhira_adapter.json", "adapter_config.json"):
+        if (run / "best" / name).is_file():
+            return run / "best" / name
+    raise FileNotFoundError(f"no adapter config in {run / 'best'}")
+
+
+def truncate(path_fn, size):
+    def t(ctx):
+        path = path_fn(ctx)
+        with open(path, "r+b") as f:
+            f.truncate(size)
+    return t
+
+
+def nan_tensors(path_fn, pattern=r"hira_[AB]$"):
+    """Overwrite the data of the F32 tensors whose name matches `pattern` with NaN (header intact)."""
+    def n(ctx):
+        path = path_fn(ctx)
+        raw = bytearray(path.read_bytes())
+        (hlen,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + hlen])
+        hit = 0
+        for name, info in header.items():
+            if name != "__metadata__" and re.search(pattern, name) and info["dtype"] == "F32":
+                lo, hi = info["data_offsets"]
+                raw[8 + hlen + lo:8 + hlen + hi] = struct.pack("<f", float("nan")) * ((hi - lo) // 4)
+                hit += 1
+        assert hit, f"no tensor matching {pattern} in {path}"
+        path.write_bytes(bytes(raw))
+    return n
+
+
+def edit_json(path_fn, fn):
+    def e(ctx):
+        path = path_fn(ctx)
+        path.write_text(json.dumps(fn(json.loads(path.read_text())), indent=2))
+    return e
+
+
+def data_copy(mutate):
+    """A private copy of the data folder at {work}/data with mutate(records of boolq/train.json)."""
+    def d(ctx):
+        dst = ctx.work / "data"
+        shutil.copytree(ctx.data, dst)
+        path = dst / "boolq" / "train.json"
+        path.write_text(mutate(json.loads(path.read_text())))
+        ctx.vars["data"] = str(dst)
+    return d
+
+
+def run_on_changed_data(ctx):
+    """The run copy as if trained on a private data folder {work}/data (args.json's and the checkpoints'
+    data_dir moved there), whose boolq/train.json then loses its last 5 records."""
+    import torch
+
+    data_copy(lambda records: json.dumps(records[:-5]))(ctx)
+    edit_args(data_dir="{data}")(ctx)
+    for state_file in (ctx.run / "checkpoints").glob("step_*/state.pt"):
+        state = torch.load(state_file, weights_only=True)
+        state["config"]["data_dir"] = ctx.vars["data"]
+        torch.save(state, state_file)
+
+
+def test_file(mutate):
+    def d(ctx):
+        dst = ctx.work / "data"
+        if not dst.exists():
+            shutil.copytree(ctx.data, dst)
+        path = dst / "boolq" / "test.json"
+        changed = mutate(json.loads(path.read_text()))
+        path.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+        ctx.vars["data"] = str(dst)
+    return d
+
+
+def long_response(records):
+    records[7] = {**records[7], "output": "the correct answer is " + " ".join(["very"] * 600) + " true"}
+    return json.dumps(records)
+
+
+def long_question(records):
+    records = records[:4]
+    records[1] = {**records[1], "instruction": " ".join(["Is it so?"] * 300) + "\n\n" + records[1]["instruction"]}
+    return records
+
+
+def bad_answer(records):
+    records[2] = {**records[2], "answer": "maybe"}
+    return records
+
+
+def hold_lock(ctx):
+    """Another process training in {run}: its RUN/.lock held (an open file description of our own)."""
+    import fcntl
+
+    ctx.lock = open(ctx.run / ".lock", "a")
+    fcntl.flock(ctx.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove(rel_fn):
+    def r(ctx):
+        path = rel_fn(ctx)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return r
+
+
+def loss_png_is_a_folder(ctx):
+    (ctx.run / "loss.png").unlink()
+    (ctx.run / "loss.png" / "x").mkdir(parents=True)
+
+
+def small_disk(ctx):
+    """{out} on a tmpfs too small for a run (or, without root, a simulated ENOSPC; ctx.fault)."""
+    disk = ctx.work / "disk"
+    disk.mkdir()
+    if ctx.mode_full_disk == "tmpfs":
+        import subprocess
+
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(disk)], check=True)
+        ctx.mounted.append(disk)
+    ctx.vars["out"] = str(disk / "out")
+    ctx.out = disk / "out"
+
+
+# checks ------------------------------------------------------------------------------------------
+def log_steps(run: Path) -> list:
+    path = run / "log.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def finite_file(path: Path) -> bool:
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    return all(bool(np.isfinite(v).all()) for v in load_file(str(path)).values())
+
+
+def checkpoints(run: Path) -> list:
+    root = run / "checkpoints"
+    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+
+
+def latest_of(run: Path):
+    pointer = run / "checkpoints" / "latest"
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def resumed_run_check(steps, *words):
+    """A resumed run that goes on: the log holds each step once, 1..steps; `latest` is step `steps`."""
+    def check(ctx, result):
+        problems = []
+        got = log_steps(ctx.run)
+        if got != list(range(1, steps + 1)):
+            problems.append(f"log steps {got}, expected 1..{steps} once each")
+        if latest_of(ctx.run) != f"step_{steps:06d}":
+            problems.append(f"latest is {latest_of(ctx.run)}")
+        return problems, f"run continued to step {steps}; log steps {got[0] if got else '-'}..{got[-1] if got else '-'} once each"
+    return check
+
+
+def nothing_but(*allowed):
+    """Nothing new except changes to paths matching one of the regexes `allowed`."""
+    def check(ctx, result):
+        changes = [c for c in ctx.diff if not any(re.search(a, c[1:]) for a in allowed)]
+        return ([f"unexpected change {c}" for c in changes[:5]],
+                "nothing new" if not ctx.diff else "only " + ", ".join(sorted({c for c in ctx.diff}))[:120])
+    return check
+
+
+def diverged_check(ctx, result):
+    """Exit 3: every checkpoint left is finite and `latest` names one that --resume can continue
+    from (its next step is finite); or, without one, no run folder at all."""
+    run = ctx.out / "r"
+    if not run.exists():
+        return [], "no run folder (no good checkpoint was written)"
+    problems = []
+    cks = checkpoints(run)
+    bad = [c.name for c in cks if not finite_file(c / "trainable.safetensors")]
+    if bad:
+        problems.append(f"non-finite checkpoints {bad}")
+    latest = latest_of(run)
+    if latest is None or not (run / "checkpoints" / latest).is_dir():
+        problems.append(f"latest {latest!r} names no checkpoint")
+        return problems, f"run folder with {[c.name for c in cks]}"
+    if latest not in result.message:
+        problems.append(f"the message does not name {latest}")
+    step = int(latest.split("_")[1])
+    again = ctx.invoke(["--resume", str(run)], strict=False)
+    m = re.search(r"at step (\d+)", again.message)
+    if again.rc == 3 and m and int(m.group(1)) <= step + 1:
+        problems.append(f"--resume fails at once (from {latest}): {again.message}")
+    elif again.rc not in (0, 3) or again.traceback:
+        problems.append(f"--resume: exit {again.rc}: {again.message}")
+    return problems, (f"run folder, {len(cks)} finite checkpoint(s), latest {latest}; --resume trains on "
+                      f"(exit {again.rc}{', then ' + again.message[:60] if again.rc else ''})")
+
+
+def no_run_folder(ctx, result):
+    return ([f"left {c}" for c in ctx.diff[:5]], "nothing new (the failed new run's folder was removed)")
+
+
+def losses(run: Path) -> list:
+    return [json.loads(line)["loss_task"] for line in (run / "log.jsonl").read_text().splitlines() if line]
+
+
+def interrupted_check(last_step_saved: bool):
+    """The run stopped part way with `latest` naming a complete checkpoint (of its last logged step
+    after Ctrl-C); --resume finishes it with the losses of the uninterrupted reference run, each
+    step logged once."""
+    def check(ctx, result):
+        run, problems = ctx.out / "r", []
+        latest, steps = latest_of(run), log_steps(run)
+        if latest is None or not (run / "checkpoints" / latest / "state.pt").is_file():
+            return [f"latest {latest} names no complete checkpoint"], "run folder without a checkpoint"
+        if last_step_saved and latest != f"step_{steps[-1]:06d}":
+            problems.append(f"latest {latest} is not the last logged step {steps[-1:]}")
+        again = ctx.invoke(["--resume", str(run)], strict=False)
+        ref = losses(ctx.ref_run)
+        if again.rc != 0:
+            problems.append(f"--resume: exit {again.rc}: {again.message}")
+        elif log_steps(run) != list(range(1, len(ref) + 1)):
+            problems.append(f"log after resume {log_steps(run)}")
+        elif max(abs(a - b) for a, b in zip(losses(run), ref)) > 1e-6:
+            problems.append(f"losses differ from the uninterrupted run: {losses(run)} vs {ref}")
+        return problems, (f"run folder, stopped at step {steps[-1] if steps else 0} with checkpoint {latest}; "
+                          f"--resume finishes it with the uninterrupted run's losses (exit {again.rc})")
+    return check
+
+
+def full_disk_check(ctx, result):
+    run = ctx.out / "r"
+    if not run.exists():
+        return [], "nothing new (the failed new run's folder was removed)"
+    latest = latest_of(run)
+    ok = latest is not None and (run / "checkpoints" / latest / "state.pt").is_file()
+    return ([] if ok else [f"run folder left without a complete checkpoint: {sorted(p.name for p in run.iterdir())}"],
+            f"run folder with complete checkpoint {latest}")
+
+
+def modes_check(ctx, result):
+    problems = []
+    run = ctx.out / "r"
+    for p in sorted(run.rglob("*")):
+        if p.is_file() and p.name != ".lock":
+            mode = p.stat().st_mode & 0o777
+            if mode != 0o644:
+                problems.append(f"{p.relative_to(run)} has mode {oct(mode)}")
+    return problems[:5], "a finished run; every file mode 0644 (umask 022)"
+
+
+def results_json_check(ctx, result):
+    problems = []
+    results = json.loads((ctx.run / "results.json").read_text())
+    task = results.get("tasks", {}).get("boolq", {})
+    if task.get("truncated_prompts") != 1:
+        problems.append(f"results.json tasks.boolq.truncated_prompts = {task.get('truncated_prompts')!r}, expected 1")
+    rows = (ctx.run / "eval" / "boolq.jsonl").read_text().splitlines()
+    if len(rows) != 4:
+        problems.append(f"{len(rows)} rows in eval/boolq.jsonl")
+    return problems, f"results.json (truncated_prompts {task.get('truncated_prompts')}), eval/boolq.jsonl"
+
+
+def ckpt_of(step):
+    return lambda ctx: ctx.run / "checkpoints" / f"step_{step:06d}"
