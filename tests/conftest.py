@@ -1,5 +1,6 @@
 """Shared fixtures: the real GPT-2 tokenizer and the real commonsense data folder (from env vars),
 and tiny RANDOMLY INITIALISED GPT-Neo / GPT-2 / Llama models for fast tests."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -128,6 +129,17 @@ def boolq_dir(tmp_path_factory, data_dir):
         records = json.loads((data_dir / "boolq" / f"{split}.json").read_text())[:30]
         (out / "boolq" / f"{split}.json").write_text(json.dumps(records))
     return out
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread while an in-process run trains (the xdist workers share the 2 cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def run_main(argv, capsys):

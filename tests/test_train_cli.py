@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_knowhira
-from conftest import run_main
+from conftest import one_thread, run_main
 from data.options import DataOptions
 from models.get_models import ModelOptions
 from models.methods.knowhira import KnowHiRAConfig
@@ -358,23 +358,17 @@ def one_line(err: str) -> str:
 
 @pytest.fixture
 def threads1():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_neo_dir, small_data_dir):
     """A finished 2-step KnowHiRA run (in-process), to evaluate and to copy for resuming."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("tiny_run")
+    out = tmp_path_factory.mktemp("tiny_run")
+    with one_thread():
         assert train_knowhira.main([str(a) for a in tiny_train_args(
             tiny_neo_dir, small_data_dir, out, "--max_steps", 2, "--run_name", "tiny")]) == 0
-    finally:
-        torch.set_num_threads(n)
     return out / "tiny"
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train_knowhira
-from conftest import run_main
+from conftest import one_thread, run_main
 
 TARGETS = "q_proj,v_proj,out_proj,c_fc,c_proj"
 
@@ -35,10 +35,8 @@ def snapshot(folder) -> dict:
 
 @pytest.fixture
 def threads1():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 @pytest.fixture
@@ -120,14 +118,10 @@ def test_resume_of_a_checkpoint_without_data_fingerprint(own_data, tiny_neo_dir,
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_neo_dir, small_data_dir):
     """A finished 2-step run whose files the foreign folders below are made of."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("finished")
+    out = tmp_path_factory.mktemp("finished")
+    with one_thread():
         assert train_knowhira.main([str(a) for a in train_args(tiny_neo_dir, small_data_dir, out, "r",
                                                                 "--max_steps", 2)]) == 0
-    finally:
-        torch.set_num_threads(n)
     return out / "r"
 
 
