@@ -28,6 +28,6 @@ class DataOptions(Options):
     train_on_inputs: bool | None = option(None, "also put loss on the prompt (default: the protocol's; on "
                                           "for llm_adapters)")
     cache_dir: str = option(DEFAULT_CACHE_DIR, "tokenised features are kept here and reused by runs with the "
-                            "same records, tokenizer and data options (data/cache.py); 'none' = off; env "
+                            "same records, tokenizer and data options (data/features.py: Arrow files); 'none' = off; env "
                             "KNOWHIRA_CACHE")
     val_size: int = option(120, "held-out validation examples (seed 42)", check=non_negative)
