@@ -85,3 +85,18 @@ def test_record_place_names_the_hub_split(folders):
         == f"hf:{repo}:openbookqa train record 4"
     one = load_train_data("unused", f"hf:{repo}:boolq")
     assert record_place("unused", f"hf:{repo}:boolq", one, one[7]) == f"hf:{repo}:boolq train record 7"
+
+
+def test_a_run_on_the_hub_layout_trains_as_on_the_local_files(folders, tiny_neo_dir, tmp_path, capsys):
+    from conftest import run_main
+
+    local, repo = folders
+    logs = []
+    for name, data in (("local", local), ("hub", f"hf:{repo}")):
+        rc, err = run_main(["--model_name", tiny_neo_dir, "--data_dir", data, "--dataset", "mix:boolq,openbookqa",
+                            "--peft_type", "hira", "--r_ab", "4", "--max_steps", "2", "--batch", "2", "--val_size", "4",
+                            "--eval_steps", "2", "--output_folder", tmp_path / "runs", "--run_name", name], capsys)
+        assert rc == 0, err
+        logs.append([{k: v for k, v in json.loads(line).items() if k not in ("time", "tokens_per_s")}
+                     for line in (tmp_path / "runs" / name / "log.jsonl").read_text().splitlines()])
+    assert logs[0] == logs[1] and len(logs[0]) >= 2

@@ -113,8 +113,8 @@ class TrainRecipe:
         import torch
         from accelerate import Accelerator
 
-        from data.features import tokenized
         from data.commonsense import DataError, fingerprint, load_train_data, record_place, split_validation, train_files
+        from data.features import tokenized
         from models.adapter import count_trainable
         from models.get_models import load_base_model
         from training.trackers import check_report_to
