@@ -36,7 +36,8 @@ def hub_rows(repo: str, config: str | None, split: str) -> list[dict]:
     data/commonsense.py, turns them into its one-line DataError)."""
     from datasets import load_dataset
 
-    return [{k: v for k, v in row.items() if v is not None} for row in load_dataset(repo, config, split=split).to_list()]
+    rows = load_dataset(repo, config, split=split).to_list()
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def hub_configs(repo: str) -> list[str]:

@@ -12,8 +12,8 @@ DEFAULT_CACHE_DIR = os.environ.get("KNOWHIRA_CACHE", os.path.join(os.path.expand
 
 @dataclass
 class DataOptions(Options):
-    dataset: str = option("common_170k", "training: common_170k | mix:task1,task2,... | task | hf:<repo>[:<config>] (a Hub dataset's train "
-                          "split, data/hub.py); "
+    dataset: str = option("common_170k", "training: common_170k | mix:task1,task2,... | task | "
+                          "hf:<repo>[:<config>] (a Hub dataset's train split, data/hub.py); "
                           "evaluation (--ckpt): task name, alias, comma list, or all")
     data_dir: str = option(DEFAULT_DATA_DIR, "folder with <task>/{train,test}.json, or hf:<repo>: a Hub dataset with "
                           "one config per task (env KNOWHIRA_DATA_DIR)")

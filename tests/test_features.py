@@ -82,8 +82,8 @@ def test_a_second_process_reads_the_file_and_does_not_tokenise(data_dir, gpt2_to
     env = dict(os.environ, KNOWHIRA_TOKENIZER_DIR=gpt2_tokenizer.name_or_path, KNOWHIRA_DATA_DIR=str(data_dir))
     runs = []
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), json.dumps(OPTIONS)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), json.dumps(OPTIONS)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         runs.append(json.loads(done.stdout.splitlines()[-1]))
         if len(runs) == 1:
