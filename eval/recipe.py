@@ -49,11 +49,11 @@ CONFIGURATION = ("method", "model_name", "adapter", "seed", "lr", "protocol", "a
 
 def eval_tasks(spec: str, data_dir) -> tuple[list[str], list[str]]:
     """(tasks to run, tasks skipped because their test file is missing)."""
-    from data.commonsense import task_file
+    from data.commonsense import has_split
     from data.tasks import TASKS, resolve_task
 
     if spec == "all":
-        present = [t for t in TASKS if task_file(data_dir, t, "test").is_file()]
+        present = [t for t in TASKS if has_split(data_dir, t, "test")]
         return present, [t for t in TASKS if t not in present]
     return [resolve_task(t) for t in spec.split(",") if t.strip()], []
 

@@ -112,10 +112,9 @@ class TrainRecipe:
         """Everything that can fail on bad input happens here, before the run folder exists."""
         import torch
         from accelerate import Accelerator
-        from tqdm.auto import tqdm
 
-        from data.cache import cached_features
         from data.commonsense import DataError, fingerprint, load_train_data, record_place, split_validation, train_files
+        from data.features import tokenized
         from models.adapter import count_trainable
         from models.get_models import load_base_model
         from training.trackers import check_report_to
@@ -137,22 +136,18 @@ class TrainRecipe:
             raise BadInput(f"--cutoff_len {self.data.cutoff_len} exceeds the {max_pos} positions of "
                            f"{self.model_opts.model_name} (config max_position_embeddings)")
 
-        def tokenize(recs, desc):
-            options = {k: getattr(self.data, k) for k in ("protocol", "cutoff_len", "train_on_inputs", "answer_format")}
-            return cached_features(recs, self.tokenizer, options, lambda rs: tokenize_all(rs, desc),
-                                   self.data.cache_dir, write=self.accelerator.is_main_process)
+        def example(r):
+            try:
+                return train_example(self.protocol, self.tokenizer, r, None, self.data.answer_format,
+                                     self.data.cutoff_len, self.data.train_on_inputs)
+            except BadInput as e:  # e.g. a response longer than --cutoff_len: name file and record
+                raise DataError(f"{record_place(self.data.data_dir, self.data.dataset, records, r)}: {e}") from None
 
-        def tokenize_all(recs, desc):
-            features = []
-            with tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2) as bar:  # closed before an error
-                for r in bar:
-                    try:
-                        features.append(train_example(self.protocol, self.tokenizer, r, None, self.data.answer_format,
-                                                      self.data.cutoff_len, self.data.train_on_inputs))
-                    except BadInput as e:  # e.g. a response longer than --cutoff_len: name file and record
-                        where = record_place(self.data.data_dir, self.data.dataset, records, r)
-                        raise DataError(f"{where}: {e}") from None
-            return features
+        def tokenize(recs, desc):  # the main process first: the other ranks memory-map the file it writes
+            options = {k: getattr(self.data, k) for k in ("protocol", "cutoff_len", "train_on_inputs", "answer_format")}
+            with self.accelerator.main_process_first():
+                return tokenized(recs, self.tokenizer, options, example, self.data.cache_dir, desc,
+                                 write=self.accelerator.is_main_process)
 
         self.train_features = tokenize(train_records, "train")
         self.val_features = tokenize(val_records, "validation")

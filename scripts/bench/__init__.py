@@ -16,6 +16,9 @@ configuration alike, and prints medians and ratios (also written to --out as JSO
   e  evaluation.py  evaluation throughput (examples/s) at batch 1 and 16, generation and
                     log-likelihood scoring, on real BoolQ test prompts from --data_dir
 
+The tokenised-feature cache at Commonsense-170K size (Arrow vs the .npz cache it replaced, cold and warm,
+1 and 2 torchrun ranks, seconds and peak RSS) is its own command: `python -m scripts.bench.data` (data.py).
+
 common.py holds the timing helpers, targets.py the PASS/MISS target table, run.py the flags and the
 dispatch. Usage, from the repository root (small sizes for a busy CPU; the defaults are the issue's):
 
