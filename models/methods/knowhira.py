@@ -14,7 +14,7 @@ from torch import nn
 from models.adapter import adapter_layers
 from models.hadamard import HadamardLinear
 from models.layers import base_weight
-from models.methods.base import LayerDelta
+from models.methods.capabilities import LayerDelta
 from models.methods.hira import HiRA, HiRAConfig
 from models.spectrum import sigma_norms, spectrum_row_scale
 from utils.errors import BadInput
