@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.adapter import ADAPTER_CONFIG, LEGACY_CONFIG, PEFT_CONFIG
+from models.compat import has_adapter_config
+from models.files import PEFT_CONFIG
 from models.get_models import ModelOptions
 from utils.atomic import fsync_dir
 from utils.errors import BadInput
@@ -62,7 +63,7 @@ def checkpoint_kind(ckpt) -> str:
         return "run"
     if peft_adapter_config(path) is not None:
         return "peft"
-    if (path / ADAPTER_CONFIG).is_file() or (path / LEGACY_CONFIG).is_file():
+    if has_adapter_config(path):
         raise BadInput(f"--ckpt {ckpt} is an adapter folder of a run, not a run: pass the run folder "
                        f"({path.parent}), whose args.json names the base model")
     raise BadInput(f"--ckpt {ckpt}: no args.json there (not a run folder) and no "

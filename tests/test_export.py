@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_main, tiny_model
-from models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LEGACY_CONFIG, LEGACY_WEIGHTS, adapter_layers
+from models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_layers
+from models.compat import LEGACY_CONFIG, LEGACY_WEIGHTS
 from models.export import export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
 from models.methods import REGISTRY, get_method, training_hooks

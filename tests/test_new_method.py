@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import analyze_adapter
@@ -24,6 +24,7 @@ import train_knowhira
 from models.hadamard import HadamardLinear
 from models.methods import REGISTRY, Method, MethodConfig, register
 from models.methods.hira import HadamardConfig, HiRA
+from utils.atomic import atomic_save_safetensors
 from utils.options import option, positive
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -79,8 +80,8 @@ class NormTune(Method):
 
     def save(self, model, cfg, out_dir, write=True):
         if write:
-            save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-                      str(Path(out_dir) / "norms.safetensors"))
+            atomic_save_safetensors({n: p for n, p in model.named_parameters() if p.requires_grad},
+                                    Path(out_dir) / "norms.safetensors")
 
     def load(self, model, saved_dir):
         model.load_state_dict(load_file(str(Path(saved_dir) / "norms.safetensors")), strict=False)

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from models import adapter as layers
+from models.compat import FLAG_ALIASES, adapter_file, check_adapter_keys, upgrade_adapter_config
+from models.files import ADAPTER_CONFIG
 from models.methods.capabilities import Analysable, LayerDelta, Mergeable
 from models.targets import resolve_targets
 from utils.errors import BadInput
@@ -78,7 +80,7 @@ class LowRankConfig(TargetsConfig):
     r_ab: int = option(32, "rank r (B out x r, A r x in; LoRA/DoRA/KaSA rank; HiRA-SB's R is r x r)",
                        check=positive)
     adapter_dropout: float = option(0.0, "dropout on the adapter path's input", check=in_range(0, 1, high_open=True),
-                                    aliases=("--lora_dropout",))
+                                    aliases=FLAG_ALIASES["adapter_dropout"])
 
 
 class Method:
@@ -99,8 +101,8 @@ class Method:
         raise NotImplementedError
 
     def save(self, model: nn.Module, cfg, out_dir, write: bool = True) -> None:
-        """Write the trained state. Called on every rank (under FSDP2 gathering is collective);
-        only `write=True` writes."""
+        """Write the trained state into `out_dir` (made here if absent: utils/atomic.py's writers do).
+        Called on every rank (under FSDP2 gathering is collective); only `write=True` writes."""
         raise NotImplementedError
 
     def load(self, model: nn.Module, saved_dir) -> nn.Module:
@@ -135,7 +137,7 @@ class AdapterMethod(Method, Mergeable, Analysable):
 
     def load(self, model, saved_dir):
         saved = layers.read_adapter_config(saved_dir)
-        self.check_saved_keys(saved, layers.adapter_file(saved_dir, layers.ADAPTER_CONFIG))
+        check_adapter_keys(saved, adapter_file(saved_dir, ADAPTER_CONFIG), self.name)
         cfg = self.config_from_saved(saved)
         self.build(model, cfg, compute=False)
         layers.load_adapter_tensors(model, saved_dir)
@@ -156,21 +158,5 @@ class AdapterMethod(Method, Mergeable, Analysable):
         w0 = layers.base_weight(layer.base).detach().float()
         return LayerDelta(name, layer.delta_weight().detach().float(), w0, w0, layer.r)
 
-    # adapter_config.json of runs made before the redesign used the layer's own names
-    RENAMED = {"r": "r_ab", "scale": "hira_scale", "dropout": "adapter_dropout"}
-
     def config_from_saved(self, values: dict):
-        return super().config_from_saved({self.RENAMED.get(k, k): v for k, v in values.items()})
-
-    def check_saved_keys(self, saved: dict, path) -> None:
-        """A key of the saved adapter config that is no option here is an error naming it and the file
-        (the old AdapterConfig held every method's fields: those, and its renamed ones, are read)."""
-        from dataclasses import fields
-
-        from models.methods.registry import REGISTRY
-
-        known = {"peft_type", *self.RENAMED, *(f.name for m in REGISTRY.values() for f in fields(m.config_cls))}
-        unknown = sorted(set(saved) - known)
-        if unknown:
-            raise BadInput(f"{path}: unknown key {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
-                           f": not an option of {self.name} or of any method here")
+        return super().config_from_saved(upgrade_adapter_config(values))  # older runs' key names too

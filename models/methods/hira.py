@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from models.adapter import PEFT_WEIGHTS, adapter_layers
+from models.adapter import adapter_layers
+from models.files import PEFT_WEIGHTS
 from models.hadamard import HadamardLinear
 from models.layers import _is_conv1d
 from models.methods.base import AdapterMethod, LowRankConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from models.adapter import PEFT_CONFIG, PEFT_WEIGHTS
+from models.files import PEFT_CONFIG, PEFT_WEIGHTS
 from models.layers import _is_conv1d, base_weight
 from models.methods.base import LowRankConfig, Method, TargetsConfig, record_targets
 from models.methods.capabilities import Analysable, LayerDelta, Mergeable, PeftInterop
