@@ -24,8 +24,8 @@ The original KnowHiRA commands (tests/test_original_readme.py, tests/test_legacy
      `FLAG_ALIASES`).
   6. --init_ab 'kaiming,zero' (the original 'A init,B init' pair) is 'kaiming' (since the redesign of
      2026-11-24; `parse_init_ab`).
-  7. --eval_strategy is accepted with --ckpt (the original evaluation command passes it;
-     `ORIGINAL_EVAL_FLAGS`).
+  7. --eval_strategy is accepted with --ckpt (the original evaluation command passes it; since the
+     redesign of 2026-11-24; `ORIGINAL_EVAL_FLAGS`).
   8. The original scripts stay as thin command lines at the top level: download_all_eval_datasets.py
      (with the original short task names siqa, hellas, winog, arce, arcc, obqa: data/tasks.py ALIASES,
      which --dataset reads too), analyze_results.py with no argument (./runs), run_fixed_evaluation.sh.
