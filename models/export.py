@@ -221,8 +221,7 @@ def atomic_dir(out_dir):
 def export_checkpoint(ckpt: Checkpoint, kind: str, out_dir) -> str:
     """Write `ckpt` as `kind` ('peft' or 'merged') into the new folder `out_dir`; returns a line
     saying what was written."""
-    from models.methods import Mergeable
-    from models.methods.capabilities import peft_exporter
+    from models.methods.capabilities import Mergeable, peft_exporter
 
     if kind not in EXPORT_KINDS:
         raise BadInput(f"--export must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
