@@ -80,6 +80,7 @@ class EvalRecipe:
 
         from models.export import open_checkpoint
         from models.get_models import load_base_model
+        from models.methods import Mergeable
 
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.tasks, missing = eval_tasks(self.tasks_spec, self.data_dir)
@@ -99,8 +100,10 @@ class EvalRecipe:
             method = ckpt.method
             model, self.tokenizer = ckpt.load()
             # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
-            # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call)
-            model = method.merge_and_unload(model)
+            # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call); a method that cannot
+            # merge is evaluated as loaded
+            if isinstance(method, Mergeable):
+                model = method.merge_and_unload(model)
             hparams = [f for f in method.config_cls.option_fields() if f.name != "target_modules"]
             if ckpt.kind == "run":
                 saved = ckpt.run_args

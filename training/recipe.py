@@ -19,7 +19,7 @@ from data.answer_format import record_task, scored_choices, train_example
 from data.options import DataOptions
 from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
-from models.methods import REGISTRY, get_method
+from models.methods import REGISTRY, get_method, training_hooks
 from training.loop import LoopConfig, Trainer
 from training.loss import count_targets, task_loss_sum
 from training.order import epoch_order
@@ -83,6 +83,7 @@ class TrainRecipe:
                  run: RunOptions, peft_type: str):
         self.model_opts, self.method_cfg, self.data, self.loop, self.run = model, method_cfg, data, loop, run
         self.method = get_method(peft_type)
+        self.hooks = training_hooks(self.method)  # regulariser, lr scales, data-dependent init (or none)
         self.protocol = get_protocol(data.protocol)
         if data.train_on_inputs is None:  # the protocol's (recorded in args.json resolved)
             data.train_on_inputs = self.protocol.train_on_inputs
@@ -171,7 +172,7 @@ class TrainRecipe:
     def initialise(self) -> str | None:
         """The method's data-dependent initialisation (HiRA-SB's gradient pass), on a sample of
         training batches apart from epoch 0's order; the loss is the token mean over all of them."""
-        n_batches = self.method.init_batches(self.method_cfg)
+        n_batches = self.hooks.init_batches(self.method_cfg)
         if not n_batches:
             return None
         from data.tokenize import Collator
@@ -181,7 +182,7 @@ class TrainRecipe:
         batches = [{k: v.to(device) for k, v in collate([self.train_features[i] for i in order[j:j + b]]).items()}
                    for j in range(0, n_batches * b, b)]
         total = count_targets([self.train_features[i] for i in order[:n_batches * b]])  # the batches' labels
-        return self.method.initialise(self.model, self.method_cfg, batches,
+        return self.hooks.initialise(self.model, self.method_cfg, batches,
                                       lambda model, batch: task_loss_sum(model, batch)[0] / total)
 
     def config(self) -> dict:
@@ -190,9 +191,9 @@ class TrainRecipe:
 
     def trainer(self) -> Trainer:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
-                       self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
+                       self.loop, self.run_dir, self.save, self.hooks.regularizer(self.method_cfg),
                        self.val_slots, config=self.config(), val_choices=self.val_choices, val_tasks=self.val_tasks,
-                       lr_scales=self.method.lr_scales(self.method_cfg), data_fingerprint=self.data_fingerprint,
+                       lr_scales=self.hooks.lr_scales(self.method_cfg), data_fingerprint=self.data_fingerprint,
                        allow_data_change=self.run.allow_data_change)
 
     def save(self, model, out_dir, write: bool = True) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from models.adapter import PEFT_CONFIG, PEFT_WEIGHTS
+from models.files import PEFT_CONFIG, PEFT_WEIGHTS
 from models.layers import _is_conv1d, base_weight
-from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig, record_targets
+from models.methods.base import LowRankConfig, Method, TargetsConfig, record_targets
+from models.methods.capabilities import Analysable, LayerDelta, Mergeable, PeftInterop
 from utils.dist import gather_state, is_sharded
 from utils.errors import BadInput
 from utils.options import option
@@ -40,7 +41,7 @@ class IA3MethodConfig(TargetsConfig):
     pass
 
 
-class PeftMethod(Method):
+class PeftMethod(Method, Mergeable, PeftInterop, Analysable):
     """Shared by lora, dora and ia3: peft builds, saves, loads and merges."""
 
     peft_type: str  # peft's name of the adapter type
