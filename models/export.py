@@ -23,7 +23,7 @@ from pathlib import Path
 
 from models.adapter import ADAPTER_CONFIG, LEGACY_CONFIG, PEFT_CONFIG
 from models.get_models import ModelOptions
-from utils.atomic import fsync_dir
+from utils.atomic import errno_of_safetensors_error, fsync_dir
 from utils.errors import BadInput
 from utils.options import Options, option
 from utils.runs import read_json, run_args, saved_dir_of
@@ -212,8 +212,11 @@ def atomic_dir(out_dir):
         fsync_dir(tmp)
         os.rename(tmp, out)  # fails rather than replace a folder that appeared meanwhile
         fsync_dir(out.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        code = errno_of_safetensors_error(e)  # e.g. a full disk under save_pretrained
+        if code is not None:
+            raise OSError(code, os.strerror(code), str(out)) from None
         raise
 
 
