@@ -6,7 +6,7 @@ import re
 import shutil
 import signal
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,9 @@ class Case:
     strict: bool = True  # stderr exactly one line; False: one line besides progress bars and notes
     interrupt: Callable | None = None  # send `signal` to the command once interrupt(ctx) is true
     signal: int = signal.SIGINT
-    fault: str | None = None  # "enospc": simulated full disk (when no tmpfs can be mounted)
+    fault: str | None = None  # "enospc"/"fsize": simulated full disk (when no tmpfs can be mounted; child.py)
+    script: str = "train_knowhira.py"  # the command: a script of the root, or a module (python -m)
+    env: dict = field(default_factory=dict)  # environment variables added for the command
 
 
 def T(*extra):
@@ -165,6 +167,31 @@ def data_copy(mutate):
     return d
 
 
+def data_file_replaced(make):
+    """A private copy of the data folder at {work}/data whose boolq/train.json is replaced: make(path)."""
+    def d(ctx):
+        data_copy(lambda records: "")(ctx)
+        path = ctx.work / "data" / "boolq" / "train.json"
+        path.unlink()
+        make(path)
+    return d
+
+
+def cut_gguf(ctx):
+    """{work}/m.gguf: a GGUF written by gguf's own writer (one 64 x 48 F32 tensor), cut 1000 bytes short."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = ctx.work / "m.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((64, 48), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    truncate(lambda c: path, path.stat().st_size - 1000)(ctx)
+
+
 def run_on_changed_data(ctx):
     """The run copy as if trained on a private data folder {work}/data (args.json's and the checkpoints'
     data_dir moved there), whose boolq/train.json then loses its last 5 records."""
@@ -272,6 +299,17 @@ def resumed_run_check(steps, *words):
         if latest_of(ctx.run) != f"step_{steps:06d}":
             problems.append(f"latest is {latest_of(ctx.run)}")
         return problems, f"run continued to step {steps}; log steps {got[0] if got else '-'}..{got[-1] if got else '-'} once each"
+    return check
+
+
+def evaluated_once_check(task):
+    """An evaluation that names `task` twice: one line of results for it, results.json with it once."""
+    def check(ctx, result):
+        lines = [line for line in result.stdout.splitlines() if line.split()[:1] == [task]]
+        tasks = json.loads((ctx.run / "results.json").read_text())["tasks"] if (ctx.run / "results.json").is_file() else {}
+        problems = [] if len(lines) == 1 and list(tasks) == [task] else \
+            [f"{len(lines)} result lines for {task}; results.json tasks {list(tasks)}"]
+        return problems, f"results.json with {task} once, eval/{task}.jsonl"
     return check
 
 
