@@ -69,6 +69,27 @@ def check_safetensors(path) -> None:
                        "truncated or damaged)")
 
 
+def check_model_type(config_file: Path) -> None:
+    """BadInput naming `config_file` when its model_type is not one this transformers knows (before
+    transformers logs about it): code of the folder's own that it names (auto_map) is never run here
+    (trust_remote_code=False). A known model_type loads with transformers' own class whatever auto_map
+    says; a config.json that is not JSON is left to transformers' own message."""
+    from transformers import CONFIG_MAPPING, __version__
+
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or model_type in CONFIG_MAPPING:
+        return
+    if config.get("auto_map"):
+        raise BadInput(f"{config_file}: model_type {model_type!r} needs the folder's own Python code (auto_map), "
+                       "and a model folder's code is never run here (trust_remote_code=False)")
+    raise BadInput(f"{config_file}: model_type {model_type!r} is not an architecture transformers {__version__} "
+                   "knows (a newer transformers may)")
+
+
 def check_gguf(path) -> None:
     """BadInput naming `path` unless gguf's reader parses it whole: header, metadata, tensor table, and
     data reaching the end of every tensor (a cut file fails here, wherever it was cut, before
@@ -110,6 +131,7 @@ def load_base_model(model_name: str, **options):
     if gguf_file is not None:
         check_gguf(Path(model_name) / gguf_file)
     if gguf_file is None and Path(model_name).is_dir():
+        check_model_type(Path(model_name) / "config.json")
         for weights in sorted(Path(model_name).glob("*.safetensors")):
             check_safetensors(weights)
     # a model folder's own Python code is never run (transformers would otherwise ask "[y/N]" mid-run)

@@ -251,10 +251,10 @@ CASES = [
     Case("eval_task_twice", "32", "E --dataset boolq,boolq", E("--dataset", "boolq,boolq"), 0, ("boolq",),
          strict=False, setup=copy_run, check=evaluated_once_check("boolq")),
     Case("model_type_unknown", "32", "a model folder whose config.json names model_type 'nosuch'",
-         T("--model_name", "{work}/m"), 2, ("could not be loaded", "nosuch"),
+         T("--model_name", "{work}/m"), 2, ("config.json", "model_type 'nosuch'"),
          setup=then(copy_model, edit_json(lambda c: c.work / "m" / "config.json", lambda d: {**d, "model_type": "nosuch"}))),
     Case("model_remote_code", "32", "a model folder whose config names its own Python code (auto_map)",
-         T("--model_name", "{work}/m"), 2, ("could not be loaded",),
+         T("--model_name", "{work}/m"), 2, ("config.json", "trust_remote_code=False"),
          setup=then(copy_model, write("m/modeling_evil.py", EVIL), write("m/configuration_evil.py", EVIL),
                     edit_json(lambda c: c.work / "m" / "config.json", lambda d: {**d, "model_type": "evil", "auto_map": {
                         "AutoConfig": "configuration_evil.EvilConfig",
@@ -277,7 +277,7 @@ CASES = [
          setup=then(copy_run, edit_json(lambda c: adapter_config(c.run), lambda d: {**d, "r_ab": 8}))),
     Case("peft_adapter_bin_only", "32", "a LoRA folder holding only a pickled adapter_model.bin",
          ["--ckpt", "{work}/lora", "--model_name", "{model}", "--dataset", "boolq", "--data_dir", "{data}",
-          "--max_examples", "4"], 2, ("lora",),
+          "--max_examples", "4"], 2, ("lora", "adapter_model.bin", "never loaded"),
          setup=then(write("lora/adapter_config.json", json.dumps(LORA_CONFIG)),
                     lambda c: (c.work / "lora" / "adapter_model.bin").write_bytes(pickle.dumps({"x": [1, 2]})))),
     # ---- evaluation mode ------------------------------------------------------------------------
