@@ -182,12 +182,13 @@ def open_checkpoint(ckpt, base: ModelOptions | None = None, adapter: str = "best
     if base is None:
         raise BadInput(f"--ckpt {ckpt} is a peft adapter: name its base model with --model_name")
     config = peft_adapter_config(path)
+    method = method_for_peft_config(config)  # a peft type no method reads is named first
     if not (path / PEFT_WEIGHTS).is_file():  # peft would torch.load a pickled adapter_model.bin (refused there)
         pickled = (path / "adapter_model.bin").is_file()
         raise BadInput(f"--ckpt {ckpt}: no {PEFT_WEIGHTS} beside its {PEFT_CONFIG}"
                        + ("; its adapter_model.bin is a pickle, which is never loaded (it can run code): convert it "
                           "to safetensors where you trust it" if pickled else ""))
-    return Checkpoint(path, "peft", method_for_peft_config(config), path, base, peft_config=config)
+    return Checkpoint(path, "peft", method, path, base, peft_config=config)
 
 
 # ---- export ------------------------------------------------------------------------------------
