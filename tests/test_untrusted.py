@@ -249,19 +249,11 @@ def test_truncated_safetensors_is_one_line(keep, tmp_path, boolq_dir, gpt2_token
 
 def test_a_synthetic_gguf_cut_in_its_tensor_data_is_one_line(tmp_path):
     """gguf's own writer: one 64 x 48 tensor, the file cut 1000 bytes short (no real model needed)."""
-    import numpy as np
-    from gguf import GGUFWriter
-
     from models.get_models import check_gguf
+    from tests.robustness.setups import small_gguf
     from utils.errors import BadInput
 
-    path = tmp_path / "m.gguf"
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_tensor("token_embd.weight", np.zeros((64, 48), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = small_gguf(tmp_path / "m.gguf")
     check_gguf(path)  # whole: no complaint
     size = path.stat().st_size
     assert size >= 64 * 48 * 4

@@ -177,18 +177,24 @@ def data_file_replaced(make):
     return d
 
 
-def cut_gguf(ctx):
-    """{work}/m.gguf: a GGUF written by gguf's own writer (one 64 x 48 F32 tensor), cut 1000 bytes short."""
+def small_gguf(path: Path) -> Path:
+    """A whole GGUF file written by gguf's own writer: architecture llama, one 64 x 48 F32 tensor (12,288 bytes
+    of data)."""
     import numpy as np
     from gguf import GGUFWriter
 
-    path = ctx.work / "m.gguf"
     writer = GGUFWriter(str(path), "llama")
     writer.add_tensor("token_embd.weight", np.zeros((64, 48), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def cut_gguf(ctx):
+    """{work}/m.gguf: small_gguf cut 1000 bytes short (in its tensor data)."""
+    path = small_gguf(ctx.work / "m.gguf")
     truncate(lambda c: path, path.stat().st_size - 1000)(ctx)
 
 
