@@ -71,7 +71,14 @@ class PeftMethod(Method):
 
         if (Path(saved_dir) / PEFT_WEIGHTS).is_file():  # a damaged file or NaN: one line naming it
             load_checked(Path(saved_dir) / PEFT_WEIGHTS)
-        return PeftModel.from_pretrained(model, str(saved_dir))
+        try:
+            return PeftModel.from_pretrained(model, str(saved_dir))
+        except RuntimeError as e:  # an adapter made for a base of another width: torch's 40-line size mismatch
+            mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), None)
+            if mismatch is None:
+                raise
+            raise BadInput(f"{Path(saved_dir) / PEFT_WEIGHTS}: made for another base model than "
+                           f"{type(model).__name__} {getattr(model.config, 'name_or_path', '')} ({mismatch[:200]})") from None
 
     def merge_and_unload(self, model):
         return model.merge_and_unload()

@@ -8,8 +8,8 @@ from tests.robustness.setups import (E, R, REF, T, Case, adapter_config, adapter
                                      copy_model, copy_run, copy_run_as_new_run_name, cut_gguf, data_copy,
                                      data_file_replaced, diverged_check, edit_args, edit_json, evaluated_once_check,
                                      full_disk_check, hold_lock, interrupted_check, log_steps, long_question,
-                                     long_response, loss_png_is_a_folder, mkdir, modes_check, nan_tensors,
-                                     no_run_folder, remove, results_json_check, resumed_run_check,
+                                     long_response, lora_of_another_width, loss_png_is_a_folder, mkdir, modes_check,
+                                     nan_tensors, no_run_folder, remove, results_json_check, resumed_run_check,
                                      run_on_changed_data, small_disk, test_file, then, truncate, write)
 
 
@@ -280,6 +280,10 @@ CASES = [
           "--max_examples", "4"], 2, ("lora", "adapter_model.bin", "never loaded"),
          setup=then(write("lora/adapter_config.json", json.dumps(LORA_CONFIG)),
                     lambda c: (c.work / "lora" / "adapter_model.bin").write_bytes(pickle.dumps({"x": [1, 2]})))),
+    Case("peft_lora_other_width", "32", "a peft LoRA adapter of a base with hidden size 32 on the 48-wide model",
+         ["--ckpt", "{work}/lora", "--model_name", "{model}", "--dataset", "boolq", "--data_dir", "{data}",
+          "--max_examples", "4"], 2, ("lora/adapter_model.safetensors", "another base model", "size mismatch"),
+         setup=lora_of_another_width),
     # ---- evaluation mode ------------------------------------------------------------------------
     Case("ckpt_missing", "old", "--ckpt naming no folder", ["--ckpt", "{work}/nope", "--dataset", "boolq"], 2,
          ("--ckpt", "nope")),

@@ -192,6 +192,22 @@ def small_gguf(path: Path) -> Path:
     return path
 
 
+def lora_of_another_width(ctx):
+    """{work}/lora: a stock peft LoRA adapter (q_proj, v_proj, r 4) of a tiny RANDOM Llama of hidden size 32,
+    not the fixture's 48."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    other = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         num_key_value_heads=2, max_position_embeddings=512))
+    lora = get_peft_model(other, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM"))
+    lora.save_pretrained(str(ctx.work / "lora"))
+
+
 def cut_gguf(ctx):
     """{work}/m.gguf: small_gguf cut 1000 bytes short (in its tensor data)."""
     path = small_gguf(ctx.work / "m.gguf")
