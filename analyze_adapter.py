@@ -104,6 +104,8 @@ def read_run(run_dir: Path, results_root: str | None = None) -> dict:
     results = (Path(results_root) / run_dir.name if results_root else run_dir) / "results.json"
     if results.is_file():
         data = read_json(results, "evaluation results")
+        if not isinstance(data.get("tasks") or {}, dict):
+            raise BadInput(f"{results}: 'tasks' is a JSON {type(data['tasks']).__name__}, not an object of tasks")
         try:
             accs = {t: float(v["accuracy"]) for t, v in (data.get("tasks") or {}).items()
                     if isinstance(v, dict) and v.get("accuracy") is not None}
@@ -347,6 +349,8 @@ def main(argv=None) -> int:
 
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         run_dirs = [Path(r) for r in opts.runs]
+        if out_dir.exists() and not out_dir.is_dir():
+            raise BadInput(f"--out {out_dir} is a file, not a folder")
         if opts.results and not Path(opts.results).is_dir():
             raise BadInput(f"--results {opts.results}: no such folder")
         methods = [read_run(r, opts.results)["method"] for r in run_dirs]  # fails early on a bad folder

@@ -136,11 +136,17 @@ def resume_values(given: dict, parser) -> dict:
     defaults = train_values({"peft_type": saved.get("peft_type", "knowhira")}, parser)
     values = {**defaults, **saved, **{k: given[k] for k in RESUME_SAFE if k in given},
               "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None, **upgraded}
-    try:  # an edited args.json: every value checked (type and range) before anything runs
+    check_saved_values(args_file, values)
+    return values
+
+
+def check_saved_values(args_file, values: dict) -> None:
+    """An edited args.json (--resume, --ckpt, --export): every value checked (type and range) before anything
+    runs, one line naming the file and the key."""
+    try:
         TrainRecipe.from_values(values)
     except BadInput as e:
         raise BadInput(f"{args_file}: {e}") from None
-    return values
 
 
 def eval_recipe(given: dict, parser) -> EvalRecipe:
@@ -169,7 +175,9 @@ def check_model_flags(given: dict, parser) -> None:
         return
     kind = checkpoint_kind(given["ckpt"])  # not a run nor a peft adapter: a one-line error
     if kind == "run":  # a folder whose args.json another program wrote is not read further
-        run_args(given["ckpt"], "--ckpt", known=args_json_keys())
+        saved = run_args(given["ckpt"], "--ckpt", known=args_json_keys())
+        check_saved_values(Path(given["ckpt"]) / "args.json",
+                           {**train_values({"peft_type": saved["peft_type"]}, parser), **saved})
     if kind == "peft" and "adapter" in given:
         parser.error(f"--adapter picks a state of a run folder; --ckpt {given['ckpt']} is a peft adapter (one state)")
     if kind == "run" and set(MODEL_FLAGS) & given.keys():

@@ -13,6 +13,7 @@ Every bad input raises DataError with a message naming the file (and the record 
 field where relevant), so a broken download is found before any training starts.
 """
 import json
+import os
 import random
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def load_records(path) -> list[dict]:
     or null input becomes "") and "output"; other keys ("answer", ...) are kept as they are.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    check_file(path, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes; expected a JSON list of records)")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -94,6 +96,21 @@ def load_hub_records(repo: str, config: str | None, split: str) -> list[dict]:
     return check_records(rows, where)
 
 
+def check_file(path: Path, missing: str) -> None:
+    """DataError naming `path` unless it is a file: a folder, a symbolic link that leads nowhere (a loop, a
+    missing target) and a missing file each say so (`missing`: what a missing file means)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a file")
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as e:  # ELOOP, or ENOENT for a link to a missing target
+            raise DataError(f"{path}: a symbolic link that leads to no file ({e.strerror})") from None
+    raise DataError(f"{path}: {missing}")
+
+
 def _check_data_dir(data_dir) -> Path:
     """`data_dir` as a Path; DataError if it is not an existing folder."""
     data_dir = Path(data_dir)
@@ -127,8 +144,7 @@ def load_task_split(data_dir, task: str, split: str) -> list[dict]:
         canonical = canonical_task(task)
         return [{**rec, "task": canonical} for rec in load_hub_records(hub.parse(data_dir)[0], canonical, split)]
     path = task_file(_check_data_dir(data_dir), task, split)
-    if not path.is_file():
-        raise DataError(f"{path}: {split} split of task {path.parent.name!r} not found")
+    check_file(path, f"{split} split of task {path.parent.name!r} not found")
     canonical = path.parent.name
     return [{**rec, "task": canonical} for rec in load_records(path)]
 

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models.compat import has_adapter_config
-from models.files import PEFT_CONFIG
+from models.files import PEFT_CONFIG, PEFT_WEIGHTS
 from models.get_models import ModelOptions
-from utils.atomic import fsync_dir
+from utils.atomic import errno_of_safetensors_error, fsync_dir
 from utils.errors import BadInput
 from utils.options import Options, option
 from utils.runs import read_json, run_args, saved_dir_of
@@ -183,7 +183,13 @@ def open_checkpoint(ckpt, base: ModelOptions | None = None, adapter: str = "best
     if base is None:
         raise BadInput(f"--ckpt {ckpt} is a peft adapter: name its base model with --model_name")
     config = peft_adapter_config(path)
-    return Checkpoint(path, "peft", method_for_peft_config(config), path, base, peft_config=config)
+    method = method_for_peft_config(config)  # a peft type no method reads is named first
+    if not (path / PEFT_WEIGHTS).is_file():  # peft would torch.load a pickled adapter_model.bin (refused there)
+        pickled = (path / "adapter_model.bin").is_file()
+        raise BadInput(f"--ckpt {ckpt}: no {PEFT_WEIGHTS} beside its {PEFT_CONFIG}"
+                       + ("; its adapter_model.bin is a pickle, which is never loaded (it can run code): convert it "
+                          "to safetensors where you trust it" if pickled else ""))
+    return Checkpoint(path, "peft", method, path, base, peft_config=config)
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -199,8 +205,11 @@ def atomic_dir(out_dir):
     """Yield an empty temporary folder beside `out_dir`; on success its files are fsynced and it is
     renamed to `out_dir`, on any error it is removed (nothing half-written is left)."""
     out = check_export_dir(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:  # e.g. under /proc, or a folder of another user: the place, not a temporary name
+        raise BadInput(f"--export_dir {out}: no folder can be made in {out.parent} ({e.strerror or e})") from None
     try:
         mask = os.umask(0)
         os.umask(mask)
@@ -213,8 +222,11 @@ def atomic_dir(out_dir):
         fsync_dir(tmp)
         os.rename(tmp, out)  # fails rather than replace a folder that appeared meanwhile
         fsync_dir(out.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        code = errno_of_safetensors_error(e)  # e.g. a full disk under save_pretrained
+        if code is not None:
+            raise OSError(code, os.strerror(code), str(out)) from None
         raise
 
 
