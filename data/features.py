@@ -23,7 +23,6 @@ the other ranks find the file and do not tokenise. `--cache_dir none` keeps the 
 """
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
