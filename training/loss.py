@@ -13,7 +13,8 @@ def count_targets(features: list[dict]) -> int:
 class OutputHead:
     """The output layer of a transformers causal LM, run only at chosen positions.
 
-    `logits_at(model, batch, keep)` runs the model's ordinary forward with a pre-hook on its output
+    `logits_at(model, batch, keep, **extra)` runs the model's ordinary forward (`extra`: more of its
+    arguments, e.g. eval/scoring.py's position ids and KV cache) with a pre-hook on its output
     layer (get_output_embeddings()) that replaces the layer's input, the (batch, length, width) hidden
     states, by its rows at the positions `keep` (a batch x length bool mask), so the layer computes
     only those logits: (keep.sum(), vocabulary), row-major in `keep`. The layer runs inside the forward,
@@ -30,12 +31,12 @@ class OutputHead:
         head = get() if get is not None else None
         return cls(head) if isinstance(head, torch.nn.Module) else None
 
-    def logits_at(self, model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+    def logits_at(self, model, batch: dict, keep: torch.Tensor, **extra) -> torch.Tensor:
         def gather(module, args):
             return (args[0][keep],)
         handle = self.head.register_forward_pre_hook(gather)
         try:
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
         finally:
             handle.remove()
 
