@@ -12,7 +12,7 @@ with position ids continuing each context's own length, and only the work a scor
 - the rows are sorted by length and split into buckets, one forward each, so that short rows are not
   padded to the batch's longest (`buckets`: the split with the fewest padded positions plus a fixed
   cost per forward);
-- the output layer runs only at real (non-pad) positions (training.loss.OutputHead, as the training
+- the output layer runs only at real (non-pad) positions (models/output_head.OutputHead, as the training
   loss runs it only at labelled ones), not at every padded position over the whole vocabulary.
 A (context, continuation) pair scores as if it were run alone, whatever else is in the batch
 (tested against one full forward per pair to 1e-4; padding is masked, positions are the pair's own).
@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.runtime import eval_mode, keeps_logits, model_device
-from training.loss import OutputHead
+from models.output_head import OutputHead
 from utils.batching import pad
 
 # A forward's fixed cost (Python and per-layer kernel launches) counted in continuation positions, the

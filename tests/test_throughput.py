@@ -1,5 +1,5 @@
 """Doing less work gives the same numbers: the output layer only at the labelled positions
-(training/loss.OutputHead; with FSDP2 too: tests/test_distributed.py), length-grouped batches (training/order.epoch_order) and single-pass scoring
+(models/output_head.OutputHead; with FSDP2 too: tests/test_distributed.py), length-grouped batches (training/order.epoch_order) and single-pass scoring
 (eval/scoring.py), each against the straightforward computation. Tiny RANDOMLY INITIALISED models; the
 two-process and resume equalities with grouping on are tests/test_distributed.py and test_train_cli.py
 (grouping is the default)."""
@@ -8,7 +8,8 @@ import torch
 
 from conftest import tiny_model
 from models.methods import build, get_method
-from training.loss import OutputHead, task_loss_sum
+from models.output_head import OutputHead
+from training.loss import task_loss_sum
 from training.order import MEGA_BATCHES, epoch_order
 from utils.batching import IGNORE_INDEX
 
