@@ -119,7 +119,8 @@ def train_sections(args, results: dict, smol, tok, save) -> None:
         try:
             data = prepare_data(args, Path(tmp) / "data")
         except DataError as e:
-            print(f"(b)/(c) skipped: they train on real records: {e}")
+            wanted = ", ".join(f"({s})" for s in sorted(set(args.sections) & set("bcfgh")))
+            print(f"{wanted} skipped: they need real records (--data_dir, env KNOWHIRA_DATA_DIR): {e}")
             return
         models = prepare_models(args, smol, tok, Path(tmp) / "models")
         runs = Path(tmp) / "runs"
