@@ -3,7 +3,7 @@ tests (and the optional trackers) need.
 
 Run time = every project file outside tests/ (the packages, the top-level commands and scripts/, whose
 benchmark and tables are user commands too). Each module's top-level import name is mapped to the
-distribution that installs it (importlib.metadata). Two runtime requirements are imported by our code's
+distribution that installs it (importlib.metadata). One runtime requirement is imported by our code's
 libraries, not by it: INDIRECT says why. The --report_to trackers other than tensorboard (wandb, mlflow,
 trackio) are imported by accelerate only when asked for and are optional for users: they live in
 requirements-dev.txt, where tests/test_trackers.py reads them back.
@@ -17,8 +17,13 @@ from pathlib import Path
 from test_packaging import ROOT, project_files
 
 INDIRECT = {
-    "gguf": "transformers reads a .gguf --model_name (the default SmolLM2 weights) through it",
     "tensorboard": "the default --report_to tensorboard: accelerate's tracker writes through torch.utils.tensorboard",
+}
+# optional at run time: imported only by the named file, inside `try: ... except ImportError` (a skip), and
+# installed by requirements-dev.txt
+OPTIONAL = {
+    "lm-eval": ("scripts/bench/peer_eval.py", "benchmark section (h) times our cloze scoring against lm-eval's HFLM "
+                                              "and is skipped without it"),
 }
 # imported by tests but installed by a runtime requirement (tokenizers: transformers) or optional for the
 # test that imports it (flash_attn: tests/test_attn_implementation.py skips without it)
@@ -69,7 +74,9 @@ def runtime_files():
 def test_requirements_txt_is_exactly_the_runtime_imports():
     runtime = imported(runtime_files())
     required = names(ROOT / "requirements.txt")
-    missing = {d: sorted(files) for d, files in runtime.items() if d not in required}
+    optional = {d for d, files in runtime.items() if d in OPTIONAL and files == {OPTIONAL[d][0]}}
+    assert optional <= names(ROOT / "requirements-dev.txt"), "an OPTIONAL import must be in requirements-dev.txt"
+    missing = {d: sorted(files) for d, files in runtime.items() if d not in required | optional}
     assert not missing, f"imported at run time but not in requirements.txt: {missing}"
     unused = required - set(runtime) - set(INDIRECT)
     assert not unused, f"in requirements.txt but imported nowhere outside tests/ (and not INDIRECT): {unused}"
