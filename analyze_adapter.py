@@ -104,6 +104,8 @@ def read_run(run_dir: Path, results_root: str | None = None) -> dict:
     results = (Path(results_root) / run_dir.name if results_root else run_dir) / "results.json"
     if results.is_file():
         data = read_json(results, "evaluation results")
+        if not isinstance(data.get("tasks") or {}, dict):
+            raise BadInput(f"{results}: 'tasks' is a JSON {type(data['tasks']).__name__}, not an object of tasks")
         try:
             accs = {t: float(v["accuracy"]) for t, v in (data.get("tasks") or {}).items()
                     if isinstance(v, dict) and v.get("accuracy") is not None}
@@ -117,15 +119,14 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
     import torch
 
     from analysis.adapter_stats import layer_stats
-    from analysis.deltas import iter_deltas, layer_modules, select_layers
+    from analysis.deltas import analysable, iter_deltas, layer_modules, select_layers
     from analysis.forgetting import lm_loss
     from models.get_models import load_base_model
     from models.targets import default_targets
-    from models.methods import get_method
 
     info = read_run(run_dir, opts.results)
     saved, method = info["args"], info["method"]
-    impl = get_method(method)
+    impl = analysable(method)
     model_name = _resolve_model(opts.model_name or saved["model_name"])
     model, tokenizer = load_base_model(model_name, **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
     model.to(device).eval()
@@ -343,10 +344,13 @@ def main(argv=None) -> int:
     try:
         import torch
 
+        from analysis.deltas import analysable
         from analysis.forgetting import forgetting_texts
 
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         run_dirs = [Path(r) for r in opts.runs]
+        if out_dir.exists() and not out_dir.is_dir():
+            raise BadInput(f"--out {out_dir} is a file, not a folder")
         if opts.results and not Path(opts.results).is_dir():
             raise BadInput(f"--results {opts.results}: no such folder")
         methods = [read_run(r, opts.results)["method"] for r in run_dirs]  # fails early on a bad folder
@@ -357,10 +361,9 @@ def main(argv=None) -> int:
         for run_dir, label in zip(run_dirs, labels_for(methods)):
             print(f"[{label}] {run_dir}", flush=True)
             res = analyze_run(run_dir, label, opts, texts, device)
-            from models.methods import get_method
-
-            if get_method(res["method"]).analysis_note:
-                notes.append(f"{label}: {get_method(res['method']).analysis_note}")
+            note = analysable(res["method"]).analysis_note
+            if note:
+                notes.append(f"{label}: {note}")
             results.append(res)
         summary = write_outputs(results, out_dir, opts, len(texts or []), notes)
     except BadInput as e:  # bad input: one line, exit 2 (anything else is a bug: traceback)

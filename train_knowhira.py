@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from eval.recipe import EvalOptions, EvalRecipe
+from models.compat import ORIGINAL_EVAL_FLAGS, resume_targets
 from models.export import ExportOptions, checkpoint_kind, export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
 from models.methods import REGISTRY
@@ -29,9 +30,9 @@ from utils.options import add_arguments, defaults_of, read_config
 from utils.runs import REQUIRED, RESUME_REQUIRED, run_args
 
 # flags of the training groups that evaluation (--ckpt) also reads; --batch is the evaluation batch
-# and --eval_strategy is accepted (the original KnowHiRA evaluation command passes it)
+# (and those the original KnowHiRA evaluation command passes are accepted: models/compat.py)
 EVAL_SHARED = ("model_name", "gguf_file", "load_bit", "attn_implementation", "dataset", "data_dir", "seed", "batch",
-               "eval_strategy", "output_folder", "protocol", "answer_format", "torch_compile")
+               *ORIGINAL_EVAL_FLAGS, "output_folder", "protocol", "answer_format", "torch_compile")
 # the base-model flags: with --ckpt none (zero-shot) or --ckpt PEFT_ADAPTER_DIR; a run has its own
 MODEL_FLAGS = ("model_name", "gguf_file", "load_bit", "attn_implementation")
 
@@ -115,12 +116,9 @@ def resume_values(given: dict, parser) -> dict:
         raise BadInput(f"--resume {run_dir}: no checkpoints/ and no log.jsonl there: not a run of this program "
                        "that has started training (start a new run instead)")
 
-    place = {"output_folder": run_dir.parent, "run_name": run_dir.name}  # the run's, from RUN_DIR
-    # args.json of runs made before the resolved targets were recorded has target_modules null (the default):
-    # a list given with --resume is taken, and the checkpoint's record checks it against that default
-    unrecorded = "target_modules" in saved and saved["target_modules"] is None and "target_modules" in given
-    if unrecorded:
-        place["target_modules"] = given["target_modules"]
+    # a list given with --resume for an older run's target_modules null is taken (models/compat.py)
+    upgraded = resume_targets(saved, given)
+    place = {"output_folder": run_dir.parent, "run_name": run_dir.name, **upgraded}  # the run's, from RUN_DIR
 
     def changed(k) -> bool:
         if k == "output_folder":
@@ -137,14 +135,18 @@ def resume_values(given: dict, parser) -> dict:
             print(f"note: resuming with --{k} {given[k]} (the run had {saved.get(k)})", file=sys.stderr)
     defaults = train_values({"peft_type": saved.get("peft_type", "knowhira")}, parser)
     values = {**defaults, **saved, **{k: given[k] for k in RESUME_SAFE if k in given},
-              "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None}
-    if unrecorded:
-        values["target_modules"] = given["target_modules"]
-    try:  # an edited args.json: every value checked (type and range) before anything runs
+              "output_folder": str(run_dir.parent), "run_name": run_dir.name, "resume": None, **upgraded}
+    check_saved_values(args_file, values)
+    return values
+
+
+def check_saved_values(args_file, values: dict) -> None:
+    """An edited args.json (--resume, --ckpt, --export): every value checked (type and range) before anything
+    runs, one line naming the file and the key."""
+    try:
         TrainRecipe.from_values(values)
     except BadInput as e:
         raise BadInput(f"{args_file}: {e}") from None
-    return values
 
 
 def eval_recipe(given: dict, parser) -> EvalRecipe:
@@ -173,7 +175,9 @@ def check_model_flags(given: dict, parser) -> None:
         return
     kind = checkpoint_kind(given["ckpt"])  # not a run nor a peft adapter: a one-line error
     if kind == "run":  # a folder whose args.json another program wrote is not read further
-        run_args(given["ckpt"], "--ckpt", known=args_json_keys())
+        saved = run_args(given["ckpt"], "--ckpt", known=args_json_keys())
+        check_saved_values(Path(given["ckpt"]) / "args.json",
+                           {**train_values({"peft_type": saved["peft_type"]}, parser), **saved})
     if kind == "peft" and "adapter" in given:
         parser.error(f"--adapter picks a state of a run folder; --ckpt {given['ckpt']} is a peft adapter (one state)")
     if kind == "run" and set(MODEL_FLAGS) & given.keys():

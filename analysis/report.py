@@ -370,6 +370,9 @@ def summarize(folders: list[str], out_dir, baseline: str | None = None, compares
               group_seeds: bool = True, mixed_protocols: bool = False, metric: str = "acc") -> str:
     """Write summary.md, summary.csv, <task>.png (and compare_<A>_vs_<B>.md/.csv) into out_dir;
     return the markdown table(s). Everything is computed before anything is written."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ResultsError(f"--out {out_dir} is a file, not a folder (summary.md, summary.csv and the figures go "
+                           "into a folder)")
     specs = [s for s in (baseline, *(s for pair in compares for s in pair)) if s]
     extra = [str(f) for f in map(_run_file, specs) if f is not None]  # run folders outside `folders`
     paths = find_results(list(folders) + extra)

@@ -96,6 +96,9 @@ def load_run(path: Path, metric: str = "acc") -> dict:
             raise ResultsError(f"cannot read {err}") from err
         if isinstance(args, dict):
             meta.update(args)
+    if not isinstance(results.get("meta") or {}, dict):
+        raise ResultsError(f"{path}: 'meta' is a JSON {type(results['meta']).__name__}, not an object "
+                           "(expected {'meta': {...}, 'tasks': {...}})")
     meta.update(results.get("meta") or {})
     val_loss = None  # best validation loss (response tokens), from the training run's summary
     summary_path = path.parent / "train_summary.json"

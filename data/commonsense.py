@@ -13,9 +13,11 @@ Every bad input raises DataError with a message naming the file (and the record 
 field where relevant), so a broken download is found before any training starts.
 """
 import json
+import os
 import random
 from pathlib import Path
 
+from data import hub
 from data.tasks import TASKS, resolve_task
 from utils.errors import BadInput
 
@@ -26,7 +28,8 @@ COMMON_170K_FILE = "commonsense_170k.json"
 DATASET_FORMS = (
     f"'{COMMON_170K}' (<data_dir>/{COMMON_170K_FILE}), "
     "'mix:TASK,TASK,...' (those tasks' train.json, concatenated in order), "
-    f"or a single task name (its train.json); known tasks: {', '.join(TASKS)}"
+    f"a single task name (its train.json), or 'hf:<repo>[:<config>]' (a Hub dataset's train split, data/hub.py); "
+    f"known tasks: {', '.join(TASKS)}"
 )
 
 
@@ -41,8 +44,9 @@ def load_records(path) -> list[dict]:
     or null input becomes "") and "output"; other keys ("answer", ...) are kept as they are.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    check_file(path, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes; expected a JSON list of records)")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -50,27 +54,61 @@ def load_records(path) -> list[dict]:
         raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
+    return check_records(data, path)
+
+
+def check_records(data, source) -> list[dict]:
+    """The records of `data` (a file's JSON, or a Hub split's rows) checked and normalised as load_records
+    says; DataError naming `source` (a file path, or data/hub.py's 'hf:<repo>:<config> <split>')."""
     if not isinstance(data, list):
-        raise DataError(f"{path}: top level is a JSON {type(data).__name__}, expected a list of records")
+        raise DataError(f"{source}: top level is a JSON {type(data).__name__}, expected a list of records")
     if not data:
-        raise DataError(f"{path}: contains no records (empty list)")
+        raise DataError(f"{source}: contains no records (empty list)")
 
     records = []
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
-            raise DataError(f"{path}: record {i} is a {type(rec).__name__}, expected an object")
+            raise DataError(f"{source}: record {i} is a {type(rec).__name__}, expected an object")
         instruction = rec.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
-            raise DataError(f"{path}: record {i} has no non-empty string field 'instruction'")
+            raise DataError(f"{source}: record {i} has no non-empty string field 'instruction'")
         if not isinstance(rec.get("output"), str):
-            raise DataError(f"{path}: record {i} has no string field 'output'")
+            raise DataError(f"{source}: record {i} has no string field 'output'")
         inp = rec.get("input")
         if inp is None:
             inp = ""
         if not isinstance(inp, str):
-            raise DataError(f"{path}: record {i} field 'input' is a {type(inp).__name__}, expected a string")
+            raise DataError(f"{source}: record {i} field 'input' is a {type(inp).__name__}, expected a string")
         records.append({**rec, "input": inp})
     return records
+
+
+def load_hub_records(repo: str, config: str | None, split: str) -> list[dict]:
+    """A Hub split's records (data/hub.py), checked as a file's are; DataError (one line) if it cannot be loaded."""
+    where = hub.source(repo, config, split)
+    if not repo:
+        raise DataError(f"{hub.PREFIX}: no dataset repository named; expected {hub.PREFIX}<repo>[:<config>]")
+    try:
+        rows = hub.hub_rows(repo, config, split)
+    except Exception as e:  # not found, offline, no such config or split: datasets raises many kinds
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"{where}: cannot be loaded ({type(e).__name__}: {first})") from None
+    return check_records(rows, where)
+
+
+def check_file(path: Path, missing: str) -> None:
+    """DataError naming `path` unless it is a file: a folder, a symbolic link that leads nowhere (a loop, a
+    missing target) and a missing file each say so (`missing`: what a missing file means)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a file")
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as e:  # ELOOP, or ENOENT for a link to a missing target
+            raise DataError(f"{path}: a symbolic link that leads to no file ({e.strerror})") from None
+    raise DataError(f"{path}: {missing}")
 
 
 def _check_data_dir(data_dir) -> Path:
@@ -88,18 +126,25 @@ def task_file(data_dir, task: str, split: str) -> Path:
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return Path(data_dir) / canonical_task(task) / f"{split}.json"
+
+
+def canonical_task(task: str) -> str:
+    """The task's canonical name; DataError (a BadInput) for an unknown task, listing the known tasks."""
     try:
-        canonical = resolve_task(task)
+        return resolve_task(task)
     except BadInput as e:
         raise DataError(str(e)) from e
-    return Path(data_dir) / canonical / f"{split}.json"
 
 
 def load_task_split(data_dir, task: str, split: str) -> list[dict]:
-    """Records of one task's split, each tagged with "task" = the canonical task name."""
+    """Records of one task's split, each tagged with "task" = the canonical task name. A data_dir
+    'hf:<repo>' reads the repo's config named as the task (data/hub.py)."""
+    if hub.is_hub(data_dir):
+        canonical = canonical_task(task)
+        return [{**rec, "task": canonical} for rec in load_hub_records(hub.parse(data_dir)[0], canonical, split)]
     path = task_file(_check_data_dir(data_dir), task, split)
-    if not path.is_file():
-        raise DataError(f"{path}: {split} split of task {path.parent.name!r} not found")
+    check_file(path, f"{split} split of task {path.parent.name!r} not found")
     canonical = path.parent.name
     return [{**rec, "task": canonical} for rec in load_records(path)]
 
@@ -125,10 +170,18 @@ def load_train_data(data_dir, dataset: str) -> list[dict]:
     """Training records for `dataset`: 'common_170k', 'mix:TASK,TASK,...' or one task name.
 
     'common_170k' reads <data_dir>/commonsense_170k.json (records are not tagged with a task);
-    mix and single-task forms read the tasks' train.json and tag each record with "task".
+    mix and single-task forms read the tasks' train.json and tag each record with "task";
+    'hf:<repo>[:<config>]' reads that Hub split (untagged), and so does common_170k with a data_dir
+    'hf:<repo>' (its default config). Task names with such a data_dir read the tasks' configs.
     """
-    data_dir = _check_data_dir(data_dir)
     spec = dataset.strip()
+    if hub.is_hub(spec):
+        return load_hub_records(*hub.parse(spec), "train")
+    if hub.is_hub(data_dir):
+        if spec == COMMON_170K:
+            return load_hub_records(hub.parse(data_dir)[0], None, "train")
+    else:
+        data_dir = _check_data_dir(data_dir)
     if spec == COMMON_170K:
         return load_records(data_dir / COMMON_170K_FILE)
     if spec.startswith("mix:"):
@@ -147,22 +200,40 @@ def record_place(data_dir, dataset: str, records: list, record: dict) -> str:
     """Where `record` (one of the `records` load_train_data(data_dir, dataset) returned, the same
     object) comes from: "<file> record <index in that file>", for messages about a record."""
     spec = dataset.strip()
-    if spec == COMMON_170K:
-        path, mine = Path(data_dir) / COMMON_170K_FILE, records
+    if spec == COMMON_170K or hub.is_hub(spec):
+        path, mine = train_files(data_dir, spec)[0], records
     else:  # one task, or a mix: each task's records in file order
-        path = task_file(data_dir, record.get("task", spec), "train")
+        path = _train_source(data_dir, record.get("task", spec))
         mine = [r for r in records if r.get("task") == record.get("task")]
     index = next((i for i, r in enumerate(mine) if r is record), None)
     return f"{path} record {index}" if index is not None else str(path)
 
 
-def train_files(data_dir, dataset: str) -> list[Path]:
-    """The files load_train_data(data_dir, dataset) reads, in order (for messages)."""
+def train_files(data_dir, dataset: str) -> list:
+    """The files load_train_data(data_dir, dataset) reads, in order (for messages): Paths, or for
+    the Hub data/hub.py's 'hf:<repo>:<config> train'."""
     spec = dataset.strip()
+    if hub.is_hub(spec):
+        return [hub.source(*hub.parse(spec), "train")]
     if spec == COMMON_170K:
-        return [Path(data_dir) / COMMON_170K_FILE]
+        return [hub.source(hub.parse(data_dir)[0], None, "train") if hub.is_hub(data_dir)
+                else Path(data_dir) / COMMON_170K_FILE]
     tasks = _parse_mix(spec) if spec.startswith("mix:") else [spec]
-    return [task_file(data_dir, t, "train") for t in tasks]
+    return [_train_source(data_dir, t) for t in tasks]
+
+
+def _train_source(data_dir, task: str):
+    """Where a task's training records come from: its train.json, or its config of a Hub data_dir."""
+    if hub.is_hub(data_dir):
+        return hub.source(hub.parse(data_dir)[0], canonical_task(task), "train")
+    return task_file(data_dir, task, "train")
+
+
+def has_split(data_dir, task: str, split: str) -> bool:
+    """Whether the task's split exists: its <split>.json, or its config in a Hub data_dir."""
+    if hub.is_hub(data_dir):
+        return canonical_task(task) in hub.hub_configs(hub.parse(data_dir)[0])
+    return task_file(data_dir, task, split).is_file()
 
 
 def fingerprint(records: list) -> dict:

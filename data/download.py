@@ -41,13 +41,16 @@ def download_file(url: str, dest, opener=None) -> int:
     """Stream `url` into `dest` atomically after validating it; returns the number of records.
 
     The bytes go to a temporary file in dest's folder; load_records checks it; os.replace then
-    moves it into place. On any failure the temporary file is removed and `dest` is untouched.
+    moves it into place. On any failure the temporary file is removed, `dest` is untouched and the
+    folders this call made for it are removed again if empty.
     `opener` defaults to this module's `fetch`, looked up at call time so tests can replace it.
     """
     opener = opener or fetch
     dest = Path(dest)
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # folders this call creates
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    done = False
     try:
         with os.fdopen(fd, "wb") as out, opener(url) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -60,10 +63,14 @@ def download_file(url: str, dest, opener=None) -> int:
         except DataError as e:
             raise DownloadError(f"{url} is not a valid LLM-Adapters data file: {e}") from e
         os.replace(tmp, dest)
+        done = True
         return n
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        for folder in made if not done else ():  # deepest first; an offline run leaves no empty folders
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _progress(total, desc):

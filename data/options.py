@@ -12,9 +12,11 @@ DEFAULT_CACHE_DIR = os.environ.get("KNOWHIRA_CACHE", os.path.join(os.path.expand
 
 @dataclass
 class DataOptions(Options):
-    dataset: str = option("common_170k", "training: common_170k | mix:task1,task2,... | task; "
+    dataset: str = option("common_170k", "training: common_170k | mix:task1,task2,... | task | "
+                          "hf:<repo>[:<config>] (a Hub dataset's train split, data/hub.py); "
                           "evaluation (--ckpt): task name, alias, comma list, or all")
-    data_dir: str = option(DEFAULT_DATA_DIR, "folder with <task>/{train,test}.json (env KNOWHIRA_DATA_DIR)")
+    data_dir: str = option(DEFAULT_DATA_DIR, "folder with <task>/{train,test}.json, or hf:<repo>: a Hub dataset with "
+                          "one config per task (env KNOWHIRA_DATA_DIR)")
     cutoff_len: int = option(256, "maximum tokens of prompt + response (the prompt is cut from the left)",
                              check=positive)
     protocol: str = option(DEFAULT_PROTOCOL, "prompts, tokenisation, masking, decoding and answer extraction, "
@@ -28,6 +30,6 @@ class DataOptions(Options):
     train_on_inputs: bool | None = option(None, "also put loss on the prompt (default: the protocol's; on "
                                           "for llm_adapters)")
     cache_dir: str = option(DEFAULT_CACHE_DIR, "tokenised features are kept here and reused by runs with the "
-                            "same records, tokenizer and data options (data/cache.py); 'none' = off; env "
+                            "same records, tokenizer and data options (data/features.py: Arrow files); 'none' = off; env "
                             "KNOWHIRA_CACHE")
     val_size: int = option(120, "held-out validation examples (seed 42)", check=non_negative)

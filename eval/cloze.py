@@ -14,11 +14,12 @@ Scores (lm-eval's HFLM loglikelihood and ConfigurableTask.process_results):
             choice without the leading space; for winogrande, where the choice is in the context and
             every option scores the same continuation, that length is the continuation's, so
             acc_norm = acc). Ties go to the first choice (numpy.argmax).
-The pairs of all examples are batched together, right-padded (eval.loglik's scheme); identical
-pairs are scored once, so identical choices tie exactly. A context whose pair does not fit the model's
-positions (config max_position_embeddings) is cut from the left, as lm-eval cuts context + continuation
-to its max length (a leading BOS kept; here the continuation's last token is fed too, so one position
-less); results.json counts the examples cut (`truncated_prompts`).
+The pairs of all examples are batched together (eval/scoring.py: each context run once, the choices
+from its KV cache in length buckets); identical pairs are scored once, so identical choices tie exactly.
+A context whose pair does not fit the model's positions (config max_position_embeddings) is cut from the
+left, as lm-eval cuts context + continuation to its max length (a leading BOS kept; one position less
+than lm-eval's cut, which does not count the continuation's last token, as it is not fed: kept so that
+results stay what they were); results.json counts the examples cut (`truncated_prompts`).
 
 Differences to lm-eval's own tasks: the text is the LLM-Adapters one (hellaswag's ctx_b is not
 re-capitalised, boolq has no passage); openbookqa (lm-eval: the bare question stem) and social_i_qa

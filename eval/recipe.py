@@ -49,11 +49,11 @@ CONFIGURATION = ("method", "model_name", "adapter", "seed", "lr", "protocol", "a
 
 def eval_tasks(spec: str, data_dir) -> tuple[list[str], list[str]]:
     """(tasks to run, tasks skipped because their test file is missing)."""
-    from data.commonsense import task_file
+    from data.commonsense import has_split
     from data.tasks import TASKS, resolve_task
 
     if spec == "all":
-        present = [t for t in TASKS if task_file(data_dir, t, "test").is_file()]
+        present = [t for t in TASKS if has_split(data_dir, t, "test")]
         return present, [t for t in TASKS if t not in present]
     return [resolve_task(t) for t in spec.split(",") if t.strip()], []
 
@@ -80,6 +80,7 @@ class EvalRecipe:
 
         from models.export import open_checkpoint
         from models.get_models import load_base_model
+        from models.methods import Mergeable
 
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.tasks, missing = eval_tasks(self.tasks_spec, self.data_dir)
@@ -99,8 +100,10 @@ class EvalRecipe:
             method = ckpt.method
             model, self.tokenizer = ckpt.load()
             # evaluate the merged weights: W0 + ΔW costs a plain forward per generated token (the
-            # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call)
-            model = method.merge_and_unload(model)
+            # unmerged Hadamard layer rebuilds W0 ⊙ (1 + s·BMA) on every call); a method that cannot
+            # merge is evaluated as loaded
+            if isinstance(method, Mergeable):
+                model = method.merge_and_unload(model)
             hparams = [f for f in method.config_cls.option_fields() if f.name != "target_modules"]
             if ckpt.kind == "run":
                 saved = ckpt.run_args

@@ -3,12 +3,13 @@ save/load of the adapter tensors, merge and export. No method-specific code: eac
 and initialisation live in its method file (models/methods/), which calls these.
 """
 import re
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.compat import adapter_file, remove_old_adapter, unsampled_fingerprint
+from models.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_CONFIG
 from models.layers import MergeableAdapter, _is_conv1d, base_weight
 from models.targets import default_targets
 from utils.atomic import atomic_save_safetensors, atomic_write_json
@@ -16,17 +17,6 @@ from utils.dist import full
 from utils.errors import BadInput
 from utils.runs import read_json
 
-# This project's adapter files. They are NOT peft's names: a folder holding them is not a peft
-# adapter, and `PeftModel.from_pretrained` on it stops at once ("Can't find 'adapter_config.json'")
-# instead of failing deep inside peft on our method names. `--export peft` (models/export.py) writes
-# the stock peft form of the Hadamard family.
-ADAPTER_WEIGHTS = "knowhira_adapter.safetensors"
-ADAPTER_CONFIG = "knowhira_adapter.json"
-# peft's own file names (a stock peft adapter folder; models/methods/peft_lib.py, models/export.py)
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
-# runs made before that change used peft's names, with our lowercase method names; still read
-LEGACY_WEIGHTS, LEGACY_CONFIG = PEFT_WEIGHTS, PEFT_CONFIG
 
 
 # ---- target matching ---------------------------------------------------------------------------
@@ -142,39 +132,21 @@ def save_adapter(model: nn.Module, config: dict, out_dir, write: bool = True) ->
     """Write `knowhira_adapter.safetensors` + `knowhira_adapter.json` (`config`: the method's name
     under "peft_type" and its options), each atomically, no pickle. Under FSDP2 every rank calls this
     (the gather is collective) and only `write=True` writes. Files of the old names left by a resumed
-    old run are removed, so the folder holds one adapter."""
+    old run are removed, so the folder holds one adapter (models/compat.py)."""
     state = adapter_state_dict(model)
     if not write:
         return
     out_dir = Path(out_dir)
     atomic_save_safetensors(state, out_dir / ADAPTER_WEIGHTS, metadata={"format": "knowhira"})
     atomic_write_json(out_dir / ADAPTER_CONFIG, config)
-    legacy = out_dir / LEGACY_CONFIG
-    if legacy.is_file() and _old_adapter_type(legacy) == config.get("peft_type"):
-        legacy.unlink()  # our own old adapter (a peft adapter has an uppercase peft_type)
-        (out_dir / LEGACY_WEIGHTS).unlink(missing_ok=True)
-
-
-def _old_adapter_type(path) -> str | None:
-    """The peft_type of an adapter config file of the old name, None when it cannot be read."""
-    try:
-        return read_json(path, "options").get("peft_type")
-    except (OSError, ValueError):
-        return None
-
-
-def adapter_file(adapter_dir, name: str) -> Path:
-    """`adapter_dir`/name, or the file of the old name (runs made before the rename) when only that
-    exists. name: ADAPTER_CONFIG or ADAPTER_WEIGHTS."""
-    path = Path(adapter_dir) / name
-    legacy = Path(adapter_dir) / {ADAPTER_CONFIG: LEGACY_CONFIG, ADAPTER_WEIGHTS: LEGACY_WEIGHTS}[name]
-    return legacy if not path.is_file() and legacy.is_file() else path
+    remove_old_adapter(out_dir, config.get("peft_type"))
 
 
 def read_adapter_config(adapter_dir) -> dict:
+    """The saved adapter config (of the current file name, or the old one: models/compat.py)."""
     path = adapter_file(adapter_dir, ADAPTER_CONFIG)
     if not path.is_file():
-        raise BadInput(f"no {ADAPTER_CONFIG} (or {LEGACY_CONFIG}) in {adapter_dir}")
+        raise BadInput(f"no {ADAPTER_CONFIG} (or {PEFT_CONFIG}) in {adapter_dir}")
     return read_json(path, "the adapter's options")
 
 
@@ -204,16 +176,13 @@ def load_adapter_tensors(model: nn.Module, adapter_dir) -> None:
     Checks each layer's base weight against the fingerprint saved at training time (FINGERPRINT: the
     sampled entries within SAMPLE_RTOL, ||W0||_F within 1%), so an adapter loaded onto the wrong base
     model, a sibling checkpoint of the right one included, fails loudly instead of evaluating garbage.
-    Adapters saved before the sampled entries were recorded are checked by ||W0||_F alone (a note says so).
+    Adapters saved before the sampled entries were recorded are checked by ||W0||_F alone (a note says
+    so; models/compat.py).
     """
     path = adapter_file(adapter_dir, ADAPTER_WEIGHTS)
     saved = load_checked(path)
-    expected = adapter_state_dict(model)
-    sampled = any(k.endswith(".w0_sample") for k in saved)
-    if not sampled:  # an adapter made before the sampled entries: the norm check only
-        expected = {k: v for k, v in expected.items() if not k.endswith(".w0_sample")}
-        print(f"note: {path} predates the base-weight sample; the base model is checked by ||W0||_F only "
-              "(within 1%), which a sibling checkpoint of the same model can pass", file=sys.stderr)
+    expected = unsampled_fingerprint(saved, adapter_state_dict(model), path)
+    sampled = any(k.endswith(".w0_sample") for k in expected)  # else ||W0||_F alone
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
         raise BadInput(f"adapter in {adapter_dir} does not fit this model: "

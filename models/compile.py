@@ -17,7 +17,7 @@ What is compiled, and why there:
 - **dynamic=True**: padded lengths change from batch to batch (length-grouped batches), so the batch and
   sequence sizes are symbolic from the first call: one graph for every length, no recompile per length
   and no bucketing (bucketing would change the padding, hence the floating-point sums).
-- **Not compiled: the output layer and the loss** (training/loss.py). With OutputHead the head runs only
+- **Not compiled: the output layer and the loss** (training/loss.py, models/output_head.py). With OutputHead the head runs only
   at the labelled positions, a row count known only from the labels (boolean-mask indexing, a
   data-dependent shape that dynamo does not capture in one graph); what is left there is one GEMM over
   those rows and one cross-entropy, small next to the blocks. The embeddings, rotary tables and the mask

@@ -4,10 +4,10 @@ folder, and write it for the stock ecosystem.
     python train_knowhira.py --ckpt RUN --export peft --export_dir OUT     # a stock peft adapter
     python train_knowhira.py --ckpt RUN --export merged --export_dir OUT   # a plain HF model folder
 
-`--export peft` is the method's `export_peft` (models/methods/): the Hadamard family writes peft's
-HiRA with B′ = s·B·M (hira.py), kasa writes peft's own KaSA (a LoRA variant; kasa.py), lora/dora/ia3 copy their
-peft adapter, fft refuses.
-`--export merged` loads the trained state, merges it with the method's `merge_and_unload`, and writes
+`--export peft` is the method's `export_peft` (its PeftInterop capability, models/methods/capabilities.py):
+the Hadamard family writes peft's HiRA with B′ = s·B·M (hira.py), kasa writes peft's own KaSA (a LoRA
+variant; kasa.py), lora/dora/ia3 copy their peft adapter, fft (no PeftInterop) refuses.
+`--export merged` loads the trained state, merges it with the method's `merge_and_unload` (Mergeable), and writes
 weights (safetensors), config, generation config and tokenizer (`models.adapter.save_plain_model`);
 a GGUF base is written as plain dequantised weights. Either is written into a temporary folder
 beside OUT and renamed to OUT once complete, so OUT is whole or absent.
@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.adapter import ADAPTER_CONFIG, LEGACY_CONFIG, PEFT_CONFIG
+from models.compat import has_adapter_config
+from models.files import PEFT_CONFIG, PEFT_WEIGHTS
 from models.get_models import ModelOptions
-from utils.atomic import fsync_dir
+from utils.atomic import errno_of_safetensors_error, fsync_dir
 from utils.errors import BadInput
 from utils.options import Options, option
 from utils.runs import read_json, run_args, saved_dir_of
@@ -62,7 +63,7 @@ def checkpoint_kind(ckpt) -> str:
         return "run"
     if peft_adapter_config(path) is not None:
         return "peft"
-    if (path / ADAPTER_CONFIG).is_file() or (path / LEGACY_CONFIG).is_file():
+    if has_adapter_config(path):
         raise BadInput(f"--ckpt {ckpt} is an adapter folder of a run, not a run: pass the run folder "
                        f"({path.parent}), whose args.json names the base model")
     raise BadInput(f"--ckpt {ckpt}: no args.json there (not a run folder) and no "
@@ -182,7 +183,13 @@ def open_checkpoint(ckpt, base: ModelOptions | None = None, adapter: str = "best
     if base is None:
         raise BadInput(f"--ckpt {ckpt} is a peft adapter: name its base model with --model_name")
     config = peft_adapter_config(path)
-    return Checkpoint(path, "peft", method_for_peft_config(config), path, base, peft_config=config)
+    method = method_for_peft_config(config)  # a peft type no method reads is named first
+    if not (path / PEFT_WEIGHTS).is_file():  # peft would torch.load a pickled adapter_model.bin (refused there)
+        pickled = (path / "adapter_model.bin").is_file()
+        raise BadInput(f"--ckpt {ckpt}: no {PEFT_WEIGHTS} beside its {PEFT_CONFIG}"
+                       + ("; its adapter_model.bin is a pickle, which is never loaded (it can run code): convert it "
+                          "to safetensors where you trust it" if pickled else ""))
+    return Checkpoint(path, "peft", method, path, base, peft_config=config)
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -198,8 +205,11 @@ def atomic_dir(out_dir):
     """Yield an empty temporary folder beside `out_dir`; on success its files are fsynced and it is
     renamed to `out_dir`, on any error it is removed (nothing half-written is left)."""
     out = check_export_dir(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:  # e.g. under /proc, or a folder of another user: the place, not a temporary name
+        raise BadInput(f"--export_dir {out}: no folder can be made in {out.parent} ({e.strerror or e})") from None
     try:
         mask = os.umask(0)
         os.umask(mask)
@@ -212,20 +222,28 @@ def atomic_dir(out_dir):
         fsync_dir(tmp)
         os.rename(tmp, out)  # fails rather than replace a folder that appeared meanwhile
         fsync_dir(out.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        code = errno_of_safetensors_error(e)  # e.g. a full disk under save_pretrained
+        if code is not None:
+            raise OSError(code, os.strerror(code), str(out)) from None
         raise
 
 
 def export_checkpoint(ckpt: Checkpoint, kind: str, out_dir) -> str:
     """Write `ckpt` as `kind` ('peft' or 'merged') into the new folder `out_dir`; returns a line
     saying what was written."""
+    from models.methods.capabilities import Mergeable, peft_exporter
+
     if kind not in EXPORT_KINDS:
         raise BadInput(f"--export must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
+    exporter = peft_exporter(ckpt.method) if kind == "peft" else None  # refused before OUT is made
+    if kind == "merged" and not isinstance(ckpt.method, Mergeable):
+        raise BadInput(f"{ckpt.method.name} cannot be merged into its base model; use --export peft")
     with atomic_dir(out_dir) as tmp:
-        if kind == "peft":
-            what = ckpt.method.export_peft(tmp, saved_dir=ckpt.saved_dir, base_model_name=ckpt.base_model_name,
-                                           load_model=lambda: ckpt.load()[0])
+        if exporter is not None:
+            what = exporter.export_peft(tmp, saved_dir=ckpt.saved_dir, base_model_name=ckpt.base_model_name,
+                                        load_model=lambda: ckpt.load()[0])
         else:
             from models.adapter import save_plain_model
 

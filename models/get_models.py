@@ -69,6 +69,45 @@ def check_safetensors(path) -> None:
                        "truncated or damaged)")
 
 
+def check_model_type(config_file: Path) -> None:
+    """BadInput naming `config_file` when its model_type is not one this transformers knows (before
+    transformers logs about it): code of the folder's own that it names (auto_map) is never run here
+    (trust_remote_code=False). A known model_type loads with transformers' own class whatever auto_map
+    says; a config.json that is not JSON is left to transformers' own message."""
+    from transformers import CONFIG_MAPPING, __version__
+
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or model_type in CONFIG_MAPPING:
+        return
+    if config.get("auto_map"):
+        raise BadInput(f"{config_file}: model_type {model_type!r} needs the folder's own Python code (auto_map), "
+                       "and a model folder's code is never run here (trust_remote_code=False)")
+    raise BadInput(f"{config_file}: model_type {model_type!r} is not an architecture transformers {__version__} "
+                   "knows (a newer transformers may)")
+
+
+def check_gguf(path) -> None:
+    """BadInput naming `path` unless gguf's reader parses it whole: header, metadata, tensor table, and
+    data reaching the end of every tensor (a cut file fails here, wherever it was cut, before
+    transformers reads it into a vague error naming only the folder). The data is memory-mapped, not read."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except (ValueError, IndexError, KeyError, struct.error, OverflowError) as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise BadInput(f"{path}: not a complete GGUF file ({size} bytes; truncated or damaged: {reason})") from None
+    if end > size:
+        raise BadInput(f"{path}: not a complete GGUF file ({size} bytes; its tensors need {end}; truncated or damaged)")
+
+
 def load_base_model(model_name: str, **options):
     """(model, tokenizer) from a hub name (online users), a local folder, or a GGUF file; `options`
     are the other ModelOptions fields (gguf_file, load_bit, enable_grad_ckpt), defaults as there.
@@ -89,7 +128,10 @@ def load_base_model(model_name: str, **options):
     if gguf_file is None and Path(model_name).is_dir() and not (Path(model_name) / "config.json").is_file():
         raise BadInput(f"model folder {model_name} has no config.json (expected a Hugging Face model "
                        "folder: config.json, weights and tokenizer files; or a .gguf file)")
+    if gguf_file is not None:
+        check_gguf(Path(model_name) / gguf_file)
     if gguf_file is None and Path(model_name).is_dir():
+        check_model_type(Path(model_name) / "config.json")
         for weights in sorted(Path(model_name).glob("*.safetensors")):
             check_safetensors(weights)
     # a model folder's own Python code is never run (transformers would otherwise ask "[y/N]" mid-run)
@@ -98,9 +140,6 @@ def load_base_model(model_name: str, **options):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(model_name, dtype=load_dtype(opts.load_bit), **kwargs, **kernel)
-    except struct.error as e:  # transformers' GGUF reader on a file that ends early
-        where = Path(model_name) / gguf_file if gguf_file else Path(model_name)
-        raise BadInput(f"{where}: not a complete GGUF file (truncated or damaged: {e})") from None
     except ImportError as e:  # e.g. flash_attention_2 without its package
         raise BadInput(f"--attn_implementation {opts.attn_implementation}: not available on this machine "
                        f"({' '.join(str(e).split())[:200]})") from None

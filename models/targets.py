@@ -27,17 +27,5 @@ def resolve_targets(target_modules, model_type: str | None):
     unset) the architecture's default list. Methods write the result into their config at build time
     (as peft's `_prepare_adapter_config` does), so args.json and the adapter config name the layers the
     run adapted and a saved run loads with that list, whatever this table says later. Runs made before
-    that recorded null: they are resolved with today's table (what they always were)."""
+    that recorded null: they are resolved with today's table (what they always were; models/compat.py)."""
     return default_targets(model_type) if target_modules is None else target_modules
-
-
-def recorded_config(recorded: dict, given: dict, model_type: str | None) -> dict:
-    """A checkpoint's recorded configuration as the run's is now compared with it: a checkpoint of a run
-    made before targets were recorded holds `target_modules: null` (the default then), which stands for
-    today's default of `model_type` when the run's configuration has a list."""
-    if recorded.get("target_modules", "") is None and given.get("target_modules") is not None:
-        try:
-            return {**recorded, "target_modules": default_targets(model_type)}
-        except BadInput:  # no default for this architecture: the run cannot have been built with null
-            return recorded
-    return recorded

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]  # on sys.path for the tests: pyproject.toml's pytest pythonpath
-# no tokenised-feature cache (data/cache.py) unless a test asks for one: every test tokenises
+# no tokenised-feature cache (data/features.py) unless a test asks for one: every test tokenises
 os.environ.setdefault("KNOWHIRA_CACHE", "none")
 
 

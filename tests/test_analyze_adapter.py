@@ -419,3 +419,25 @@ def test_results_folder_elsewhere(runs, tmp_path, capsys):
     assert analyze_adapter.main(runs_args + ["--out", str(tmp_path / "o2"), "--results",
                                              str(tmp_path / "missing")]) == 2
     assert "--results" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("results, needle", [("[1, 2]", "expected a JSON object of evaluation results, got list"),
+                                             ('{"tasks": [1]}', "'tasks' is a JSON list")])
+def test_results_json_of_the_wrong_shape_and_out_a_file_are_one_line(results, needle, tmp_path, capsys):
+    """Issue 32: results.json a list (or its tasks a list), --out an existing file: one line naming the file,
+    exit 2, nothing written (before any model is loaded)."""
+    import analyze_adapter
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "args.json").write_text(json.dumps({"model_name": "gpt2", "peft_type": "lora"}))
+    (run / "results.json").write_text(results)
+    assert analyze_adapter.main([str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run / 'results.json'}: " in err[0] and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "afile").write_text("kept")
+    assert analyze_adapter.main([str(run), "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --out {tmp_path / 'afile'} is a file, not a folder"]
+    assert (tmp_path / "afile").read_text() == "kept"

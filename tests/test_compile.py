@@ -27,7 +27,8 @@ from conftest import run_main, tiny_model
 from models.compile import compile_blocks
 from models.methods import build, get_method
 from models.targets import default_targets
-from training.loss import OutputHead, task_loss_sum
+from models.output_head import OutputHead
+from training.loss import task_loss_sum
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,

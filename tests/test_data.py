@@ -1,6 +1,7 @@
 """Data loading, validation split, tokenisation and collation, on the real LLM-Adapters files and
 the real GPT-2 tokenizer; tasks missing from the shared folder are covered by small fixtures."""
 import json
+import re
 
 import pytest
 import torch
@@ -286,6 +287,23 @@ def test_missing_file(tmp_path):
         load_records(tmp_path / "nope.json")
 
 
+def test_an_empty_file_a_folder_and_a_link_loop_say_what_they_are(tmp_path):
+    """Issue 32 (fair): not json's "Expecting value" for 0 bytes, nor "not found" for what is there."""
+    (tmp_path / "empty.json").write_bytes(b"")
+    (tmp_path / "train.json").mkdir()
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "gone.json")
+    for name, message in (("empty.json", "empty file (0 bytes"), ("train.json", "a folder, not a file"),
+                          ("loop.json", "a symbolic link that leads to no file (Too many levels"),
+                          ("dangling.json", "a symbolic link that leads to no file (No such file")):
+        with pytest.raises(DataError, match=re.escape(f"{tmp_path / name}: {message}")):
+            load_records(tmp_path / name)
+    (tmp_path / "boolq").mkdir()
+    (tmp_path / "boolq" / "test.json").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'boolq' / 'test.json'}: a folder, not a file")):
+        load_task_split(tmp_path, "boolq", "test")
+
+
 def test_unknown_task(data_dir):
     with pytest.raises(ValueError) as err:
         load_task_split(data_dir, "hellaswagg", "test")
@@ -409,6 +427,20 @@ def test_download_file_validates_and_replaces_atomically(tmp_path):
         download_file(bad.as_uri(), dest)
     assert dest.read_bytes() == before  # the old file is untouched
     assert sorted(p.name for p in dest.parent.iterdir()) == ["train.json"]  # no temp file left behind
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path):
+    """Issue 32 (fair): `python -m data.download` offline left --out and its task folder behind, empty."""
+    import urllib.error
+
+    from data.download import download_file
+
+    def offline(url):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(urllib.error.URLError):
+        download_file("https://example.invalid/x.json", tmp_path / "kept" / "out" / "boolq" / "test.json", offline)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]  # the folder that was there stays
 
 
 def test_download_plan(tmp_path):

@@ -148,3 +148,28 @@ def test_gptneo_multigpu_script_runs_end_to_end_on_cpu(tiny_neo_dir, small_data_
     assert list(results["tasks"]) == ["piqa"] and results["tasks"]["piqa"]["n"] == 6
     assert "| knowhira" in p.stdout and "chance" in p.stdout
     assert (tmp_path / "runs" / "summary" / "summary.md").is_file()
+
+
+COUNTING = """
+import atexit, json, os, runpy, sys
+import training.recipe as recipe
+calls, example, out = [], recipe.train_example, sys.argv[1]
+recipe.train_example = lambda *a, **k: calls.append(1) or example(*a, **k)
+atexit.register(lambda: open(os.path.join(out, "calls-" + os.environ["RANK"]), "w").write(str(len(calls))))
+sys.argv = ["train_knowhira.py", *sys.argv[2:]]
+runpy.run_path("train_knowhira.py", run_name="__main__")
+"""
+
+
+def test_the_second_rank_memory_maps_the_features_the_first_wrote(tiny_neo_dir, small_data_dir, tmp_path):
+    """torchrun, 2 ranks, --cache_dir: rank 0 tokenises every record (80 = 72 training + 8 validation) and
+    writes the two Arrow files; rank 1 waits and reads them (train_example never called there)."""
+    script = tmp_path / "counting.py"
+    script.write_text(COUNTING)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29631",
+                          str(script), str(tmp_path), *train_args(tiny_neo_dir, small_data_dir, tmp_path, "two", 2,
+                                                                  steps=2), "--cache_dir", str(tmp_path / "cache")],
+                         cwd=ROOT, env=env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [int((tmp_path / f"calls-{r}").read_text()) for r in (0, 1)] == [80, 0]
+    assert len(list((tmp_path / "cache").glob("features-*.arrow"))) == 2

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_main, tiny_model
-from models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LEGACY_CONFIG, LEGACY_WEIGHTS, adapter_layers
+from models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_layers
+from models.compat import LEGACY_CONFIG, LEGACY_WEIGHTS
 from models.export import export_checkpoint, open_checkpoint
 from models.get_models import ModelOptions
-from models.methods import REGISTRY, get_method
+from models.methods import REGISTRY, get_method, training_hooks
 
 IDS = torch.tensor([[15496, 995, 11, 428, 318, 257, 1332, 13], [40, 588, 262, 3797, 290, 13, 50256, 50256]])
 R = 4
@@ -55,8 +56,8 @@ def trained(method, arch, steps=3, **options):
     m = get_method(method)
     cfg = m.config_cls.from_values({"target_modules": TARGETS[arch], "r_ab": R, **options})
     model = m.build(tiny_model(arch), cfg)
-    if m.init_batches(cfg):
-        m.initialise(model, cfg, [IDS[:1], IDS[1:]], lambda mod, b: ce_loss(mod, b) / 2)
+    if training_hooks(m).init_batches(cfg):
+        training_hooks(m).initialise(model, cfg, [IDS[:1], IDS[1:]], lambda mod, b: ce_loss(mod, b) / 2)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
     for _ in range(steps):

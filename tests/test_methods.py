@@ -87,9 +87,9 @@ def make(method, arch, *extra, sb_eta=1e-2, seed=0):
         argv += ["--sb_eta", str(sb_eta)]
     recipe = cli_recipe(*argv)
     model = recipe.method.build(base_model(arch, seed=seed), recipe.method_cfg)
-    if recipe.method.init_batches(recipe.method_cfg) and sb_eta is not None:
+    if recipe.hooks.init_batches(recipe.method_cfg) and sb_eta is not None:
         batches = [IDS[:1], IDS[1:]]  # token-mean CE over both
-        message = recipe.method.initialise(model, recipe.method_cfg, batches,
+        message = recipe.hooks.initialise(model, recipe.method_cfg, batches,
                                            lambda m, b: ce_loss(m, b) / len(batches))
         assert message.startswith("HiRA-SB init: mean relative residual")
     return model, recipe
@@ -297,7 +297,7 @@ def test_step0_kasa_equals_truncated_base(arch):
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_changes_only_trainable_tensors(method, arch):
     model, recipe = make(method, arch)
-    reg = recipe.method.regularizer(recipe.method_cfg)  # what TrainRecipe.trainer() hands the loop
+    reg = recipe.hooks.regularizer(recipe.method_cfg)  # what TrainRecipe.trainer() hands the loop
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     before = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
@@ -366,7 +366,7 @@ def test_regularizer_of_every_method(method):
     extra, weight, reference, rtol = REGULARIZERS.get(method, ([], None, None, None))
     model, recipe = make(method, "llama", *extra, sb_eta=None)
     perturb(model)
-    reg = recipe.method.regularizer(recipe.method_cfg)
+    reg = recipe.hooks.regularizer(recipe.method_cfg)
     if reference is None:
         assert reg is None
         return

@@ -1,9 +1,17 @@
-"""A new method added from this file alone: a Hadamard layer with a trainable diagonal core
-M = diag(d) (one config dataclass, one layer class, one Method subclass, one `register` call), then
-trained for 2 steps through the CLI entry point, resumed, evaluated and analysed, with no other
-project file changed. Tiny RANDOMLY INITIALISED GPT-Neo, real boolq records."""
+"""New methods added from this file alone, with no other project file changed:
+
+1. a Hadamard layer with a trainable diagonal core M = diag(d) (one config dataclass, one layer class,
+   one Method subclass, one `register` call) that inherits HiRA's capabilities (training hooks, merge,
+   peft interop, analysis): trained for 2 steps through the CLI entry point, resumed, evaluated,
+   analysed and exported as a stock peft HiRA adapter;
+2. a method with the required core only (build, save, load; models/methods/base.py `Method`): it
+   trains, resumes and evaluates, and the optional capabilities it lacks (capabilities.py) are refused
+   in one line (`--export peft`, `--export merged`, analyze_adapter.py).
+
+Tiny RANDOMLY INITIALISED GPT-Neo, real boolq records."""
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +22,9 @@ import analyze_adapter
 import analyze_results
 import train_knowhira
 from models.hadamard import HadamardLinear
-from models.methods import REGISTRY, register
+from models.methods import REGISTRY, Method, MethodConfig, register
 from models.methods.hira import HadamardConfig, HiRA
+from utils.atomic import atomic_save_safetensors
 from utils.options import option, positive
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -46,8 +55,37 @@ class DiagCore(HiRA):
     summary = "HiRA with a trainable diagonal core (a test method)"
     layer_cls = DiagCoreLinear
 
-    def regularizer(self, cfg):
+    def regularizer(self, cfg):  # a training hook (HiRA's is λ · L_ortho): none here
         return None
+
+
+# ---- a method with the required core only ----------------------------------------------------------
+@dataclass
+class NormTuneConfig(MethodConfig):
+    pass
+
+
+class NormTune(Method):
+    """Trains the LayerNorm weights and biases only: no training hooks, no merge, no peft form, no analysis."""
+
+    name = "norm_tune"
+    config_cls = NormTuneConfig
+    summary = "LayerNorm weights and biases only (a test method)"
+
+    def build(self, model, cfg):
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(isinstance(module, nn.LayerNorm))
+        return model
+
+    def save(self, model, cfg, out_dir, write=True):
+        if write:
+            atomic_save_safetensors({n: p for n, p in model.named_parameters() if p.requires_grad},
+                                    Path(out_dir) / "norms.safetensors")
+
+    def load(self, model, saved_dir):
+        model.load_state_dict(load_file(str(Path(saved_dir) / "norms.safetensors")), strict=False)
+        return model
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -117,3 +155,60 @@ def test_analyses(run, data, tmp_path):
     for r in rows:  # the Hadamard bound it inherits: rank(W0) · r capped by min(out, in)
         assert int(r["rank_bound"]) == min(int(r["w0_rank"]) * 4, int(r["min_dim"]))
         assert float(r["rel_update"]) > 0
+
+
+def test_exports_as_a_stock_peft_hira_adapter(run, tmp_path):
+    """The PeftInterop capability it inherits from HiRA: B′ = s · B · diag(d), A as trained."""
+    out = tmp_path / "peft"
+    assert train_knowhira.main(["--ckpt", str(run), "--export", "peft", "--export_dir", str(out)]) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "HIRA" and config["r"] == 4
+    peft = load_file(str(out / "adapter_model.safetensors"))
+    ours = load_file(str(run / "best" / "knowhira_adapter.safetensors"))  # best: what --ckpt RUN reads
+    layer = "transformer.h.0.attn.attention.q_proj"
+    assert torch.equal(peft[f"base_model.model.{layer}.hira_A"], ours[f"{layer}.hira_A"])
+    assert torch.equal(peft[f"base_model.model.{layer}.hira_B"], ours[f"{layer}.hira_B"] * ours[f"{layer}.diag"])
+
+
+# ---- the core-only method ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def core_run(data, tiny_neo_dir, tmp_path_factory):
+    register(NormTune())
+    try:
+        out = tmp_path_factory.mktemp("core_runs")
+        argv = ["--model_name", str(tiny_neo_dir), "--data_dir", str(data), "--dataset", "boolq",
+                "--peft_type", "norm_tune", "--batch", "2", "--max_steps", "2", "--val_size", "4",
+                "--eval_steps", "2", "--save_steps", "2", "--lr", "1e-2", "--output_folder", str(out),
+                "--run_name", "norms"]
+        assert train_knowhira.main(argv) == 0
+        yield out / "norms"
+    finally:
+        del REGISTRY["norm_tune"]
+
+
+def test_core_only_method_trains_resumes_and_evaluates(core_run, data):
+    saved = json.loads((core_run / "args.json").read_text())
+    assert saved["peft_type"] == "norm_tune"
+    assert saved["trainable_params"] == (2 * 2 + 1) * 2 * 48  # ln_1, ln_2 of 2 blocks + ln_f: weight, bias
+    norms = load_file(str(core_run / "final" / "norms.safetensors"))
+    assert len(norms) == 10 and any((v - 1).abs().max() > 1e-4 for k, v in norms.items() if k.endswith("weight"))
+    assert train_knowhira.main(["--resume", str(core_run), "--max_steps", "3"]) == 0
+    assert [r["step"] for r in log(core_run)] == [1, 2, 3]
+    assert all(r.get("loss_reg", 0) == 0 for r in log(core_run))  # no training hooks: no regulariser
+    assert train_knowhira.main(["--ckpt", str(core_run), "--data_dir", str(data), "--dataset", "boolq",
+                                "--max_examples", "3", "--max_new_tokens", "4"]) == 0
+    results = json.loads((core_run / "results.json").read_text())
+    assert results["meta"]["method"] == "norm_tune" and results["tasks"]["boolq"]["n"] == 3
+
+
+def test_core_only_method_refuses_what_it_lacks(core_run, data, tmp_path, capsys):
+    for kind, why in (("peft", "norm_tune has no adapter form; use --export merged"),
+                      ("merged", "norm_tune cannot be merged into its base model")):
+        assert train_knowhira.main(["--ckpt", str(core_run), "--export", kind,
+                                    "--export_dir", str(tmp_path / kind)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / kind).exists()
+    assert analyze_adapter.main([str(core_run), "--out", str(tmp_path / "a"), "--forgetting_texts", "0",
+                                 "--no_figures", "--data_dir", str(data)]) == 2
+    assert "no adapter analysis" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from training.loop import LoopConfig
     (LoopConfig, {"lr": "1e-3x"}, "lr: could not convert string to float"),
     (KnowHiRAConfig, {"r_ab": 3.5}, "r_ab: must be an int, got float 3.5"),
     (ModelOptions, {"gguf_file": 7}, "gguf_file: must be a str, got int 7"),
+    (KnowHiRAConfig, {"target_modules": [1, 2]}, "target_modules: must be a list of names (strings), got [1, 2]"),
 ])
 def test_option_values_are_type_checked(cls, values, needle):
     """Options built from Python or from an (edited) args.json are checked for type, not only range."""

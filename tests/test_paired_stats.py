@@ -442,3 +442,23 @@ def test_an_accuracy_that_is_no_accuracy_is_refused(edit, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path / "a" / "results.json") in err[0] and "is no accuracy" in err[0]
     assert not (tmp_path / "s").exists()
+
+
+def test_meta_that_is_no_object_and_an_out_that_is_a_file_are_one_line(tmp_path, capsys):
+    """Issue 32: results.json "meta" a list (ValueError from dict.update) and --out naming an existing file
+    (FileExistsError from mkdir) were tracebacks; each is one line naming the file, exit 2, nothing written."""
+    import analyze_results
+
+    make_run(tmp_path / "a", trained_meta(1), {"boolq": [1, 0, 1, 0]})
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    assert analyze_results.main([str(tmp_path / "a"), "--out", str(afile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {afile} is a file, not a folder" in err[0], err
+    assert afile.read_text() == "kept"
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    (tmp_path / "a" / "results.json").write_text(json.dumps({**results, "meta": [1, 2]}))
+    assert analyze_results.main([str(tmp_path / "a"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'a' / 'results.json'}: 'meta' is a JSON list" in err[0], err
+    assert not (tmp_path / "s").exists()

@@ -1,5 +1,5 @@
 """Doing less work gives the same numbers: the output layer only at the labelled positions
-(training/loss.OutputHead; with FSDP2 too: tests/test_distributed.py), length-grouped batches (training/order.epoch_order) and single-pass scoring
+(models/output_head.OutputHead; with FSDP2 too: tests/test_distributed.py), length-grouped batches (training/order.epoch_order) and single-pass scoring
 (eval/scoring.py), each against the straightforward computation. Tiny RANDOMLY INITIALISED models; the
 two-process and resume equalities with grouping on are tests/test_distributed.py and test_train_cli.py
 (grouping is the default)."""
@@ -8,7 +8,8 @@ import torch
 
 from conftest import tiny_model
 from models.methods import build, get_method
-from training.loss import OutputHead, task_loss_sum
+from models.output_head import OutputHead
+from training.loss import task_loss_sum
 from training.order import MEGA_BATCHES, epoch_order
 from utils.batching import IGNORE_INDEX
 
@@ -111,3 +112,43 @@ def test_single_pass_scores_equal_one_forward_per_pair(arch):
         for (c, r), s in zip(pairs, scores):
             assert s == pytest.approx(direct_score(model, c, r), abs=1e-4)
         assert scores[-1] == scores[4]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_single_pass_scores_with_very_different_continuation_lengths(arch):
+    """Continuations of 1 to 40 tokens in one batch: they run in several length buckets, each from its
+    slice of the contexts' cache, with the head at real positions only; every pair as if alone (1e-5)."""
+    from eval.scoring import buckets, score_token_pairs
+
+    model = adapted(arch, None)
+    g = torch.Generator().manual_seed(2)
+
+    def tokens(k):
+        return torch.randint(0, 50257, (k,), generator=g).tolist()
+    contexts = [tokens(k) for k in (21, 5, 12)]
+    lengths = (40, 1, 2, 33, 3, 17, 2, 39, 1)
+    pairs = [(contexts[i % 3], tokens(k)) for i, k in enumerate(lengths)]
+    assert len(buckets(sorted((k - 1 for k in lengths if k > 1), reverse=True))) > 1  # several forwards
+    scores = score_token_pairs(model, pairs, pad_id=50256, batch_size=3, show_progress=False)
+    for (c, r), s in zip(pairs, scores):
+        assert s == pytest.approx(direct_score(model, c, r), abs=1e-5)
+
+
+def test_buckets_minimise_padded_positions_plus_a_cost_per_forward():
+    """The dynamic programme against every split of a sorted list (brute force)."""
+    from itertools import combinations
+
+    from eval.scoring import buckets
+
+    def total(lengths, spans, cost):
+        return sum((b - a) * lengths[a] + cost for a, b in spans)
+    for lengths in ([40, 39, 33, 17, 3, 2, 2, 1], [5, 5, 5, 5], [9], [30, 2, 2, 2, 2, 2, 2, 2, 2, 1]):
+        for cost in (0, 4, 16, 1000):
+            spans = buckets(lengths, cost)
+            assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == len(lengths)
+            n = len(lengths)
+            every = [list(zip((0,) + cut, cut + (n,))) for k in range(n) for cut in combinations(range(1, n), k)]
+            assert total(lengths, spans, cost) == min(total(lengths, s, cost) for s in every)
+    assert buckets([30, 2, 2, 1], 4) == [(0, 1), (1, 4)]  # the long row alone: 30 + 6 + 2 · 4 < 4 · 30 + 4
+    assert buckets([30, 2, 2, 1], 1000) == [(0, 4)]  # a forward dearer than any padding: one
+    assert buckets([]) == []

@@ -7,6 +7,7 @@ not configured, and a bad name, are one line and exit 2 before anything is writt
 mid-run is a warning; TensorBoard keeps purge_step on resume; `none` writes log.jsonl only."""
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -229,17 +230,27 @@ def tb_scalars(run_dir, key="loss_task"):
     return [(e.step, e.value) for e in acc.Scalars(key)]
 
 
+def next_second():
+    """Wait for the wall clock's next whole second. TensorBoard reads a folder's event files in name order, and a
+    name is events.out.tfevents.<whole seconds>.<host>.<pid>.<a per-process counter>: two writers of ONE process
+    in the same second sort by that counter as text ('10' before '9' once earlier tests made nine). A resumed run
+    is a new process started later; in one test process the next second gives the same order."""
+    time.sleep(1.01 - time.time() % 1)
+
+
 def test_resume_purges_tensorboard_steps_after_the_checkpoint(tmp_path):
     first = RunLogger(tmp_path)
     for r in records([1, 2, 3, 4]):
         first.log(r)
     first.close()
+    next_second()
     again = RunLogger(tmp_path, resume_step=2)  # killed after step 4, resumed from the step-2 checkpoint
     for r in records([3, 4], scale=10.0):
         again.log(r)
     again.close()
     assert [r["loss_task"] for r in read_log(tmp_path)] == [1.0, 2.0, 30.0, 40.0]
     assert tb_scalars(tmp_path) == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    next_second()
     fresh = RunLogger(tmp_path, resume_step=0)  # no checkpoint left: training restarts from step 0
     fresh.log(records([1], scale=100.0)[0])
     fresh.close()

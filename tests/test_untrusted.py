@@ -210,7 +210,7 @@ def test_results_json_of_another_configuration_written_meanwhile_is_not_overwrit
 
 
 # ---- 4. damaged model files ------------------------------------------------------------------------------
-@pytest.mark.parametrize("cut", [100, 1 << 20])
+@pytest.mark.parametrize("cut", [100, 1 << 20, 40_000_000])  # 40 MB: the header whole, tensors cut
 def test_truncated_gguf_is_one_line(cut, tmp_path, boolq_dir, capsys):
     import os
 
@@ -245,6 +245,44 @@ def test_truncated_safetensors_is_one_line(keep, tmp_path, boolq_dir, gpt2_token
     line = one_line(err)
     assert f"{weights}: not a complete safetensors file" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_synthetic_gguf_cut_in_its_tensor_data_is_one_line(tmp_path):
+    """gguf's own writer: one 64 x 48 tensor, the file cut 1000 bytes short (no real model needed)."""
+    from models.get_models import check_gguf
+    from tests.robustness.setups import small_gguf
+    from utils.errors import BadInput
+
+    path = small_gguf(tmp_path / "m.gguf")
+    check_gguf(path)  # whole: no complaint
+    size = path.stat().st_size
+    assert size >= 64 * 48 * 4
+    with open(path, "r+b") as f:
+        f.truncate(size - 1000)
+    with pytest.raises(BadInput, match=f"^{path}: not a complete GGUF file \\({size - 1000} bytes; truncated"):
+        check_gguf(path)
+
+
+def test_export_merged_onto_a_full_disk_is_one_line_and_leaves_no_temporary_folder(finished_run, tmp_path, capsys):
+    """safetensors' writer reports a failed write as SafetensorError, not OSError: it was a traceback. A real
+    failed write without root: RLIMIT_FSIZE 64 KiB (EFBIG, SIGXFSZ ignored) makes the merged model's
+    model.safetensors fail as a full disk would; exit 1, the export folder named, the temporary folder removed."""
+    import resource
+    import signal
+
+    out = tmp_path / "disk" / "exported"
+    (tmp_path / "disk").mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
+        rc, err = run_main(["--ckpt", finished_run, "--export", "merged", "--export_dir", out], capsys)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert rc == 1
+    assert one_line(err) == f"error: {out}: File too large"
+    assert list((tmp_path / "disk").iterdir()) == []  # no export folder, no .exported.*.tmp
 
 
 # ---- 5. cloze on a question longer than the model's positions --------------------------------------------

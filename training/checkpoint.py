@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from models.targets import recorded_config
+from models.compat import recorded_config
 from utils.atomic import atomic_save_safetensors, atomic_write_bytes, fsync_dir
 from utils.dist import copy_full_, gather_state, is_sharded
 from utils.errors import BadInput

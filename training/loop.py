@@ -23,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from data.tokenize import Collator
+from models.output_head import OutputHead
 from training.checkpoint import complete, discard_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.logger import RunLogger, plot_losses
-from training.loss import OutputHead, count_targets, task_loss_sum
+from training.loss import count_targets, task_loss_sum
 from training.order import epoch_order
 from training.trackers import check_report_to, parse_report_to, report_to_problem
 from training.validation import validate

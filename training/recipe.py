@@ -19,7 +19,7 @@ from data.answer_format import record_task, scored_choices, train_example
 from data.options import DataOptions
 from data.protocols import answer_slot, get_protocol
 from models.get_models import ModelOptions
-from models.methods import REGISTRY, get_method
+from models.methods import REGISTRY, get_method, training_hooks
 from training.loop import LoopConfig, Trainer
 from training.loss import count_targets, task_loss_sum
 from training.order import epoch_order
@@ -83,6 +83,7 @@ class TrainRecipe:
                  run: RunOptions, peft_type: str):
         self.model_opts, self.method_cfg, self.data, self.loop, self.run = model, method_cfg, data, loop, run
         self.method = get_method(peft_type)
+        self.hooks = training_hooks(self.method)  # regulariser, lr scales, data-dependent init (or none)
         self.protocol = get_protocol(data.protocol)
         if data.train_on_inputs is None:  # the protocol's (recorded in args.json resolved)
             data.train_on_inputs = self.protocol.train_on_inputs
@@ -112,10 +113,9 @@ class TrainRecipe:
         """Everything that can fail on bad input happens here, before the run folder exists."""
         import torch
         from accelerate import Accelerator
-        from tqdm.auto import tqdm
 
-        from data.cache import cached_features
         from data.commonsense import DataError, fingerprint, load_train_data, record_place, split_validation, train_files
+        from data.features import tokenized
         from models.adapter import count_trainable
         from models.get_models import load_base_model
         from training.trackers import check_report_to
@@ -137,22 +137,18 @@ class TrainRecipe:
             raise BadInput(f"--cutoff_len {self.data.cutoff_len} exceeds the {max_pos} positions of "
                            f"{self.model_opts.model_name} (config max_position_embeddings)")
 
-        def tokenize(recs, desc):
-            options = {k: getattr(self.data, k) for k in ("protocol", "cutoff_len", "train_on_inputs", "answer_format")}
-            return cached_features(recs, self.tokenizer, options, lambda rs: tokenize_all(rs, desc),
-                                   self.data.cache_dir, write=self.accelerator.is_main_process)
+        def example(r):
+            try:
+                return train_example(self.protocol, self.tokenizer, r, None, self.data.answer_format,
+                                     self.data.cutoff_len, self.data.train_on_inputs)
+            except BadInput as e:  # e.g. a response longer than --cutoff_len: name file and record
+                raise DataError(f"{record_place(self.data.data_dir, self.data.dataset, records, r)}: {e}") from None
 
-        def tokenize_all(recs, desc):
-            features = []
-            with tqdm(recs, desc=f"tokenize {desc}", leave=False, mininterval=2) as bar:  # closed before an error
-                for r in bar:
-                    try:
-                        features.append(train_example(self.protocol, self.tokenizer, r, None, self.data.answer_format,
-                                                      self.data.cutoff_len, self.data.train_on_inputs))
-                    except BadInput as e:  # e.g. a response longer than --cutoff_len: name file and record
-                        where = record_place(self.data.data_dir, self.data.dataset, records, r)
-                        raise DataError(f"{where}: {e}") from None
-            return features
+        def tokenize(recs, desc):  # the main process first: the other ranks memory-map the file it writes
+            options = {k: getattr(self.data, k) for k in ("protocol", "cutoff_len", "train_on_inputs", "answer_format")}
+            with self.accelerator.main_process_first():
+                return tokenized(recs, self.tokenizer, options, example, self.data.cache_dir, desc,
+                                 write=self.accelerator.is_main_process)
 
         self.train_features = tokenize(train_records, "train")
         self.val_features = tokenize(val_records, "validation")
@@ -176,7 +172,7 @@ class TrainRecipe:
     def initialise(self) -> str | None:
         """The method's data-dependent initialisation (HiRA-SB's gradient pass), on a sample of
         training batches apart from epoch 0's order; the loss is the token mean over all of them."""
-        n_batches = self.method.init_batches(self.method_cfg)
+        n_batches = self.hooks.init_batches(self.method_cfg)
         if not n_batches:
             return None
         from data.tokenize import Collator
@@ -186,7 +182,7 @@ class TrainRecipe:
         batches = [{k: v.to(device) for k, v in collate([self.train_features[i] for i in order[j:j + b]]).items()}
                    for j in range(0, n_batches * b, b)]
         total = count_targets([self.train_features[i] for i in order[:n_batches * b]])  # the batches' labels
-        return self.method.initialise(self.model, self.method_cfg, batches,
+        return self.hooks.initialise(self.model, self.method_cfg, batches,
                                       lambda model, batch: task_loss_sum(model, batch)[0] / total)
 
     def config(self) -> dict:
@@ -195,9 +191,9 @@ class TrainRecipe:
 
     def trainer(self) -> Trainer:
         return Trainer(self.accelerator, self.model, self.tokenizer, self.train_features, self.val_features,
-                       self.loop, self.run_dir, self.save, self.method.regularizer(self.method_cfg),
+                       self.loop, self.run_dir, self.save, self.hooks.regularizer(self.method_cfg),
                        self.val_slots, config=self.config(), val_choices=self.val_choices, val_tasks=self.val_tasks,
-                       lr_scales=self.method.lr_scales(self.method_cfg), data_fingerprint=self.data_fingerprint,
+                       lr_scales=self.hooks.lr_scales(self.method_cfg), data_fingerprint=self.data_fingerprint,
                        allow_data_change=self.run.allow_data_change)
 
     def save(self, model, out_dir, write: bool = True) -> None:

@@ -7,6 +7,7 @@ not mkstemp's 0600.
 """
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,15 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def errno_of_safetensors_error(e: BaseException) -> int | None:
+    """The errno of a write that safetensors' Rust writer failed ("Error while serializing: I/O error: No
+    space left on device (os error 28)"), which it raises as SafetensorError, not OSError; None otherwise."""
+    if type(e).__name__ != "SafetensorError":
+        return None
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    return int(found.group(1)) if found else None
 
 
 def atomic_write_path(path, write_to) -> None:

@@ -113,8 +113,11 @@ _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 def check_type(f, value) -> None:
     """ValueError unless `value` (not text) is of field `f`'s type: an int for int (not a bool), a number for
-    float, a bool for bool; fields of other types (lists, custom parsers) are left to their checks."""
+    float, a bool for bool, strings in a list for list[str]; fields of other types (custom parsers) are left
+    to their checks."""
     kind = _base_type(f)
+    if isinstance(value, list) and "list[str]" in str(f.type) and not all(isinstance(v, str) for v in value):
+        raise BadInput(f"must be a list of names (strings), got {value!r}")
     if kind in _TYPES and (isinstance(value, bool) and kind != "bool" or not isinstance(value, _TYPES[kind])):
         raise BadInput(f"must be {'an' if kind == 'int' else 'a'} {kind}, got {type(value).__name__} {value!r}")
 

@@ -1,20 +1,24 @@
-"""What a method is: its config dataclass and the few operations the recipe, evaluation, export and
-analysis ask of it. A method file subclasses `Method` (or `AdapterMethod` for layers written in this
-repository) and registers it (models/methods/__init__.py); nothing outside the method files and the
-registry looks at method names.
+"""What a method is: its config dataclass and its required core, `Method` (build, save, load); the
+optional capabilities (training hooks, merge, peft interop, analysis) are the mixins of
+models/methods/capabilities.py. A method file subclasses `Method` (or `AdapterMethod` for layers written
+in this repository) plus the capabilities it has, and registers it (models/methods/__init__.py); nothing
+outside the method files and the registry looks at method names.
 
 Shared option groups (one definition each; a method's config inherits the ones it uses):
     TargetsConfig  --target_modules
     LowRankConfig  + --r_ab, --adapter_dropout
 """
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Callable, ClassVar, NamedTuple
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from models import adapter as layers
+from models.compat import FLAG_ALIASES, adapter_file, check_adapter_keys, upgrade_adapter_config
+from models.files import ADAPTER_CONFIG
+from models.methods.capabilities import Analysable, LayerDelta, Mergeable
 from models.targets import resolve_targets
 from utils.errors import BadInput
 from utils.options import Options, in_range, option, positive
@@ -76,44 +80,19 @@ class LowRankConfig(TargetsConfig):
     r_ab: int = option(32, "rank r (B out x r, A r x in; LoRA/DoRA/KaSA rank; HiRA-SB's R is r x r)",
                        check=positive)
     adapter_dropout: float = option(0.0, "dropout on the adapter path's input", check=in_range(0, 1, high_open=True),
-                                    aliases=("--lora_dropout",))
-
-
-class Regularizer(NamedTuple):
-    """The method's unweighted regulariser as a function of the (unwrapped) model, and its weight
-    in L = L_task + weight · fn(model)."""
-
-    fn: Callable[[nn.Module], torch.Tensor]
-    weight: float
-
-
-@dataclass
-class LayerDelta:
-    """One adapted layer's update for the analysis (analysis/deltas.py)."""
-
-    name: str
-    dw: torch.Tensor  # ΔW, out x in, float32
-    w0: torch.Tensor  # the PRETRAINED W0, out x in, float32
-    base: torch.Tensor  # the weight ΔW is added to (W0; KaSA: the truncated W0'), float32
-    r: int | None
-    extra: dict = field(default_factory=dict)  # scalar method-specific numbers
-    vectors: dict = field(default_factory=dict)  # per-rank vectors (KnowHiRA: sigma_norm, gate, core)
+                                    aliases=FLAG_ALIASES["adapter_dropout"])
 
 
 class Method:
-    """A fine-tuning method. Subclasses set `name`, `config_cls`, `summary` and implement `build`,
-    `save`, `load`; the rest has defaults."""
+    """A fine-tuning method's required core: `name`, `config_cls`, `summary`, and `build`, `save`, `load`.
+    Everything else is an optional capability (models/methods/capabilities.py: TrainingHooks,
+    Mergeable, PeftInterop, Analysable) that a subclass lists among its bases."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
     summary: ClassVar[str]
-    # "merged": the saved result is a whole model; "adapter": tensors on top of the base
+    # what `save` writes: "adapter" (tensors on top of the base) or "merged" (the whole model)
     saves: ClassVar[str] = "adapter"
-    analysis_note: ClassVar[str | None] = None  # printed under the adapter analysis table
-    # why `--export peft` has nothing to write (methods with no stock peft form), or None
-    no_adapter_form: ClassVar[str | None] = None
-    # the stock peft adapter type this method reads under `--ckpt ADAPTER_DIR` (text for messages)
-    reads_peft: ClassVar[str | None] = None
 
     def build(self, model: nn.Module, cfg) -> nn.Module:
         """Make `model` trainable for this method (after the pretrained weights are loaded). A config with
@@ -121,73 +100,24 @@ class Method:
         config then record; AdapterMethod and the peft methods do so."""
         raise NotImplementedError
 
-    def init_batches(self, cfg) -> int:
-        """Training batches the method's data-dependent initialisation needs (0: none)."""
-        return 0
-
-    def initialise(self, model: nn.Module, cfg, batches: list, loss_fn) -> str | None:
-        """Data-dependent initialisation from `batches` (loss_fn(model, batch) -> scalar); returns a
-        line to print, or None."""
-        return None
-
-    def regularizer(self, cfg) -> Regularizer | None:
-        return None
-
-    def lr_scales(self, cfg) -> dict[str, float]:
-        """{parameter-name suffix: multiplier of --lr} for parameters that train at another rate
-        (their own optimizer group; the schedule scales every group alike). Empty: one rate."""
-        return {}
-
     def save(self, model: nn.Module, cfg, out_dir, write: bool = True) -> None:
-        """Write the trained state. Called on every rank (under FSDP2 gathering is collective);
-        only `write=True` writes."""
+        """Write the trained state into `out_dir` (made here if absent: utils/atomic.py's writers do).
+        Called on every rank (under FSDP2 gathering is collective); only `write=True` writes."""
         raise NotImplementedError
 
     def load(self, model: nn.Module, saved_dir) -> nn.Module:
         """`model` (the pretrained base) with the trained state from `saved_dir` on it."""
         raise NotImplementedError
 
-    def merge_and_unload(self, model: nn.Module) -> nn.Module:
-        """A plain model computing what the adapted one computes."""
-        return model
-
-    def rank_bound(self, r: int | None, shape, w0_rank: int) -> int:
-        """An upper bound on rank(ΔW) of one layer (min(out, in) where nothing better holds)."""
-        return min(shape)
-
-    def layer_modules(self, model: nn.Module, targets) -> dict[str, nn.Module]:
-        """Adapted layers by (base-model) module name, for the analysis."""
-        raise NotImplementedError
-
-    def deltas(self, modules: dict, names: list[str], trained_dir):
-        """Yield one LayerDelta per name (the caller drops each before the next is built)."""
-        raise NotImplementedError
-
     def config_from_saved(self, values: dict):
+        """The config recorded in a run's args.json or saved adapter config."""
         return self.config_cls.from_values(values)
 
-    # ---- the stock peft ecosystem (models/export.py) ------------------------------------------
-    def export_peft(self, out_dir, *, saved_dir, base_model_name: str, load_model) -> str:
-        """Write the trained state as a stock peft adapter into `out_dir` (an empty folder) and
-        return a short description of what was written. `saved_dir`: the run's best/ or final/;
-        `load_model()`: the base model with the trained state on it (unmerged), loaded on demand;
-        `base_model_name`: for adapter_config.json's base_model_name_or_path. Default: refuse."""
-        note = f" ({self.no_adapter_form})" if self.no_adapter_form else ""
-        raise BadInput(f"{self.name} has no adapter form{note}; use --export merged")
 
-    def reads_peft_config(self, config: dict) -> bool:
-        """Whether a stock peft adapter with this adapter_config.json is this method's."""
-        return False
-
-    def load_peft(self, model: nn.Module, adapter_dir, config: dict):
-        """(model with the stock peft adapter in `adapter_dir` on it, this method's config describing
-        it); only called when reads_peft_config(config)."""
-        raise ValueError(f"{self.name} does not read peft adapters")
-
-
-class AdapterMethod(Method):
+class AdapterMethod(Method, Mergeable, Analysable):
     """A method whose layers are written in this repository: swap each target for `make_layer`,
-    save the layers' `saved_tensors` plus a ||W0||_F fingerprint, merge with the layers' own merge."""
+    save the layers' `saved_tensors` plus a ||W0||_F fingerprint, merge with the layers' own merge,
+    analyse each layer's `delta_weight()`."""
 
     def make_layer(self, base: nn.Module, cfg, compute: bool) -> nn.Module:
         """The adapter layer around `base`; `compute=False` when loading (no SVD: saved values follow)."""
@@ -207,7 +137,7 @@ class AdapterMethod(Method):
 
     def load(self, model, saved_dir):
         saved = layers.read_adapter_config(saved_dir)
-        self.check_saved_keys(saved, layers.adapter_file(saved_dir, layers.ADAPTER_CONFIG))
+        check_adapter_keys(saved, adapter_file(saved_dir, ADAPTER_CONFIG), self.name)
         cfg = self.config_from_saved(saved)
         self.build(model, cfg, compute=False)
         layers.load_adapter_tensors(model, saved_dir)
@@ -228,21 +158,5 @@ class AdapterMethod(Method):
         w0 = layers.base_weight(layer.base).detach().float()
         return LayerDelta(name, layer.delta_weight().detach().float(), w0, w0, layer.r)
 
-    # adapter_config.json of runs made before the redesign used the layer's own names
-    RENAMED = {"r": "r_ab", "scale": "hira_scale", "dropout": "adapter_dropout"}
-
     def config_from_saved(self, values: dict):
-        return super().config_from_saved({self.RENAMED.get(k, k): v for k, v in values.items()})
-
-    def check_saved_keys(self, saved: dict, path) -> None:
-        """A key of the saved adapter config that is no option here is an error naming it and the file
-        (the old AdapterConfig held every method's fields: those, and its renamed ones, are read)."""
-        from dataclasses import fields
-
-        from models.methods.registry import REGISTRY
-
-        known = {"peft_type", *self.RENAMED, *(f.name for m in REGISTRY.values() for f in fields(m.config_cls))}
-        unknown = sorted(set(saved) - known)
-        if unknown:
-            raise BadInput(f"{path}: unknown key {unknown[0]!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
-                           f": not an option of {self.name} or of any method here")
+        return super().config_from_saved(upgrade_adapter_config(values))  # older runs' key names too

@@ -8,7 +8,8 @@ import torch
 
 from models.adapter import find_targets
 from models.layers import _is_conv1d, base_weight
-from models.methods.base import LayerDelta, Method, MethodConfig
+from models.methods.base import Method, MethodConfig
+from models.methods.capabilities import Analysable, LayerDelta, Mergeable
 from utils.atomic import atomic_write_bytes, atomic_write_path
 from utils.dist import gather_state
 from utils.errors import BadInput
@@ -44,12 +45,11 @@ class SavedTensors:
             return h.get_tensor(key)
 
 
-class FullFineTuning(Method):
+class FullFineTuning(Method, Mergeable, Analysable):
     name = "fft"
     config_cls = FFTConfig
     summary = "every parameter, embeddings and norms included (the LLM-Adapters baseline)"
-    saves = "merged"
-    no_adapter_form = "every weight is trained"
+    saves = "merged"  # no stock peft form: `--export peft` refuses (capabilities.peft_exporter)
 
     def build(self, model, cfg):
         for p in model.parameters():
@@ -91,6 +91,9 @@ class FullFineTuning(Method):
             raise BadInput(f"{saved_dir} does not fit the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
         return model
+
+    def merge_and_unload(self, model):
+        return model  # the trained model is a plain model already
 
     def layer_modules(self, model, targets):
         """The `targets` linear layers of the BASE model (ΔW = W_trained − W0 from the saved file)."""

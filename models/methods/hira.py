@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from models.adapter import PEFT_WEIGHTS, adapter_layers
+from models.adapter import adapter_layers
+from models.files import PEFT_WEIGHTS
 from models.hadamard import HadamardLinear
 from models.layers import _is_conv1d
-from models.methods.base import AdapterMethod, LowRankConfig, Regularizer
+from models.methods.base import AdapterMethod, LowRankConfig
+from models.methods.capabilities import PeftInterop, Regularizer, TrainingHooks
 from models.methods.peft_lib import PEFT_PREFIX
 from utils.errors import BadInput
 from utils.options import non_negative, option
@@ -42,7 +44,7 @@ def ortho_loss(model) -> torch.Tensor:
     return torch.stack([m.ortho_loss() for m in adapter_layers(model).values()]).mean()
 
 
-class HiRA(AdapterMethod):
+class HiRA(AdapterMethod, TrainingHooks, PeftInterop):
     name = "hira"
     config_cls = HiRAConfig
     summary = "W0 + s·W0⊙(B A) (M = I; --ortho_lambda 0 for plain HiRA)"

@@ -47,7 +47,8 @@ from torch import nn
 
 from models.adapter import adapter_layers, read_adapter_config
 from models.layers import MergeableAdapter, _is_conv1d, acc_dtype, base_weight, layer_shape
-from models.methods.base import AdapterMethod, LayerDelta, LowRankConfig, Regularizer
+from models.methods.base import AdapterMethod, LowRankConfig
+from models.methods.capabilities import LayerDelta, PeftInterop, Regularizer, TrainingHooks
 from utils.dist import full
 from utils.errors import BadInput
 from utils.options import non_negative, option
@@ -183,12 +184,13 @@ class KaSALinear(MergeableAdapter):
                 f"truncated={self.base_truncated}")
 
 
-class KaSA(AdapterMethod):
+class KaSA(AdapterMethod, TrainingHooks, PeftInterop):
     name = "kasa"
     config_cls = KaSAConfig
     summary = "SVD-truncated W0 (drop the r smallest components) + (α/r) ΔU diag(Δσ) ΔVᵀ (KaSA paper)"
     analysis_note = ("KaSA truncated W0 to min(out, in) − r components before training; "
                      "ΔW is added to that truncated W0'.")
+
     def export_peft(self, out_dir, *, saved_dir, base_model_name, load_model):
         """peft's own KaSA (a LoRA variant: LoraConfig(kasa_config=KasaConfig(β, γ))): peft truncates the
         pretrained base itself when it loads the adapter (the same min(out, in) − r components, checked equal

@@ -13,23 +13,14 @@ from torch import nn
 
 from models.adapter import adapter_layers
 from models.hadamard import HadamardLinear
+from models.compat import parse_init_ab
 from models.layers import base_weight
-from models.methods.base import LayerDelta
+from models.methods.capabilities import LayerDelta
 from models.methods.hira import HiRA, HiRAConfig
 from models.spectrum import sigma_norms, spectrum_row_scale
-from utils.errors import BadInput
 from utils.options import in_range, negative, non_negative, option, positive
 
 INIT_CHOICES = ("spectrum", "kaiming")
-
-
-def parse_init(text: str) -> str:
-    """'spectrum' | 'kaiming', or the original project's 'A init,B init' pair ('kaiming,zero'):
-    B always starts at zero, so that the adapted model equals the base model at step 0."""
-    a_init, _, b_init = text.partition(",")
-    if b_init and b_init.strip() != "zero":
-        raise BadInput(f"B must start at zero (the model equals the base at step 0); got B init {b_init!r}")
-    return a_init.strip()
 
 
 @dataclass
@@ -42,7 +33,7 @@ class KnowHiRAConfig(HiRAConfig):
     svd_rank_ratio: float = option(0.5, "share of the spectrum σ_norm spans: k = max(r, round(ratio·min(out,in)))",
                                    check=in_range(0, 1, low_open=True))
     init_ab: str = option("spectrum", "A init: Kaiming scaled row-wise by f(σ_norm) ('spectrum') or plain "
-                          "'kaiming'; B = 0 ('kaiming,zero' is accepted)", parse=parse_init,
+                          "'kaiming'; B = 0 ('kaiming,zero' is accepted)", parse=parse_init_ab,
                           choices=INIT_CHOICES)
     spectrum_init_scale: float = option(1.0, "τ in f_i ∝ σ_norm_i^τ for the spectrum-aware init",
                                         check=non_negative)

@@ -3,14 +3,16 @@ peft's own adapter format and merged with peft's merge_and_unload. Their saved f
 adapter: `--export peft` copies it, and `--ckpt ADAPTER_DIR` reads one trained elsewhere."""
 import copy
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from models.adapter import PEFT_CONFIG, PEFT_WEIGHTS
+from models.files import PEFT_CONFIG, PEFT_WEIGHTS
 from models.layers import _is_conv1d, base_weight
-from models.methods.base import LayerDelta, LowRankConfig, Method, TargetsConfig, record_targets
+from models.methods.base import LowRankConfig, Method, TargetsConfig, record_targets
+from models.methods.capabilities import Analysable, LayerDelta, Mergeable, PeftInterop
 from utils.dist import gather_state, is_sharded
 from utils.errors import BadInput
 from utils.options import option
@@ -40,7 +42,7 @@ class IA3MethodConfig(TargetsConfig):
     pass
 
 
-class PeftMethod(Method):
+class PeftMethod(Method, Mergeable, PeftInterop, Analysable):
     """Shared by lora, dora and ia3: peft builds, saves, loads and merges."""
 
     peft_type: str  # peft's name of the adapter type
@@ -71,7 +73,16 @@ class PeftMethod(Method):
 
         if (Path(saved_dir) / PEFT_WEIGHTS).is_file():  # a damaged file or NaN: one line naming it
             load_checked(Path(saved_dir) / PEFT_WEIGHTS)
-        return PeftModel.from_pretrained(model, str(saved_dir))
+        try:
+            with warnings.catch_warnings():  # peft calls transformers' deprecated name: not the user's concern
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                return PeftModel.from_pretrained(model, str(saved_dir))
+        except RuntimeError as e:  # an adapter made for a base of another width: torch's 40-line size mismatch
+            mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), None)
+            if mismatch is None:
+                raise
+            raise BadInput(f"{Path(saved_dir) / PEFT_WEIGHTS}: made for another base model than "
+                           f"{type(model).__name__} {getattr(model.config, 'name_or_path', '')} ({mismatch[:200]})") from None
 
     def merge_and_unload(self, model):
         return model.merge_and_unload()

@@ -1,6 +1,7 @@
 """The registry: method name -> Method (models/methods/__init__.py registers the built-in methods).
-It imports nothing of the project but the leaf utils/errors.py, so a method file may ask it (e.g. for every method's option names)
-without an import cycle."""
+It imports nothing of the project but the leaves models/methods/capabilities.py and utils/errors.py, so a
+method file may ask it (e.g. for every method's option names) without an import cycle."""
+from models.methods.capabilities import PeftInterop
 from utils.errors import BadInput
 
 
@@ -34,10 +35,11 @@ def method_of(cfg):
 def method_for_peft_config(config: dict):
     """The method that reads a stock peft adapter with this adapter_config.json (the first
     registered one that claims it)."""
-    for m in REGISTRY.values():
+    readers = [m for m in REGISTRY.values() if isinstance(m, PeftInterop)]
+    for m in readers:
         if m.reads_peft_config(config):
             return m
-    readable = ", ".join(f"{m.reads_peft} ({m.name})" for m in REGISTRY.values() if m.reads_peft)
+    readable = ", ".join(f"{m.reads_peft} ({m.name})" for m in readers if m.reads_peft)
     kind = config.get("peft_type") + (" with use_dora" if config.get("use_dora") else "")
     raise BadInput(f"no method here reads a peft {kind} adapter; readable: {readable}")
 

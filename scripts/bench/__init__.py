@@ -15,6 +15,13 @@ configuration alike, and prints medians and ratios (also written to --out as JSO
   d  svd.py         start-up cost of KnowHiRA's singular values (models.spectrum.sigma_norms)
   e  evaluation.py  evaluation throughput (examples/s) at batch 1 and 16, generation and
                     log-likelihood scoring, on real BoolQ test prompts from --data_dir
+  f  peers.py       the recipe's step against HF Trainer + peft (LLM-Adapters' finetune.py style) on the
+                    same batch sequence, interleaved step by step: median ratio, bootstrap 95% interval
+  g  peer_eval.py   evaluation against LLM-Adapters' evaluator; loglik scoring before / after single-pass
+  h  peer_eval.py   cloze scoring (eval/cloze.py) against lm-eval's HFLM on the same ARC-Easy questions
+
+The tokenised-feature cache at Commonsense-170K size (Arrow vs the .npz cache it replaced, cold and warm,
+1 and 2 torchrun ranks, seconds and peak RSS) is its own command: `python -m scripts.bench.data` (data.py).
 
 common.py holds the timing helpers, targets.py the PASS/MISS target table, run.py the flags and the
 dispatch. Usage, from the repository root (small sizes for a busy CPU; the defaults are the issue's):

@@ -1,5 +1,5 @@
-"""What every benchmark section shares: timing (sync, interleaved medians, ratios), the table
-printer, the FLOP count, device and dtype choice, and loading SmolLM2."""
+"""What every benchmark section shares: timing (sync, interleaved medians, ratios, paired ratios with a
+bootstrap interval), the table printer, the FLOP count, device and dtype choice, and loading SmolLM2."""
 import os
 import statistics
 import time
@@ -35,6 +35,21 @@ def median(xs: list[float]) -> float:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def paired_ratio(num: list[float], den: list[float], n_boot: int = 10_000, seed: int = 0) -> dict:
+    """The median of the paired ratios num[i] / den[i] (e.g. two pipelines' times of the same step) with a
+    percentile bootstrap 95% interval: the pairs resampled with replacement n_boot times (numpy, seeded),
+    the median of each resample, its 2.5th and 97.5th percentiles."""
+    import numpy as np
+
+    r = np.asarray(num, dtype=float) / np.asarray(den, dtype=float)
+    if r.size == 0:
+        raise ValueError("paired_ratio needs at least one pair")
+    resampled = r[np.random.default_rng(seed).integers(0, r.size, size=(n_boot, r.size))]
+    lo, hi = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
+    return {"median": float(np.median(r)), "ci95": [float(lo), float(hi)], "n": int(r.size),
+            "per_pair": r.tolist(), "bootstrap": f"{n_boot} resamples of the pairs, numpy seed {seed}, percentile"}
 
 
 def time_interleaved(runs: dict, repeats: int, warmup: int, device: torch.device,

@@ -20,7 +20,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m scripts.bench",
                                 description=package.__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sections", default="a,b,c,d,e,f", help="comma list of a,b,c,d,e,f")
+    p.add_argument("--sections", default="a,b,c,d,e,f,g,h", help="comma list of a,b,c,d,e,f,g,h")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="device of (a), (d), (e); (b)/(c) train where the recipe does (the GPU if any)")
     p.add_argument("--out", default="bench_results.json", help="JSON file for all results")
@@ -82,24 +82,33 @@ def parse_args(argv=None):
     g.add_argument("--gen_tokens", type=int, default=32, help="max_new_tokens (protocol default)")
     g.add_argument("--eval_batches", default="1,16")
     g.add_argument("--eval_methods", default="base,knowhira")
-    g = p.add_argument_group("(f) against HF Trainer + peft and LLM-Adapters' evaluator")
-    g.add_argument("--peer_steps", type=int, default=4, help="timed steps per pipeline per round")
-    g.add_argument("--peer_rounds", type=int, default=3, help="rounds (training) / repeats (evaluation)")
+    g = p.add_argument_group("(f) training against HF Trainer + peft, (g) evaluation against LLM-Adapters' "
+                             "evaluator, (h) cloze scoring against lm-eval's HFLM")
+    g.add_argument("--peer_steps", type=int, default=30,
+                   help="(f) timed steps of each pipeline, the same batches, interleaved step by step")
+    g.add_argument("--peer_warmup", type=int, default=2, help="(f) untimed steps before them")
+    g.add_argument("--peer_rounds", type=int, default=3, help="(g) timed repeats of each evaluation")
     g.add_argument("--gemm_dim", type=int, default=2048, help="the square fp32 matmul of the machine's FLOP/s")
+    g.add_argument("--cloze_n", type=int, default=100, help="(h) ARC-Easy test questions")
+    g.add_argument("--cloze_batch", type=int, default=16,
+                   help="(h) batch size given to each (ours: questions; HFLM: requests)")
+    g.add_argument("--cloze_rounds", type=int, default=10, help="(h) timed rounds (after one untimed)")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = set(args.sections) - set("abcdef")
+    bad = set(args.sections) - set("abcdefgh")
     if bad:
-        p.error(f"unknown sections {sorted(bad)}; choose from a,b,c,d,e,f")
+        p.error(f"unknown sections {sorted(bad)}; choose from a,b,c,d,e,f,g,h")
     if args.tokens % args.layer_batch:
         p.error("--tokens must be a multiple of --layer_batch")
     if args.step_repeats < 1 or args.step_warmup < 0 or args.step_records < args.step_batch:
         p.error("need --step_repeats >= 1, --step_warmup >= 0, --step_records >= --step_batch")
+    if args.peer_steps < 1 or args.peer_warmup < 0 or min(args.cloze_n, args.cloze_batch, args.cloze_rounds) < 1:
+        p.error("need --peer_steps >= 1, --peer_warmup >= 0, --cloze_n, --cloze_batch, --cloze_rounds >= 1")
     return args
 
 
 def train_sections(args, results: dict, smol, tok, save) -> None:
-    """(b), (c) and (f): one temporary folder holds the records and the model folders they load."""
+    """(b), (c), (f), (g), (h): one temporary folder holds the records and the model folders they load."""
     from data.commonsense import DataError
     from scripts.bench.memory import MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, bench_memory_model
     from scripts.bench.step import bench_step_model, prepare_data, prepare_models, recipe_device
@@ -110,7 +119,8 @@ def train_sections(args, results: dict, smol, tok, save) -> None:
         try:
             data = prepare_data(args, Path(tmp) / "data")
         except DataError as e:
-            print(f"(b)/(c) skipped: they train on real records: {e}")
+            wanted = ", ".join(f"({s})" for s in sorted(set(args.sections) & set("bcfgh")))
+            print(f"{wanted} skipped: they need real records (--data_dir, env KNOWHIRA_DATA_DIR): {e}")
             return
         models = prepare_models(args, smol, tok, Path(tmp) / "models")
         runs = Path(tmp) / "runs"
@@ -129,11 +139,17 @@ def train_sections(args, results: dict, smol, tok, save) -> None:
                 save()
             print("  method: " + (MEMORY_METHOD_CUDA if recipe_device().type == "cuda"
                                   else MEMORY_METHOD_CPU))
-        if "f" in args.sections and models:
+        kind = "smollm2" if "smollm2" in models else next(iter(models), None)
+        if "f" in args.sections and kind:
             from scripts.bench.peers import bench_peers
 
-            kind = "smollm2" if "smollm2" in models else next(iter(models))
             results["peers"] = bench_peers(args, kind, models[kind]["dir"], data, runs, recipe_device())
+            save()
+        if ("g" in args.sections or "h" in args.sections) and kind:
+            from scripts.bench.peer_eval import bench_peer_eval
+
+            results.setdefault("peers", {"model": kind}).update(
+                bench_peer_eval(args, kind, models[kind]["dir"], recipe_device(), args.sections))
             save()
 
 
@@ -162,10 +178,10 @@ def main(argv=None) -> dict:
         results["layer"] = bench_layer(args, device)
         save()
 
-    need_smol = any(s in args.sections for s in "bcdef")
+    need_smol = any(s in args.sections for s in "bcdefgh")
     smol, tok = load_smollm2(args.smollm2, device) if need_smol else (None, None)
 
-    if any(s in args.sections for s in "bcf"):
+    if any(s in args.sections for s in "bcfgh"):
         train_sections(args, results, smol, tok, save)
 
     if "d" in args.sections:

@@ -28,6 +28,12 @@ TARGETS = {
     "compile_gain": Target("Step (b) SmolLM2: knowhira eager / --torch_compile", ">=", 1.2,
                            "steady state: median over the timed steps of eager / compiled of the same step "
                            "(compile time apart), bench --torch_compile"),
+    "peer_knowhira": Target("Peers (f): knowhira / HF Trainer + peft HiRA tokens/s", ">=", 1.5,
+                            "median over the same batches of their step time / ours (bootstrap 95% interval)"),
+    "peer_lora": Target("Peers (f): lora / HF Trainer + peft LoRA tokens/s", ">=", 1.1,
+                        "median over the same batches of their step time / ours (bootstrap 95% interval)"),
+    "cloze_vs_lm_eval": Target("Scoring (h): cloze / lm-eval HFLM examples/s", ">=", 1.5,
+                               "same ARC-Easy questions, model and batch size; median over rounds"),
     "memory_vs_lora": Target("Memory (c) {kind}: knowhira peak / lora peak", "<=", 1.10,
                              "peak memory above the built model during training steps"),
     "eval_batching": Target("Eval (e) {method} {mode}: batch {b1} / batch {b0} examples/s", ">=", 5.0,
@@ -64,6 +70,18 @@ def target_checks(results: dict) -> list[dict]:
             checks.append(check("compile_gain", compiled["eager_over_compiled"],
                                 f"{compiled['eager_steady_s'] * 1e3:.4g} ms vs {compiled['steady_s'] * 1e3:.4g} ms; "
                                 f"compile {compiled['compile_s']:.0f} s"))
+    peers = results.get("peers", {})
+    pairs = peers.get("training", {}).get("pairs", {})
+    for key, pair in (("peer_knowhira", "knowhira / hf-peft-hira"), ("peer_lora", "lora / hf-peft-lora")):
+        if pair in pairs:
+            p = pairs[pair]
+            checks.append(check(key, p["median"], f"95% interval [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], "
+                                                  f"{p['n']} steps"))
+    cloze = peers.get("cloze_vs_lm_eval")
+    if cloze:
+        p = cloze["ratios"]["ours / lm-eval HFLM"]
+        checks.append(check("cloze_vs_lm_eval", p["median"], f"95% interval [{p['ci95'][0]:.3f}, "
+                                                             f"{p['ci95'][1]:.3f}], {p['n']} rounds"))
     for kind, mem in results.get("memory", {}).items():
         rows = mem["per_method"]
         k, lo = rows.get("knowhira", {}), rows.get("lora", {})

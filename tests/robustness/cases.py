@@ -1,17 +1,22 @@
 """The probe's table: every case (CASES, in the report's order) and BY_NAME (case by name)."""
 import json
+import pickle
 import shutil
 import signal
 
 from tests.robustness.setups import (E, R, REF, T, Case, adapter_config, adapter_weights, bad_answer, ckpt_of,
-                                     copy_model, copy_run, copy_run_as_new_run_name, data_copy, diverged_check,
-                                     edit_args, edit_json, full_disk_check, hold_lock, interrupted_check, log_steps,
-                                     long_question, long_response, loss_png_is_a_folder, mkdir, modes_check,
+                                     copy_model, copy_run, copy_run_as_new_run_name, cut_gguf, data_copy,
+                                     data_file_replaced, diverged_check, edit_args, edit_json, evaluated_once_check,
+                                     full_disk_check, hold_lock, interrupted_check, log_steps, long_question,
+                                     long_response, lora_of_another_width, loss_png_is_a_folder, mkdir, modes_check,
                                      nan_tensors, no_run_folder, remove, results_json_check, resumed_run_check,
                                      run_on_changed_data, small_disk, test_file, then, truncate, write)
 
 
 LIST_FILE = '[{"instruction": "x",'
+EVIL = "from pathlib import Path\nPath(__file__).with_suffix('.ran').write_text('this ran')\n"  # must never run
+LORA_CONFIG = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+               "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": None}
 CASES = [
     # ---- inputs checked before the issue (flags, data, datasets) --------------------------------
     Case("unknown_flag", "old", "a flag that does not exist", T("--no_such_flag", "1"), 2,
@@ -215,6 +220,70 @@ CASES = [
          T("--model_name", "{work}/m"), 2, ("model.safetensors", "not a complete safetensors file"),
          setup=then(copy_model, lambda c: truncate(lambda c: c.work / "m" / "model.safetensors",
                                                    (c.work / "m" / "model.safetensors").stat().st_size // 2)(c))),
+    Case("gguf_truncated", "32", "a GGUF file cut in its tensor data (gguf's writer, 1000 bytes short)",
+         T("--model_name", "{work}/m.gguf"), 2, ("m.gguf", "not a complete GGUF file"), setup=cut_gguf),
+    Case("export_merged_disk_full", "32", "--export merged onto a full disk", ["--ckpt", "{run}", "--export", "merged",
+         "--export_dir", "{work}/disk/exported"], 1, ("disk/exported: ",), strict=False,
+         setup=then(copy_run, small_disk), fault="fsize"),
+    Case("export_dir_in_proc", "32", "--export_dir under /proc", ["--ckpt", "{run}", "--export", "peft",
+         "--export_dir", "/proc/knowhira_export"], 2, ("--export_dir", "/proc/knowhira_export"), setup=copy_run),
+    Case("analyze_results_meta_list", "32", "analyze_results.py on a results.json whose meta is a list",
+         ["{run}", "--out", "{work}/summary"], 2, ("results.json", "'meta' is a JSON list"), script="analyze_results.py",
+         setup=then(copy_run, write("runs/r/results.json", '{"meta": [1], "tasks": {}}'))),
+    Case("analyze_results_out_file", "32", "analyze_results.py --out naming an existing file",
+         ["{run}", "--out", "{work}/afile"], 2, ("--out", "afile", "is a file"), script="analyze_results.py",
+         setup=then(copy_run, write("afile", "kept"))),
+    Case("analyze_adapter_results_list", "32", "analyze_adapter.py on a run whose results.json is a list",
+         ["{run}", "--out", "{work}/o"], 2, ("results.json", "got list"), script="analyze_adapter.py",
+         setup=then(copy_run, write("runs/r/results.json", "[1, 2]"))),
+    Case("resume_identical_flags", "32", "--resume RUN with flags equal to the run's (--lr 2e-4 --r_ab 4)",
+         R("--lr", "2e-4", "--r_ab", "4", "--max_steps", "3"), 0, ("resumed from",), strict=False, setup=copy_run,
+         check=resumed_run_check(3)),
+    Case("data_file_empty", "32", "a 0-byte train.json", T(), 2, ("boolq/train.json", "empty file (0 bytes"),
+         setup=data_file_replaced(lambda p: p.write_bytes(b""))),
+    Case("data_file_a_folder", "32", "a folder named train.json", T(), 2, ("boolq/train.json", "a folder, not a file"),
+         setup=data_file_replaced(lambda p: p.mkdir())),
+    Case("data_file_symlink_loop", "32", "train.json a symbolic link to itself", T(), 2,
+         ("boolq/train.json", "symbolic link", "Too many levels"), setup=data_file_replaced(lambda p: p.symlink_to(p))),
+    Case("download_offline", "32", "python -m data.download offline (a proxy that refuses)",
+         ["--out", "{work}/dl", "--tasks", "boolq", "--no-170k"], 1, ("could not download", "offline"),
+         script="data.download", env={"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}),
+    Case("eval_task_twice", "32", "E --dataset boolq,boolq", E("--dataset", "boolq,boolq"), 0, ("boolq",),
+         strict=False, setup=copy_run, check=evaluated_once_check("boolq")),
+    Case("model_type_unknown", "32", "a model folder whose config.json names model_type 'nosuch'",
+         T("--model_name", "{work}/m"), 2, ("config.json", "model_type 'nosuch'"),
+         setup=then(copy_model, edit_json(lambda c: c.work / "m" / "config.json", lambda d: {**d, "model_type": "nosuch"}))),
+    Case("model_remote_code", "32", "a model folder whose config names its own Python code (auto_map)",
+         T("--model_name", "{work}/m"), 2, ("config.json", "trust_remote_code=False"),
+         setup=then(copy_model, write("m/modeling_evil.py", EVIL), write("m/configuration_evil.py", EVIL),
+                    edit_json(lambda c: c.work / "m" / "config.json", lambda d: {**d, "model_type": "evil", "auto_map": {
+                        "AutoConfig": "configuration_evil.EvilConfig",
+                        "AutoModelForCausalLM": "modeling_evil.EvilModel"}}))),
+    Case("run_name_path", "32", "--run_name ../../x", T("--run_name", "../../x"), 2, ("--run_name", "folder name")),
+    Case("resume_fewer_steps", "32", "--resume RUN --max_steps 1 on a finished 2-step run", R("--max_steps", "1"), 2,
+         ("step 2", "resume with more steps"), strict=False, setup=copy_run),
+    Case("eval_second_task_missing", "32", "E --dataset boolq,piqa (piqa has no test file)", E("--dataset", "boolq,piqa"),
+         2, ("piqa",), setup=copy_run),
+    Case("analyze_results_nan", "32", "analyze_results.py on a results.json whose accuracy is NaN",
+         ["{run}", "--out", "{work}/summary"], 2, ("results.json", "is no accuracy"), script="analyze_results.py",
+         setup=then(copy_run, write("runs/r/results.json", json.dumps({"meta": {}, "tasks": {"boolq": {
+             "n": 4, "correct": 2, "accuracy": float("nan"), "ci95_low": 0.15, "ci95_high": 0.85}}})))),
+    *[Case(f"args_json_{key}_{kind}", "32", f"args.json {key} {json.dumps(value)}, then {'E' if e else '--resume'}",
+           E() if e else R(), 2, ("args.json", key), setup=then(copy_run, edit_args(**{key: value})))
+      for key, kind, value, e in (("r_ab", "float", 3.5, True), ("r_ab", "bool", True, True), ("lr", "null", None, False),
+                                  ("target_modules", "numbers", [1, 2], True), ("peft_type", "list", ["knowhira"], True),
+                                  ("gguf_file", "number", 5, True))],
+    Case("adapter_rank_edited", "32", "best/<adapter config> r_ab 4 -> 8, then E", E(), 2, ("best/",),
+         setup=then(copy_run, edit_json(lambda c: adapter_config(c.run), lambda d: {**d, "r_ab": 8}))),
+    Case("peft_adapter_bin_only", "32", "a LoRA folder holding only a pickled adapter_model.bin",
+         ["--ckpt", "{work}/lora", "--model_name", "{model}", "--dataset", "boolq", "--data_dir", "{data}",
+          "--max_examples", "4"], 2, ("lora", "adapter_model.bin", "never loaded"),
+         setup=then(write("lora/adapter_config.json", json.dumps(LORA_CONFIG)),
+                    lambda c: (c.work / "lora" / "adapter_model.bin").write_bytes(pickle.dumps({"x": [1, 2]})))),
+    Case("peft_lora_other_width", "32", "a peft LoRA adapter of a base with hidden size 32 on the 48-wide model",
+         ["--ckpt", "{work}/lora", "--model_name", "{model}", "--dataset", "boolq", "--data_dir", "{data}",
+          "--max_examples", "4"], 2, ("lora/adapter_model.safetensors", "another base model", "size mismatch"),
+         setup=lora_of_another_width),
     # ---- evaluation mode ------------------------------------------------------------------------
     Case("ckpt_missing", "old", "--ckpt naming no folder", ["--ckpt", "{work}/nope", "--dataset", "boolq"], 2,
          ("--ckpt", "nope")),

@@ -1,6 +1,7 @@
-"""The command's own process: train_knowhira.py run as __main__ here, as the interpreter would, with an
-optional simulated fault. runner.py calls run_script_here in a forked process (--mode fork); with
---mode subprocess, a command with a fault runs this file by path:
+"""The command's own process: train_knowhira.py (or another of the project's commands: a script of the
+root, or a module run with -m) run as __main__ here, as the interpreter would, with an optional simulated
+fault. runner.py calls run_script_here in a forked process (--mode fork); with --mode subprocess, a
+command with a fault runs this file by path:
 
     python tests/robustness/child.py --child-fault enospc -- ARGS...
 
@@ -12,11 +13,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "train_knowhira.py"
+
+
+def command(script: str, python: str) -> list:
+    """The command line a shell would run for `script`: a file of the root (train_knowhira.py, ...) or a
+    module (data.download, run with -m; the child's PYTHONPATH names the root)."""
+    return [python, str(ROOT / script)] if script.endswith(".py") else [python, "-m", script]
 
 
 def apply_fault(fault: str | None) -> None:
-    """In the command's process: a simulated full disk (every atomic write fails as write(2) does)."""
+    """In the command's process: a simulated full disk. "enospc": every atomic write fails as write(2)
+    does; "fsize": a real failed write past 24 KiB (RLIMIT_FSIZE, EFBIG), also in writers of other
+    libraries (safetensors' save_pretrained), without root."""
+    if fault == "fsize":
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (24 << 10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        return
     if fault != "enospc":
         return
     import errno
@@ -32,15 +46,20 @@ def apply_fault(fault: str | None) -> None:
     atomic.atomic_write_path = patched
 
 
-def run_script_here(argv, fault=None) -> int:
-    """Run train_knowhira.py as __main__ in this process, as the interpreter would; the exit status."""
+def run_script_here(argv, fault=None, script="train_knowhira.py") -> int:
+    """Run `script` (train_knowhira.py by default; see command()) as __main__ in this process, as the
+    interpreter would; the exit status."""
     import runpy
     import traceback
 
-    sys.argv = [str(SCRIPT), *argv]  # the project's root is on sys.path already (python -m, or installed)
+    path = ROOT / script
+    sys.argv = [str(path) if script.endswith(".py") else script, *argv]  # the root is on sys.path already
     try:
         apply_fault(fault)
-        runpy.run_path(str(SCRIPT), run_name="__main__")
+        if script.endswith(".py"):
+            runpy.run_path(str(path), run_name="__main__")
+        else:
+            runpy.run_module(script, run_name="__main__", alter_sys=True)
         return 0
     except SystemExit as e:
         if e.code is None:
@@ -60,9 +79,10 @@ def run_script_here(argv, fault=None) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="run train_knowhira.py here with a simulated fault")
     p.add_argument("--child-fault", required=True)
+    p.add_argument("--script", default="train_knowhira.py")
     p.add_argument("rest", nargs="*")
     args = p.parse_args(argv)
-    return run_script_here(args.rest, args.child_fault)
+    return run_script_here(args.rest, args.child_fault, args.script)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python -m tests.robustness [--out docs/robustness.md] [--cases a,b] [--mode fork|subprocess]
 
 Every case (the CASES table of cases.py: how to set it up, the command line, the exit status and the words
-its message must hold, what may be left on disk) runs train_knowhira.py as its own process, in its own
+its message must hold, what may be left on disk) runs train_knowhira.py (or the case's other command:
+analyze_results.py, analyze_adapter.py, python -m data.download) as its own process, in its own
 scratch folder, on tiny RANDOMLY INITIALISED Llama models and 40-record copies of the real data files
 (from $KNOWHIRA_DATA_DIR and the GPT-2 tokenizer in $KNOWHIRA_TOKENIZER_DIR), and is judged:
 
@@ -16,7 +17,8 @@ scratch folder, on tiny RANDOMLY INITIALISED Llama models and 40-record copies o
                   or exactly what the case promises (its own check, e.g. a resumed run's log)
 
 A full disk is a 24 KiB tmpfs mounted under the scratch folder when this process may mount one (root),
-else a simulated ENOSPC in every atomic write after args.json (utils/atomic.py); the report says which.
+else a simulated ENOSPC in every atomic write after args.json (utils/atomic.py), or, for writers of other
+libraries (--export's save_pretrained), a 24 KiB RLIMIT_FSIZE (child.py); the report says which.
 
 --mode fork (default) imports torch, transformers, ... once and forks one process per command (each
 runs the script as __main__ with its own stdin/stdout/stderr, environment and signals; what the
@@ -113,7 +115,7 @@ def table(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    return f"""# What train_knowhira.py does with bad input (probe)
+    return f"""# What train_knowhira.py (and the analysis and download commands) do with bad input (probe)
 
 `python -m tests.robustness{' --mode subprocess' if report['mode'] == 'subprocess' else ''} --out docs/robustness.md`
 ran every case of its table ({'a fresh interpreter per command, as a shell starts it' if report['mode'] == 'subprocess'
@@ -122,14 +124,15 @@ positions, the GPT-2 tokenizer) and 40-record copies of the real data files; eac
 folder. tests/test_robustness.py runs the same table (fork mode).
 
 **{report['tried']} tried, {report['clear']} clear, {report['tracebacks']} tracebacks** ({report['seconds']:.0f} s;
-full disk: {'a 24 KiB tmpfs' if report['full_disk'] == 'tmpfs' else 'simulated ENOSPC in the writes of utils/atomic.py'}).
+full disk: {'a 24 KiB tmpfs' if report['full_disk'] == 'tmpfs' else 'simulated: ENOSPC in the writes of utils/atomic.py, a 24 KiB RLIMIT_FSIZE for --export'}).
 
 A case is clear when the exit status is the expected one (2 bad input, 3 non-finite training, 130
 Ctrl-C, 1 other OS errors such as a full disk, 0 where the run is meant to go on), stderr holds no
 traceback and exactly one message line with the case's words (for failures in the middle of training:
 one line besides the progress bars), and the scratch folder holds nothing new (every file's bytes
 compared before and after) or exactly what the case promises (its check, e.g. a resumed run's log
-with each step once). `T`, `E`: the issue's training and evaluation commands (tests/robustness/setups.py).
+with each step once). `T`, `E`: the issue's training and evaluation commands (tests/robustness/setups.py);
+the cases named analyze_* and download_* run those commands instead.
 
 Paths under the probe's scratch folder are shown as `<tmp>`; messages longer than 240 characters are cut
 here (never in the program).

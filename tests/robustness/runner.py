@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.robustness.child import SCRIPT, run_script_here
+from tests.robustness.child import ROOT, command, run_script_here
 from tests.robustness.setups import N_RECORDS, REF, TASKS, TIMEOUT, Case, T
 
 CHILD = Path(__file__).resolve().parent / "child.py"  # --mode subprocess: a command with a fault runs it
@@ -59,7 +59,7 @@ class Runner:
         self.mode = mode
 
     def invoke(self, argv, cwd, *, env=None, interrupt=None, sig=signal.SIGINT, fault=None, timeout=TIMEOUT,
-               strict=True) -> Result:
+               strict=True, script="train_knowhira.py") -> Result:
         out_file = tempfile.NamedTemporaryFile(prefix="probe_out_", delete=False)
         err_file = tempfile.NamedTemporaryFile(prefix="probe_err_", delete=False)
         start = time.time()
@@ -79,7 +79,7 @@ class Runner:
                     os.chdir(cwd)
                     os.environ.clear()
                     os.environ.update(env or child_env())
-                    code = run_script_here(argv, fault)
+                    code = run_script_here(argv, fault, script)
                 finally:
                     try:
                         sys.stdout.flush()
@@ -90,8 +90,8 @@ class Runner:
         else:
             import subprocess
 
-            cmd = [sys.executable, str(SCRIPT), *argv] if not fault else \
-                [sys.executable, str(CHILD), "--child-fault", fault, "--", *argv]
+            cmd = [*command(script, sys.executable), *argv] if not fault else \
+                [sys.executable, str(CHILD), "--child-fault", fault, "--script", script, "--", *argv]
             proc = subprocess.Popen(cmd, cwd=cwd, env=env or child_env(), stdin=subprocess.DEVNULL,
                                     stdout=out_file, stderr=err_file)
             pid = proc.pid
@@ -219,7 +219,8 @@ def run_case(case: Case, runner: Runner, root: Path, fixtures: dict, mode_full_d
         argv = ctx.argv(case.argv)
         outcome["argv"] = argv
         fault = case.fault if case.fault and mode_full_disk == "simulated" else None
-        result = ctx.invoke(argv, strict=case.strict, fault=fault,
+        result = ctx.invoke(argv, strict=case.strict, fault=fault, script=case.script,
+                            env=child_env({"PYTHONPATH": str(ROOT), **case.env}),  # the root: for -m modules
                             interrupt=(lambda: case.interrupt(ctx)) if case.interrupt else None, sig=case.signal)
         ctx.diff = diff(before, snapshot(work))
         problems = judge(case, result)

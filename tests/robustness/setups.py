@@ -6,7 +6,7 @@ import re
 import shutil
 import signal
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,9 @@ class Case:
     strict: bool = True  # stderr exactly one line; False: one line besides progress bars and notes
     interrupt: Callable | None = None  # send `signal` to the command once interrupt(ctx) is true
     signal: int = signal.SIGINT
-    fault: str | None = None  # "enospc": simulated full disk (when no tmpfs can be mounted)
+    fault: str | None = None  # "enospc"/"fsize": simulated full disk (when no tmpfs can be mounted; child.py)
+    script: str = "train_knowhira.py"  # the command: a script of the root, or a module (python -m)
+    env: dict = field(default_factory=dict)  # environment variables added for the command
 
 
 def T(*extra):
@@ -165,6 +167,53 @@ def data_copy(mutate):
     return d
 
 
+def data_file_replaced(make):
+    """A private copy of the data folder at {work}/data whose boolq/train.json is replaced: make(path)."""
+    def d(ctx):
+        data_copy(lambda records: "")(ctx)
+        path = ctx.work / "data" / "boolq" / "train.json"
+        path.unlink()
+        make(path)
+    return d
+
+
+def small_gguf(path: Path) -> Path:
+    """A whole GGUF file written by gguf's own writer: architecture llama, one 64 x 48 F32 tensor (12,288 bytes
+    of data)."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((64, 48), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def lora_of_another_width(ctx):
+    """{work}/lora: a stock peft LoRA adapter (q_proj, v_proj, r 4) of a tiny RANDOM Llama of hidden size 32,
+    not the fixture's 48."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    other = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         num_key_value_heads=2, max_position_embeddings=512))
+    lora = get_peft_model(other, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM"))
+    lora.save_pretrained(str(ctx.work / "lora"))
+
+
+def cut_gguf(ctx):
+    """{work}/m.gguf: small_gguf cut 1000 bytes short (in its tensor data)."""
+    path = small_gguf(ctx.work / "m.gguf")
+    truncate(lambda c: path, path.stat().st_size - 1000)(ctx)
+
+
 def run_on_changed_data(ctx):
     """The run copy as if trained on a private data folder {work}/data (args.json's and the checkpoints'
     data_dir moved there), whose boolq/train.json then loses its last 5 records."""
@@ -272,6 +321,17 @@ def resumed_run_check(steps, *words):
         if latest_of(ctx.run) != f"step_{steps:06d}":
             problems.append(f"latest is {latest_of(ctx.run)}")
         return problems, f"run continued to step {steps}; log steps {got[0] if got else '-'}..{got[-1] if got else '-'} once each"
+    return check
+
+
+def evaluated_once_check(task):
+    """An evaluation that names `task` twice: one line of results for it, results.json with it once."""
+    def check(ctx, result):
+        lines = [line for line in result.stdout.splitlines() if line.split()[:1] == [task]]
+        tasks = json.loads((ctx.run / "results.json").read_text())["tasks"] if (ctx.run / "results.json").is_file() else {}
+        problems = [] if len(lines) == 1 and list(tasks) == [task] else \
+            [f"{len(lines)} result lines for {task}; results.json tasks {list(tasks)}"]
+        return problems, f"results.json with {task} once, eval/{task}.jsonl"
     return check
 
 
