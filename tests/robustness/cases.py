@@ -5,12 +5,14 @@ import shutil
 import signal
 
 from tests.robustness.setups import (E, R, REF, T, Case, adapter_config, adapter_weights, bad_answer, ckpt_of,
-                                     copy_model, copy_run, copy_run_as_new_run_name, cut_gguf, data_copy,
-                                     data_file_replaced, diverged_check, edit_args, edit_json, evaluated_once_check,
-                                     full_disk_check, hold_lock, interrupted_check, log_steps, long_question,
-                                     long_response, lora_of_another_width, loss_png_is_a_folder, mkdir, modes_check,
-                                     nan_tensors, no_run_folder, remove, results_json_check, resumed_run_check,
-                                     run_on_changed_data, small_disk, test_file, then, truncate, write)
+                                     concurrent_eval_check, copy_model, copy_run, copy_run_as_new_run_name, cut_gguf,
+                                     data_copy, data_file_replaced, diverged_check, edit_args, edit_json, evaluated,
+                                     evaluated_once_check, full_disk_check, hold_lock, interrupted_check,
+                                     killed_in_save_check, log_steps, long_cloze_question, long_question, long_response,
+                                     lora_of_another_width, loss_png_is_a_folder, mkdir, modes_check, nan_tensors,
+                                     no_code_ran, no_run_folder, nothing_but, paused_an_hour, remove,
+                                     results_json_check, resumed_run_check, run_on_changed_data, small_disk,
+                                     small_gguf, stale_lock, step_time_check, test_file, then, truncate, write)
 
 
 LIST_FILE = '[{"instruction": "x",'
@@ -284,6 +286,58 @@ CASES = [
          ["--ckpt", "{work}/lora", "--model_name", "{model}", "--dataset", "boolq", "--data_dir", "{data}",
           "--max_examples", "4"], 2, ("lora/adapter_model.safetensors", "another base model", "size mismatch"),
          setup=lora_of_another_width),
+    Case("resume_after_a_pause", "32", "--resume --max_steps 3 of a run whose process stopped an hour ago",
+         R("--max_steps", "3"), 0, ("median step",), strict=False, setup=then(copy_run, paused_an_hour),
+         check=step_time_check(3)),
+    *[Case(f"eval_other_{key}", "32", f"E --dataset openbookqa, then E {' '.join(flags)} into the same results.json",
+           E(*flags), 2, ("results.json", "another configuration", f"{key} {held!r}", "--results_dir"),
+           setup=then(copy_run, evaluated("--dataset", "openbookqa")))
+      for key, held, flags in (("protocol", "hira", ("--protocol", "clean")),
+                               ("answer_format", "label", ("--answer_format", "text")),
+                               ("eval_mode", "generate", ("--eval_mode", "loglik")))],
+    Case("zero_shot_into_a_run", "32", "E --dataset openbookqa, then --ckpt none ... --results_dir RUN",
+         ["--ckpt", "none", "--model_name", "{model}", "--data_dir", "{data}", "--dataset", "boolq",
+          "--max_examples", "4", "--results_dir", "{run}"], 2,
+         ("results.json", "another configuration", "method 'knowhira'", "'zero-shot'"),
+         setup=then(copy_run, evaluated("--dataset", "openbookqa"))),
+    Case("eval_two_at_once", "32", "E --dataset boolq while E --dataset openbookqa runs into the same folder "
+         "(each results.json write made 4 s slow)", E(), 0, ("boolq",), strict=False, fault="slow_results",
+         setup=then(copy_run, lambda c: c.start(E("--dataset", "openbookqa"), fault="slow_results")),
+         check=concurrent_eval_check),
+    *[Case(f"sweep_lr_{name}", "32", f"scripts/sweep_lr.sh with {what}", [], 2, words, lines=6,
+           script="scripts/sweep_lr.sh", check=nothing_but(r"^sweep(/|$)"),
+           env={"LRS": "1e-3", "OUT": "{work}/sweep", "MODEL": "{model}", "KNOWHIRA_DATA_DIR": "{data}", **env})
+      for name, what, env, words in (
+          ("bad_method", "METHOD=bogus", {"METHOD": "bogus"},
+           ("error: bogus at lr 1e-3 failed", "sweep.log", "--peft_type", "bogus")),
+          ("missing_model", "MODEL naming no folder", {"METHOD": "knowhira", "MODEL": "{work}/nope"},
+           ("error: knowhira at lr 1e-3 failed", "sweep.log", "nope", "does not exist")))],
+    Case("sweep_lr_quote_in_out", "32", "scripts/sweep_lr.sh with OUT holding a quote and Python code", [], 0,
+         ("knowhira lr=1e-3 best_val_acc=",), strict=False, script="scripts/sweep_lr.sh", check=no_code_ran("ran"),
+         env={"METHOD": "knowhira", "LRS": "1e-3", "OUT": "{work}/o'+__import__('os').system('touch {work}/ran')+'",
+              "MODEL": "{model}", "KNOWHIRA_DATA_DIR": "{data}", "MAX_STEPS": "2", "BATCH": "2", "R": "4",
+              "TARGETS": "q_proj,v_proj"}),
+    Case("stale_lock_after_sigkill", "32", "RUN/.lock left by a SIGKILLed trainer, then --resume --max_steps 3",
+         R("--max_steps", "3"), 0, ("resumed from",), strict=False, setup=then(copy_run, stale_lock),
+         check=resumed_run_check(3)),
+    Case("sigkill_in_checkpoint_write", "32", "SIGKILL inside the write of checkpoint 4 (--save_steps 1 "
+         "--keep_checkpoints 1); then --resume", REF("--save_steps", "1", "--keep_checkpoints", "1"), -signal.SIGKILL,
+         (), strict=False, env={"KNOWHIRA_FAULT_KILL_IN_SAVE": "4"}, check=killed_in_save_check(4, 1)),
+    Case("eval_cloze_prompt_too_long", "32", "--eval_mode cloze on a question longer than the model's positions",
+         E("--eval_mode", "cloze"), 0, ("boolq",), setup=then(copy_run, test_file(long_cloze_question)),
+         check=results_json_check, strict=False),
+    Case("run_name_absolute", "32", "an absolute --run_name", T("--run_name", "{work}/abs"), 2,
+         ("--run_name", "folder name")),
+    Case("args_json_peft_type_missing", "32", "args.json without peft_type, then E", E(), 2, ("args.json", "peft_type"),
+         setup=then(copy_run, edit_json(lambda c: c.run / "args.json",
+                                        lambda d: {k: v for k, v in d.items() if k != "peft_type"}))),
+    Case("gguf_header_cut", "32", "a GGUF file cut to its first 100 bytes", T("--model_name", "{work}/m.gguf"), 2,
+         ("m.gguf", "not a complete GGUF file"),
+         setup=lambda c: truncate(lambda c: small_gguf(c.work / "m.gguf"), 100)(c)),
+    Case("analyze_results_above_one", "32", "analyze_results.py on a results.json whose accuracy is 7.5",
+         ["{run}", "--out", "{work}/summary"], 2, ("results.json", "is no accuracy"), script="analyze_results.py",
+         setup=then(copy_run, write("runs/r/results.json", json.dumps({"meta": {}, "tasks": {"boolq": {
+             "n": 4, "correct": 2, "accuracy": 7.5, "ci95_low": 0.15, "ci95_high": 0.85}}})))),
     # ---- evaluation mode ------------------------------------------------------------------------
     Case("ckpt_missing", "old", "--ckpt naming no folder", ["--ckpt", "{work}/nope", "--dataset", "boolq"], 2,
          ("--ckpt", "nope")),

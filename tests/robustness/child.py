@@ -15,16 +15,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+DISK_FAULTS = ("enospc", "fsize")  # a simulated full disk: only where no tmpfs can be mounted
+
+
 def command(script: str, python: str) -> list:
-    """The command line a shell would run for `script`: a file of the root (train_knowhira.py, ...) or a
-    module (data.download, run with -m; the child's PYTHONPATH names the root)."""
+    """The command line a shell would run for `script`: a file of the root (train_knowhira.py, ...), a shell
+    script (scripts/sweep_lr.sh, run by bash) or a module (data.download, run with -m; the child's PYTHONPATH
+    names the root)."""
+    if script.endswith(".sh"):
+        return ["bash", str(ROOT / script)]
     return [python, str(ROOT / script)] if script.endswith(".py") else [python, "-m", script]
 
 
 def apply_fault(fault: str | None) -> None:
     """In the command's process: a simulated full disk. "enospc": every atomic write fails as write(2)
     does; "fsize": a real failed write past 24 KiB (RLIMIT_FSIZE, EFBIG), also in writers of other
-    libraries (safetensors' save_pretrained), without root."""
+    libraries (safetensors' save_pretrained), without root. "slow_results": every write of a results.json
+    waits 4 s first (inside evaluation's read-modify-write of it), so two evaluations into one folder
+    overlap there: the window a race needs, made wide."""
+    if fault == "slow_results":
+        import time
+
+        import eval.evaluate as evaluate
+
+        write = evaluate.atomic_write_bytes
+
+        def slow(path, data):
+            if Path(path).name == "results.json":
+                time.sleep(4)
+            return write(path, data)
+        evaluate.atomic_write_bytes = slow
+        return
     if fault == "fsize":
         import resource
 
@@ -50,9 +71,14 @@ def run_script_here(argv, fault=None, script="train_knowhira.py") -> int:
     """Run `script` (train_knowhira.py by default; see command()) as __main__ in this process, as the
     interpreter would; the exit status."""
     import runpy
+    import subprocess
     import traceback
 
     path = ROOT / script
+    if script.endswith(".sh"):  # its own process (bash); its environment is this one's
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return subprocess.run(command(script, sys.executable) + list(argv), stdin=subprocess.DEVNULL).returncode
     sys.argv = [str(path) if script.endswith(".py") else script, *argv]  # the root is on sys.path already
     try:
         apply_fault(fault)

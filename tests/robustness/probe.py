@@ -4,15 +4,16 @@
 
 Every case (the CASES table of cases.py: how to set it up, the command line, the exit status and the words
 its message must hold, what may be left on disk) runs train_knowhira.py (or the case's other command:
-analyze_results.py, analyze_adapter.py, python -m data.download) as its own process, in its own
-scratch folder, on tiny RANDOMLY INITIALISED Llama models and 40-record copies of the real data files
+analyze_results.py, analyze_adapter.py, python -m data.download, bash scripts/sweep_lr.sh) as its own process,
+in its own scratch folder, on tiny RANDOMLY INITIALISED Llama models and 40-record copies of the real data files
 (from $KNOWHIRA_DATA_DIR and the GPT-2 tokenizer in $KNOWHIRA_TOKENIZER_DIR), and is judged:
 
     exit status   the case's (2 bad input, 3 non-finite training, 130 Ctrl-C, 1 other OS errors, 0 where
                   the case promises the run goes on)
-    message       stderr is one line (no "Traceback") holding the case's words. Progress bars (tqdm's and
-                  transformers', on stderr as a terminal shows them) are not messages; for failures in
-                  the middle of training (strict=False) note:/warning: lines are not counted either
+    message       stderr is one line (no "Traceback") holding the case's words (a helper script's: its line
+                  and the tail of the failed command's log). Progress bars (tqdm's and transformers', on
+                  stderr as a terminal shows them) are not messages; for failures in the middle of
+                  training (strict=False) note:/warning: lines are not counted either
     leftovers     the scratch folder's listing (and every file's bytes) before and after: nothing new,
                   or exactly what the case promises (its own check, e.g. a resumed run's log)
 
@@ -22,7 +23,7 @@ libraries (--export's save_pretrained), a 24 KiB RLIMIT_FSIZE (child.py); the re
 
 --mode fork (default) imports torch, transformers, ... once and forks one process per command (each
 runs the script as __main__ with its own stdin/stdout/stderr, environment and signals; what the
-imports print is reported), so the ~80 cases take about a minute or two on 2 cores; --mode
+imports print is reported), so the ~130 cases take about a minute or two on 2 cores; --mode
 subprocess starts a fresh interpreter per command, exactly as a user's shell does (slower).
 tests/test_robustness.py runs this table.
 """
@@ -132,7 +133,9 @@ traceback and exactly one message line with the case's words (for failures in th
 one line besides the progress bars), and the scratch folder holds nothing new (every file's bytes
 compared before and after) or exactly what the case promises (its check, e.g. a resumed run's log
 with each step once). `T`, `E`: the issue's training and evaluation commands (tests/robustness/setups.py);
-the cases named analyze_* and download_* run those commands instead.
+the cases named analyze_*, download_* and sweep_lr_* run those commands instead (sweep_lr_*: one line
+and the end of the failed run's log). eval_two_at_once starts a second evaluation beside its own into the same
+folder, each write of results.json made 4 s slow (a fault of tests/robustness/child.py), so the two overlap there.
 
 Paths under the probe's scratch folder are shown as `<tmp>`; messages longer than 240 characters are cut
 here (never in the program).

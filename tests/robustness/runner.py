@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.robustness.child import ROOT, command, run_script_here
+from tests.robustness.child import DISK_FAULTS, ROOT, command, run_script_here
 from tests.robustness.setups import N_RECORDS, REF, TASKS, TIMEOUT, Case, T
 
 CHILD = Path(__file__).resolve().parent / "child.py"  # --mode subprocess: a command with a fault runs it
@@ -54,12 +54,29 @@ def child_env(extra=None) -> dict:
     return env
 
 
+@dataclass
+class Started:
+    """A command started by Runner.start: its process (pid; the Popen in subprocess mode) and output files."""
+    pid: int
+    proc: object
+    out_file: object
+    err_file: object
+    start: float
+    done: bool = False  # finish() has reaped it
+
+
 class Runner:
     def __init__(self, mode: str):
         self.mode = mode
 
     def invoke(self, argv, cwd, *, env=None, interrupt=None, sig=signal.SIGINT, fault=None, timeout=TIMEOUT,
                strict=True, script="train_knowhira.py") -> Result:
+        return self.finish(self.start(argv, cwd, env=env, fault=fault, script=script), interrupt=interrupt, sig=sig,
+                           timeout=timeout, strict=strict)
+
+    def start(self, argv, cwd, *, env=None, fault=None, script="train_knowhira.py") -> "Started":
+        """Start the command (not waiting for it): finish() waits and gives its Result. A case may start
+        one in its setup to run beside its own command (two evaluations into one results folder)."""
         out_file = tempfile.NamedTemporaryFile(prefix="probe_out_", delete=False)
         err_file = tempfile.NamedTemporaryFile(prefix="probe_err_", delete=False)
         start = time.time()
@@ -95,6 +112,10 @@ class Runner:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env or child_env(), stdin=subprocess.DEVNULL,
                                     stdout=out_file, stderr=err_file)
             pid = proc.pid
+        return Started(pid, proc, out_file, err_file, start)
+
+    def finish(self, started: "Started", *, interrupt=None, sig=signal.SIGINT, timeout=TIMEOUT, strict=True) -> Result:
+        pid, proc, start = started.pid, started.proc, started.start
         interrupted, status = False, None
         while True:
             if proc is None:
@@ -117,14 +138,12 @@ class Runner:
                 status = "timeout"
                 break
             time.sleep(0.05)
-        seconds = time.time() - start
+        seconds, started.done = time.time() - start, True
         texts = []
-        for f in (out_file, err_file):
+        for f in (started.out_file, started.err_file):
             f.close()
             texts.append(Path(f.name).read_text(errors="replace"))
             os.unlink(f.name)
-        if fault is None and self.mode == "fork" and isinstance(status, int) and status > 128:
-            pass  # our own _exit(128 + signal) of an uncaught KeyboardInterrupt
         rc = status if isinstance(status, int) else 999
         return Result(rc, texts[0], texts[1], seconds, message_lines(texts[1], strict))
 
@@ -139,12 +158,18 @@ class Ctx:
         self.vars = {"model": str(self.model), "data": str(self.data), "work": str(work), "out": str(self.out),
                      "run": str(self.run)}
         self.mode_full_disk, self.mounted, self.lock, self.diff = mode_full_disk, [], None, []
+        self.background = []  # commands a setup started beside the case's own (Started)
 
     def argv(self, templates):
         return [t.format(**self.vars) for t in templates]
 
     def invoke(self, argv, **kw) -> Result:
         return self.runner.invoke(argv, self.work, **kw)
+
+    def start(self, templates, fault=None) -> None:
+        """Start the command `templates` beside the case's own (its check waits for it: ctx.background)."""
+        self.background.append(self.runner.start(self.argv(templates), self.work, fault=fault,
+                                                 env=child_env({"PYTHONPATH": str(ROOT)})))
 
 
 def snapshot(folder: Path) -> dict:
@@ -186,9 +211,10 @@ def judge(case: Case, result: Result) -> list:
     if case.exit < 0:  # killed by a signal: no message of its own
         text = result.stderr
     elif case.exit != 0:
-        if len(result.lines) != 1:
-            problems.append(f"{len(result.lines)} message lines on stderr, expected 1")
-        text = result.message
+        if not 1 <= len(result.lines) <= case.lines:
+            problems.append(f"{len(result.lines)} message lines on stderr, expected "
+                            f"{1 if case.lines == 1 else f'1 to {case.lines}'}")
+        text = result.message if case.lines == 1 else "\n".join(result.lines)
     else:
         text = result.stdout + "\n" + result.stderr
     problems += [f"the message lacks {w!r}" for w in case.words if w not in text]
@@ -199,7 +225,8 @@ def shown_message(case: Case, result: Result) -> str:
     if case.exit < 0 and result.rc < 0:
         return f"(killed by {signal.Signals(-result.rc).name}; prints nothing)"
     if case.exit != 0 or result.rc != 0:
-        return result.message or (result.stderr.strip().splitlines() or [""])[-1]
+        shown = " / ".join(result.lines) if case.lines > 1 else result.message
+        return shown or (result.stderr.strip().splitlines() or [""])[-1]
     for line in (result.stdout + "\n" + result.stderr).splitlines():
         for part in line.split("\r"):
             if case.words and case.words[0] in part:
@@ -218,9 +245,10 @@ def run_case(case: Case, runner: Runner, root: Path, fixtures: dict, mode_full_d
         before = snapshot(work)
         argv = ctx.argv(case.argv)
         outcome["argv"] = argv
-        fault = case.fault if case.fault and mode_full_disk == "simulated" else None
+        fault = case.fault if case.fault and (case.fault not in DISK_FAULTS or mode_full_disk == "simulated") else None
         result = ctx.invoke(argv, strict=case.strict, fault=fault, script=case.script,
-                            env=child_env({"PYTHONPATH": str(ROOT), **case.env}),  # the root: for -m modules
+                            env=child_env({"PYTHONPATH": str(ROOT),  # the root: for -m modules
+                                           **{k: v.format(**ctx.vars) for k, v in case.env.items()}}),
                             interrupt=(lambda: case.interrupt(ctx)) if case.interrupt else None, sig=case.signal)
         ctx.diff = diff(before, snapshot(work))
         problems = judge(case, result)
@@ -239,6 +267,10 @@ def run_case(case: Case, runner: Runner, root: Path, fixtures: dict, mode_full_d
         outcome.update(rc=None, message="", leftovers="", problems=[f"probe error: {e!r}"],
                        traceback=False, stderr=traceback.format_exc()[-3000:], seconds=0)
     finally:
+        for started in ctx.background:
+            if not started.done:  # the case failed before its check waited for it
+                os.kill(started.pid, signal.SIGKILL)
+                ctx.runner.finish(started)
         if ctx.lock is not None:
             ctx.lock.close()
         for disk in ctx.mounted:

@@ -30,7 +30,8 @@ class Case:
     interrupt: Callable | None = None  # send `signal` to the command once interrupt(ctx) is true
     signal: int = signal.SIGINT
     fault: str | None = None  # "enospc"/"fsize": simulated full disk (when no tmpfs can be mounted; child.py)
-    script: str = "train_knowhira.py"  # the command: a script of the root, or a module (python -m)
+    script: str = "train_knowhira.py"  # the command: a script of the root (.py, or .sh run by bash), or a module
+    lines: int = 1  # message lines allowed (a helper script's: its own line, then the tail of the failed log)
     env: dict = field(default_factory=dict)  # environment variables added for the command
 
 
@@ -250,6 +251,15 @@ def long_question(records):
     return records
 
 
+def long_cloze_question(records):
+    """long_question's padding inside the question (the cloze prompt parses the instruction's prefix)."""
+    records, head = records[:4], "with true or false, question: "
+    assert head in records[1]["instruction"], records[1]["instruction"][:120]
+    records[1] = {**records[1], "instruction": records[1]["instruction"].replace(
+        head, head + " ".join(["Is it so?"] * 300) + " ", 1)}
+    return records
+
+
 def bad_answer(records):
     records[2] = {**records[2], "answer": "maybe"}
     return records
@@ -439,3 +449,107 @@ def results_json_check(ctx, result):
 
 def ckpt_of(step):
     return lambda ctx: ctx.run / "checkpoints" / f"step_{step:06d}"
+
+
+# issue 32: a pause before a resume, shared results folders, a stale lock, a kill inside a checkpoint write ----
+PAUSE = 3600  # seconds between a killed process and its --resume (shifted into the copied log)
+
+
+def paused_an_hour(ctx):
+    """The run copy's log as if its process stopped an hour ago: every record's wall time PAUSE s earlier."""
+    path = ctx.run / "log.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    path.write_text("".join(json.dumps({**r, **({"time": r["time"] - PAUSE} if "time" in r else {})}) + "\n"
+                            for r in records))
+
+
+def step_time_check(steps):
+    """resumed_run_check(steps), and train_summary.json's median step time is a step's, not the pause: with
+    the pause counted, the median of the spans (step 1 -> 2, 2 -> 3 across the pause) is over PAUSE / 2."""
+    def check(ctx, result):
+        problems, leftovers = resumed_run_check(steps)(ctx, result)
+        summary = json.loads((ctx.run / "train_summary.json").read_text())
+        median = summary.get("median_step_s")
+        if not (isinstance(median, float) and 0 < median < 60):
+            problems.append(f"train_summary.json median_step_s {median!r}: not a step's time (pause {PAUSE} s)")
+        return problems, f"{leftovers}; train_summary.json median step {median:.3f} s"
+    return check
+
+
+def evaluated(*extra):
+    """Setup: E(*extra) run on the run copy first (its results.json then holds that evaluation)."""
+    def e(ctx):
+        result = ctx.invoke(ctx.argv(E(*extra)), strict=False)
+        if result.rc != 0:
+            raise RuntimeError(f"the setup's evaluation failed (exit {result.rc}): {result.stderr[-1500:]}")
+    return e
+
+
+def results_tasks(run: Path) -> list:
+    path = run / "results.json"
+    return sorted(json.loads(path.read_text())["tasks"]) if path.is_file() else []
+
+
+def concurrent_eval_check(ctx, result):
+    """The evaluation started beside the case's own (setup: ctx.start) also ends well, and results.json holds
+    both tasks with their rows."""
+    (other,) = [ctx.runner.finish(started) for started in ctx.background]
+    problems = [] if other.rc == 0 and not other.traceback else \
+        [f"the other evaluation: exit {other.rc}: {message_of(other.stderr)}"]
+    tasks = results_tasks(ctx.run)
+    if tasks != ["boolq", "openbookqa"]:
+        problems.append(f"results.json holds {tasks}, expected both ['boolq', 'openbookqa']")
+    rows = {t: len((ctx.run / "eval" / f"{t}.jsonl").read_text().splitlines())
+            for t in ("boolq", "openbookqa") if (ctx.run / "eval" / f"{t}.jsonl").is_file()}
+    if rows != {"boolq": 4, "openbookqa": 4}:
+        problems.append(f"rows in eval/: {rows}")
+    return problems, f"results.json with {tasks} (the other evaluation: exit {other.rc}), eval/ rows {rows}"
+
+
+def message_of(stderr: str) -> str:
+    return (stderr.strip().splitlines() or [""])[-1][:200]
+
+
+def stale_lock(ctx):
+    """RUN/.lock as a SIGKILLed trainer leaves it: a process took the lock, then was killed (the file stays)."""
+    import fcntl
+    import os
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            handle = open(ctx.run / ".lock", "a")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    _, raw = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(raw) == -signal.SIGKILL and (ctx.run / ".lock").is_file()
+
+
+def killed_in_save_check(step, keep):
+    """SIGKILL inside the write of checkpoint `step` (training/checkpoint.py's fault hook: after
+    trainable.safetensors, before state.pt) with --keep_checkpoints `keep`: the half-written step_*.tmp/ is
+    there, `latest` names the complete checkpoint before it, no more than `keep` complete ones are left; then
+    --resume finishes with the uninterrupted run's losses (interrupted_check)."""
+    def check(ctx, result):
+        root, problems = ctx.out / "r" / "checkpoints", []
+        tmp = root / f"step_{step:06d}.tmp"
+        if not ((tmp / "trainable.safetensors").is_file() and not (tmp / "state.pt").exists()):
+            problems.append(f"no half-written {tmp.name}/ (the kill was not inside the write)")
+        complete = [p.name for p in checkpoints(ctx.out / "r") if p.suffix != ".tmp"]
+        if latest_of(ctx.out / "r") != f"step_{step - 1:06d}" or len(complete) > keep:
+            problems.append(f"latest {latest_of(ctx.out / 'r')}, complete checkpoints {complete}")
+        more, leftovers = interrupted_check(False)(ctx, result)
+        return problems + more, f"{tmp.name}/ half-written beside {complete}; {leftovers}"
+    return check
+
+
+def no_code_ran(marker, *words):
+    """A helper script given a value with a quote: it ran (its output holds `words`) and the code in the
+    value did not (no {work}/`marker`)."""
+    def check(ctx, result):
+        problems = [f"{marker} exists: code in a value ran"] if (ctx.work / marker).exists() else []
+        problems += [f"the output lacks {w!r}" for w in words if w not in result.stdout]
+        return problems, f"the sweep's run folder; no {marker}"
+    return check
