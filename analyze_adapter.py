@@ -37,20 +37,13 @@ import math
 import sys
 from pathlib import Path
 
+from analysis.adapter_runs import SUMMARY_FIELDS, AdapterRun, AdapterSummary, read_run, summary_row
 from analysis.tables import finite, write_csv
 from data.options import DEFAULT_DATA_DIR
 from utils.errors import BadInput
 from utils.options import argtype, non_negative, positive
 
 ROOT = Path(__file__).resolve().parent
-SUMMARY_FIELDS = (
-    "label", "run", "method", "model", "r", "n_layers", "effective_rank_mean", "effective_rank_median",
-    "numerical_rank_mean", "rank_bound_mean", "rank_over_bound_mean", "min_dim_mean",
-    "share_left_mean", "share_left_random", "share_right_mean", "share_right_random",
-    "share_both_mean", "share_both_random", "rel_update_mean", "rel_update_median",
-    "gate_mean", "core_mean", "kasa_dropped_rel_mean", "rel_update_vs_pretrained_mean",
-    "base_loss", "adapted_loss", "forgetting_dloss", "forgetting_tokens", "acc_avg", "n_tasks",
-)
 LAYER_FIRST = ("label", "run", "method", "layer")
 
 
@@ -86,35 +79,7 @@ def _resolve_model(name: str) -> str:
     return name
 
 
-def read_run(run_dir: Path, results_root: str | None = None) -> dict:
-    """args.json, the method, the adapter folder and the evaluation accuracies of a run (from
-    RUN_DIR/results.json, or results_root/<run folder name>/results.json; none when absent)."""
-    args_path = run_dir / "args.json"
-    if not args_path.is_file():
-        raise BadInput(f"{run_dir}: no args.json (not a run folder)")
-    from utils.runs import read_json, saved_dir_of
-
-    saved = read_json(args_path, "a run's arguments")
-    if not isinstance(saved.get("model_name"), str):
-        raise BadInput(f"{args_path}: no model_name (not a run's arguments)")
-    trained = saved_dir_of(run_dir)
-    if not trained.is_dir():
-        raise BadInput(f"{run_dir}: no trained adapter (best/ or final/)")
-    accs = {}
-    results = (Path(results_root) / run_dir.name if results_root else run_dir) / "results.json"
-    if results.is_file():
-        data = read_json(results, "evaluation results")
-        if not isinstance(data.get("tasks") or {}, dict):
-            raise BadInput(f"{results}: 'tasks' is a JSON {type(data['tasks']).__name__}, not an object of tasks")
-        try:
-            accs = {t: float(v["accuracy"]) for t, v in (data.get("tasks") or {}).items()
-                    if isinstance(v, dict) and v.get("accuracy") is not None}
-        except (AttributeError, TypeError, ValueError) as e:
-            raise BadInput(f"{results}: an accuracy that is no number ({e})") from None
-    return {"args": saved, "method": saved.get("peft_type", "?"), "trained": trained, "accs": accs}
-
-
-def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device: str) -> dict:
+def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device: str) -> AdapterRun:
     """Per-layer rows, KnowHiRA gate rows, ΔW spectra and the forgetting numbers of one run."""
     import torch
 
@@ -125,28 +90,26 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
     from models.targets import default_targets
 
     info = read_run(run_dir, opts.results)
-    saved, method = info["args"], info["method"]
+    saved, method = info.args, info.method
     impl = analysable(method)
     model_name = _resolve_model(opts.model_name or saved["model_name"])
     model, tokenizer = load_base_model(model_name, **{k: saved[k] for k in ("gguf_file", "load_bit") if k in saved})
     model.to(device).eval()
-    out = {"label": label, "run": str(run_dir), "method": method, "model": Path(str(model_name)).name,
-           "accs": info["accs"], "layers": [], "gates": [], "spectra": {}, "shapes": {}}
+    layers, gates, spectra, shapes = [], [], {}, {}
+    base_loss = adapted_loss = tokens = None
     if texts:
-        out["base_loss"], out["forgetting_tokens"] = lm_loss(model, tokenizer, texts, opts.batch,
-                                                             opts.max_len)
+        base_loss, tokens = lm_loss(model, tokenizer, texts, opts.batch, opts.max_len)
 
     def run_layers(modules, names):
-        for d in iter_deltas(modules, method, names, info["trained"]):
+        for d in iter_deltas(modules, method, names, info.trained):
             row, s = layer_stats(d.dw.to(device), d.w0.to(device), rank_bound=impl.rank_bound, r=d.r,
                                  svd_rank_ratio=saved.get("svd_rank_ratio"), base=d.base.to(device),
                                  align_r=d.r or saved.get("r_ab"))
-            out["layers"].append({"label": label, "run": run_dir.name, "method": method,
-                                  "layer": d.name, **row, **d.extra})
-            out["spectra"][d.name], out["shapes"][d.name] = s, (row["out"], row["in"])
+            layers.append({"label": label, "run": run_dir.name, "method": method, "layer": d.name, **row, **d.extra})
+            spectra[d.name], shapes[d.name] = s, (row["out"], row["in"])
             for i in range(len(d.vectors.get("core", []))):
-                out["gates"].append({"label": label, "run": run_dir.name, "layer": d.name, "i": i,
-                                     **{k: float(v[i]) for k, v in d.vectors.items()}})
+                gates.append({"label": label, "run": run_dir.name, "layer": d.name, "i": i,
+                              **{k: float(v[i]) for k, v in d.vectors.items()}})
             del d, row, s
 
     with torch.no_grad():
@@ -154,58 +117,25 @@ def analyze_run(run_dir: Path, label: str, opts, texts: list[str] | None, device
             targets = saved.get("target_modules") or default_targets(model.config.model_type)
             modules = layer_modules(model, method, targets)
             run_layers(modules, select_layers(list(modules), opts.max_layers))
-            model = impl.load(model, info["trained"])
+            model = impl.load(model, info.trained)
         else:
-            model = impl.load(model, info["trained"])
+            model = impl.load(model, info.trained)
             modules = layer_modules(model, method)
             run_layers(modules, select_layers(list(modules), opts.max_layers))
         model.eval()
         if texts:
-            out["adapted_loss"], _ = lm_loss(model, tokenizer, texts, opts.batch, opts.max_len)
-            out["forgetting_dloss"] = out["adapted_loss"] - out["base_loss"]
+            adapted_loss, _ = lm_loss(model, tokenizer, texts, opts.batch, opts.max_len)
     del model
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return out
+    return AdapterRun(label=label, run=str(run_dir), method=method, model=Path(str(model_name)).name,
+                      accs=info.accs, layers=layers, gates=gates, spectra=spectra, shapes=shapes,
+                      base_loss=base_loss, adapted_loss=adapted_loss, forgetting_tokens=tokens,
+                      forgetting_dloss=None if adapted_loss is None else adapted_loss - base_loss)
 
 
-# ---- aggregation and output --------------------------------------------------------------------
-def _stat(rows: list[dict], key: str, how: str = "mean") -> float:
-    import numpy as np
-
-    vals = [r[key] for r in rows if r.get(key) is not None and isinstance(r[key], (int, float))
-            and math.isfinite(r[key])]
-    if not vals:
-        return math.nan
-    return float(np.median(vals) if how == "median" else np.mean(vals))
-
-
-def summary_row(res: dict) -> dict:
-    rows = res["layers"]
-    rs = {r["r"] for r in rows if r.get("r") is not None}
-    row = {"label": res["label"], "run": Path(res["run"]).name, "method": res["method"],
-           "model": res["model"], "r": rs.pop() if len(rs) == 1 else (None if not rs else "mixed"),
-           "n_layers": len(rows)}
-    for key in ("effective_rank", "numerical_rank", "rank_bound", "rank_over_bound", "min_dim",
-                "share_left", "share_right", "share_both", "rel_update"):
-        row[f"{key}_mean"] = _stat(rows, key)
-    row["effective_rank_median"] = _stat(rows, "effective_rank", "median")
-    row["rel_update_median"] = _stat(rows, "rel_update", "median")
-    for key in ("share_left_random", "share_right_random", "share_both_random"):
-        row[key] = _stat(rows, key)
-    row["gate_mean"] = _stat(rows, "gate_mean")
-    row["core_mean"] = _stat(rows, "core_mean")
-    row["kasa_dropped_rel_mean"] = _stat(rows, "kasa_dropped_rel")
-    row["rel_update_vs_pretrained_mean"] = _stat(rows, "rel_update_vs_pretrained")
-    for key in ("base_loss", "adapted_loss", "forgetting_dloss", "forgetting_tokens"):
-        row[key] = res.get(key)
-    accs = res["accs"]
-    row["acc_avg"] = sum(accs.values()) / len(accs) if accs else None
-    row["n_tasks"] = len(accs)
-    return row
-
-
+# ---- output ------------------------------------------------------------------------------------
 def _fmt(v, digits=3, pct=False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
@@ -216,38 +146,38 @@ def _fmt(v, digits=3, pct=False) -> str:
     return str(v)
 
 
-def markdown(summary: list[dict], opts, n_texts: int, notes: list[str]) -> str:
+def markdown(summary: list[AdapterSummary], opts, n_texts: int, notes: list[str]) -> str:
     lines = ["# Adapter analysis", "",
              "| label | method | r | layers | eff. rank mean / median | num. rank / bound (min dim) "
              "| share left (random) | share right (random) | share both (random) | ‖ΔW‖/‖W0‖ mean "
              "| LM loss base → adapted (Δ) | acc avg % (tasks) |",
              "|" + "---|" * 12]
     for r in summary:
-        loss = (f"{_fmt(r['base_loss'], 4)} → {_fmt(r['adapted_loss'], 4)} "
-                f"({'+' if (r['forgetting_dloss'] or 0) >= 0 else ''}{_fmt(r['forgetting_dloss'], 3)})"
-                if r.get("forgetting_dloss") is not None else "—")
+        loss = (f"{_fmt(r.base_loss, 4)} → {_fmt(r.adapted_loss, 4)} "
+                f"({'+' if (r.forgetting_dloss or 0) >= 0 else ''}{_fmt(r.forgetting_dloss, 3)})"
+                if r.forgetting_dloss is not None else "—")
         lines.append(
-            f"| {r['label']} | {r['method']} | {_fmt(r['r'])} | {r['n_layers']} "
-            f"| {_fmt(r['effective_rank_mean'])} / {_fmt(r['effective_rank_median'])} "
-            f"| {_fmt(r['numerical_rank_mean'])} / {_fmt(r['rank_bound_mean'])} ({_fmt(r['min_dim_mean'])}) "
-            f"| {_fmt(r['share_left_mean'])} ({_fmt(r['share_left_random'])}) "
-            f"| {_fmt(r['share_right_mean'])} ({_fmt(r['share_right_random'])}) "
-            f"| {_fmt(r['share_both_mean'])} ({_fmt(r['share_both_random'])}) "
-            f"| {_fmt(r['rel_update_mean'])} | {loss} "
-            f"| {_fmt(r['acc_avg'], pct=True)} ({r['n_tasks']}) |")
-    lines += ["", "Runs: " + "; ".join(f"**{r['label']}** = `{r['run']}` ({r['model']})"
+            f"| {r.label} | {r.method} | {_fmt(r.r)} | {r.n_layers} "
+            f"| {_fmt(r.effective_rank_mean)} / {_fmt(r.effective_rank_median)} "
+            f"| {_fmt(r.numerical_rank_mean)} / {_fmt(r.rank_bound_mean)} ({_fmt(r.min_dim_mean)}) "
+            f"| {_fmt(r.share_left_mean)} ({_fmt(r.share_left_random)}) "
+            f"| {_fmt(r.share_right_mean)} ({_fmt(r.share_right_random)}) "
+            f"| {_fmt(r.share_both_mean)} ({_fmt(r.share_both_random)}) "
+            f"| {_fmt(r.rel_update_mean)} | {loss} "
+            f"| {_fmt(r.acc_avg, pct=True)} ({r.n_tasks}) |")
+    lines += ["", "Runs: " + "; ".join(f"**{r.label}** = `{r.run}` ({r.model})"
                                        for r in summary), ""]
-    know = [r for r in summary if finite(r.get("gate_mean")) or finite(r.get("core_mean"))]
+    know = [r for r in summary if finite(r.gate_mean) or finite(r.core_mean)]
     if know:
-        lines += ["KnowHiRA: " + "; ".join(f"{r['label']}: mean sigmoid(g) {_fmt(r['gate_mean'])}, "
-                                           f"mean core m {_fmt(r['core_mean'])}" for r in know)
+        lines += ["KnowHiRA: " + "; ".join(f"{r.label}: mean sigmoid(g) {_fmt(r.gate_mean)}, "
+                                           f"mean core m {_fmt(r.core_mean)}" for r in know)
                   + " (per layer and rank index: gates.csv, gates.png).", ""]
-    kasa = [r for r in summary if finite(r.get("kasa_dropped_rel_mean"))]
+    kasa = [r for r in summary if finite(r.kasa_dropped_rel_mean)]
     if kasa:
         lines += ["KaSA: ΔW and ‖ΔW‖/‖W0'‖ are relative to the TRUNCATED base W0' (the r smallest "
                   "singular components of W0 removed); " + "; ".join(
-                      f"{r['label']}: mean ‖dropped‖/‖W0‖ {_fmt(r['kasa_dropped_rel_mean'])}, "
-                      f"mean total change ‖W0' + ΔW − W0‖/‖W0‖ {_fmt(r['rel_update_vs_pretrained_mean'])}"
+                      f"{r.label}: mean ‖dropped‖/‖W0‖ {_fmt(r.kasa_dropped_rel_mean)}, "
+                      f"mean total change ‖W0' + ΔW − W0‖/‖W0‖ {_fmt(r.rel_update_vs_pretrained_mean)}"
                       for r in kasa) + ".", ""]
     lines += [
         "## Definitions", "",
@@ -292,15 +222,16 @@ def labels_for(methods: list[str]) -> list[str]:
     return labels
 
 
-def representative_layer(results: list[dict]) -> dict[str, str]:
+def representative_layer(results: list[AdapterRun]) -> dict[str, str]:
     """The middle layer (in model order) of the layers every run has; else each run's own middle one."""
-    common = [n for n in results[0]["spectra"] if all(n in r["spectra"] for r in results)]
+    common = [n for n in results[0].spectra if all(n in r.spectra for r in results)]
     if common:
-        return {r["label"]: common[len(common) // 2] for r in results}
-    return {r["label"]: list(r["spectra"])[len(r["spectra"]) // 2] for r in results if r["spectra"]}
+        return {r.label: common[len(common) // 2] for r in results}
+    return {r.label: list(r.spectra)[len(r.spectra) // 2] for r in results if r.spectra}
 
 
-def write_outputs(results: list[dict], out_dir: Path, opts, n_texts: int, notes: list[str]) -> list[dict]:
+def write_outputs(results: list[AdapterRun], out_dir: Path, opts, n_texts: int,
+                  notes: list[str]) -> list[AdapterSummary]:
     import numpy as np
 
     from analysis import figures
@@ -308,30 +239,30 @@ def write_outputs(results: list[dict], out_dir: Path, opts, n_texts: int, notes:
 
     summary = [summary_row(r) for r in results]
     write_csv(out_dir / "adapter_summary.csv", summary, SUMMARY_FIELDS)
-    write_csv(out_dir / "layers.csv", [row for r in results for row in r["layers"]], LAYER_FIRST)
-    gate_rows = [row for r in results for row in r["gates"]]
+    write_csv(out_dir / "layers.csv", [row for r in results for row in r.layers], LAYER_FIRST)
+    gate_rows = [row for r in results for row in r.gates]
     write_csv(out_dir / "gates.csv", gate_rows, ("label", "run", "layer", "i"))
     (out_dir / "adapter_summary.md").write_text(markdown(summary, opts, n_texts, notes))
 
     if opts.no_figures:
         return summary
-    labels = [r["label"] for r in results]
-    layer_rows = [row for r in results for row in r["layers"]]
+    labels = [r.label for r in results]
+    layer_rows = [row for r in results for row in r.layers]
     if layer_rows:
         figures.effective_rank_figure(layer_rows, labels, out_dir / "effective_rank.png")
         rep = representative_layer(results)
-        shown = [r for r in results if r["label"] in rep]
-        figures.spectra_figure({r["label"]: r["spectra"][rep[r["label"]]] for r in shown}, rep,
-                               {r["label"]: r["shapes"][rep[r["label"]]] for r in shown},
+        shown = [r for r in results if r.label in rep]
+        figures.spectra_figure({r.label: r.spectra[rep[r.label]] for r in shown}, rep,
+                               {r.label: r.shapes[rep[r.label]] for r in shown},
                                out_dir / "spectra.png", FLOAT32_EPS)
     gates = {}
     for r in results:
-        if not any("gate" in g for g in r["gates"]):
+        if not any("gate" in g for g in r.gates):
             continue
-        names = list(dict.fromkeys(g["layer"] for g in r["gates"]))
-        mats = {key: np.array([[g[key] for g in r["gates"] if g["layer"] == n] for n in names])
+        names = list(dict.fromkeys(g["layer"] for g in r.gates))
+        mats = {key: np.array([[g[key] for g in r.gates if g["layer"] == n] for n in names])
                 for key in ("gate", "sigma_norm")}
-        gates[r["label"]] = {"layers": names, **mats}
+        gates[r.label] = {"layers": names, **mats}
     if gates:
         figures.gate_figure(gates, out_dir / "gates.png")
     figures.forgetting_figure(summary, out_dir / "forgetting_vs_accuracy.png")
@@ -353,7 +284,7 @@ def main(argv=None) -> int:
             raise BadInput(f"--out {out_dir} is a file, not a folder")
         if opts.results and not Path(opts.results).is_dir():
             raise BadInput(f"--results {opts.results}: no such folder")
-        methods = [read_run(r, opts.results)["method"] for r in run_dirs]  # fails early on a bad folder
+        methods = [read_run(r, opts.results).method for r in run_dirs]  # fails early on a bad folder
         texts = (forgetting_texts(opts.data_dir, opts.forgetting_task, opts.forgetting_texts)
                  if opts.forgetting_texts > 0 else None)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -361,7 +292,7 @@ def main(argv=None) -> int:
         for run_dir, label in zip(run_dirs, labels_for(methods)):
             print(f"[{label}] {run_dir}", flush=True)
             res = analyze_run(run_dir, label, opts, texts, device)
-            note = analysable(res["method"]).analysis_note
+            note = analysable(res.method).analysis_note
             if note:
                 notes.append(f"{label}: {note}")
             results.append(res)
@@ -370,10 +301,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in summary:
-        print(f"{r['label']:>12s}: layers {r['n_layers']}, eff. rank {_fmt(r['effective_rank_mean'])}, "
-              f"num. rank {_fmt(r['numerical_rank_mean'])}/{_fmt(r['rank_bound_mean'])}, "
-              f"share left {_fmt(r['share_left_mean'])} (random {_fmt(r['share_left_random'])}), "
-              f"‖ΔW‖/‖W0‖ {_fmt(r['rel_update_mean'])}, Δloss {_fmt(r['forgetting_dloss'])}")
+        print(f"{r.label:>12s}: layers {r.n_layers}, eff. rank {_fmt(r.effective_rank_mean)}, "
+              f"num. rank {_fmt(r.numerical_rank_mean)}/{_fmt(r.rank_bound_mean)}, "
+              f"share left {_fmt(r.share_left_mean)} (random {_fmt(r.share_left_random)}), "
+              f"‖ΔW‖/‖W0‖ {_fmt(r.rel_update_mean)}, Δloss {_fmt(r.forgetting_dloss)}")
     print(f"wrote {out_dir}/adapter_summary.md, adapter_summary.csv, layers.csv and figures")
     return 0
 

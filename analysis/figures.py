@@ -9,6 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
+from analysis.adapter_runs import AdapterSummary  # noqa: E402
+from analysis.tables import finite  # noqa: E402
+
 BLOCK = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 
 
@@ -151,11 +154,11 @@ def gate_figure(gates: dict[str, dict], path) -> None:
     plt.close(fig)
 
 
-def forgetting_figure(summary_rows: list[dict], path) -> None:
+def forgetting_figure(summary_rows: list[AdapterSummary], path) -> None:
     """Forgetting (Δ LM loss, adapted − base) against the mean task accuracy, one point per run."""
     fig, ax = plt.subplots(figsize=(6.8, 4.8))
-    pts = [(r["label"], r["forgetting_dloss"], r["acc_avg"]) for r in summary_rows
-           if _finite(r.get("forgetting_dloss")) and _finite(r.get("acc_avg"))]
+    pts = [(r.label, r.forgetting_dloss, r.acc_avg) for r in summary_rows
+           if finite(r.forgetting_dloss) and finite(r.acc_avg)]
     colors = _colors(len(pts))
     for (label, x, y), c in zip(pts, colors):
         ax.scatter([x], [100 * y], s=50, color=c, zorder=3)
@@ -176,6 +179,3 @@ def forgetting_figure(summary_rows: list[dict], path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def _finite(x) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)

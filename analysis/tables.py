@@ -1,6 +1,7 @@
 """Writing tables: the one CSV writer of the analysis command-line tools."""
 import csv
 import math
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 
@@ -15,8 +16,10 @@ def _cell(v) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def write_csv(path: Path, rows: list[dict], first=()) -> None:
-    """Rows as CSV; columns: `first`, then every other key in order of appearance."""
+def write_csv(path: Path, rows: list, first=()) -> None:
+    """Rows (dicts, or dataclass records: their fields) as CSV; columns: `first`, then every other key in
+    order of appearance."""
+    rows = [asdict(r) if is_dataclass(r) else r for r in rows]
     fields = list(first)
     for r in rows:
         fields += [k for k in r if k not in fields]

@@ -416,16 +416,23 @@ def test_metric_acc_norm_reads_the_norm_fields_and_pairs_correct_norm(tmp_path, 
 
 
 def test_bar_labels_name_the_model_only_where_it_differs_and_wrap_the_hyperparameters():
-    row = {"method": "knowhira", "model": "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-           "hparams": {"r_ab": 32, "lr": 0.003, "knowledge_alpha": 0.5, "max_steps": 200, "seed": 1},
-           "runs": ["a", "b"], "label": "knowhira"}
-    zero = {"method": "zero-shot", "model": row["model"], "hparams": {}, "runs": ["z"], "label": "zeroshot"}
+    from dataclasses import replace
+
+    from analysis.runs import Row
+
+    def table_row(label, method, model, hparams, runs):  # only what the bar labels read
+        return Row(runs=runs, label=label, method=method, protocol="clean", model=model, hparams=hparams,
+                   trainable=None, val_loss=None, val_loss_std=None, seeds=(), tasks={})
+
+    row = table_row("knowhira", "knowhira", "weights/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                    {"r_ab": 32, "lr": 0.003, "knowledge_alpha": 0.5, "max_steps": 200, "seed": 1}, ("a", "b"))
+    zero = table_row("zeroshot", "zero-shot", row.model, {}, ("z",))
     assert report._bar_labels([row, zero]) == [
         "knowhira\nr_ab=32\nlr=0.003\nknowledge_alpha=0.5\nmax_steps=200\nseed=1\n(2 seeds)", "zero-shot"]
-    other = dict(zero, model="/models/gpt-neo-125M/")  # a second model: each bar names its own
+    other = replace(zero, model="/models/gpt-neo-125M/")  # a second model: each bar names its own
     assert report._bar_labels([row, other])[0].split("\n")[1] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert report._bar_labels([row, other])[1] == "zero-shot\ngpt-neo-125M"
-    twin = dict(row, label="knowhira_b")  # same everything: the row labels tell them apart
+    twin = replace(row, label="knowhira_b")  # same everything: the row labels tell them apart
     assert report._bar_labels([row, twin])[1].endswith("\n[knowhira_b]")
 
 

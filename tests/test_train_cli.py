@@ -568,3 +568,18 @@ def test_resume_with_more_max_steps_continues(tiny_run, tmp_path, capsys, thread
     a = load_file(str(tiny_run / "final" / "knowhira_adapter.safetensors"))
     b = load_file(str(run / "final" / "knowhira_adapter.safetensors"))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a if k.endswith("hira_A"))
+
+
+@pytest.mark.parametrize("method", ["knowhira", "lora"])
+def test_a_run_with_gradient_checkpointing_warns_of_no_deprecated_api(method, tmp_path, capsys, tiny_neo_dir,
+                                                                       small_data_dir, threads1):
+    """Issue 29 defect 9: every run warned that transformers' gradient_checkpointing_enable /
+    is_gradient_checkpointing are deprecated (we call activation_checkpointing_enable; peft's call is ours to hide)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, err = run_main(tiny_train_args(tiny_neo_dir, small_data_dir, tmp_path, "--max_steps", 1,
+                                           "--peft_type", method, "--enable_grad_ckpt"), capsys)
+    assert rc == 0, err
+    assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
