@@ -224,4 +224,6 @@ def test_bench_compile_numbers():
     assert out["compile_s"] == 40.0
     assert out["eager_over_compiled_per_step"] == pytest.approx([1.25, 1.2, 2 / 30, 1.25, 1.25])
     assert out["eager_over_compiled"] == pytest.approx(1.25)
+    lo, hi = out["eager_over_compiled_ci95"]  # medians of the resampled steps: 1.25 above, the smaller ratios below
+    assert 2 / 30 <= lo <= 1.2 and hi == pytest.approx(1.25)
     assert (out["eager_steady_s"], out["steady_s"]) == (2.0, 2.5)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scripts.bench.common import (FLOP_FORMULA, LORA_ALPHA, load_bit, matmul_params, median,
+from scripts.bench.common import (FLOP_FORMULA, LORA_ALPHA, load_bit, matmul_params, median, paired_ratio,
                                   print_table, ratio, step_dtype, sync, time_interleaved)
 
 STEP_METHODS = ("knowhira", "hira", "peft-hira", "lora", "fft")
@@ -242,16 +242,18 @@ def compile_numbers(first: dict, times: dict) -> dict:
     """Per compiled method: compile time = its first step - the eager first step (same batch, both
     allocate AdamW's state); the steady state as the median over timed steps of eager / compiled of the
     SAME step (interleaved: the same batch), which a recompile (a new guard, e.g. the first batch
-    without padding) or a batch of other length moves by one rank only; and the medians of each."""
+    without padding) or a batch of other length moves by one rank only, with its bootstrap 95% interval
+    (bench.common.paired_ratio); and the medians of each."""
     out = {}
     for name in first:
         if name.endswith(COMPILED):
             m = name.removesuffix(COMPILED)
-            paired = [e / c for e, c in zip(times[m], times[name])]
+            paired = paired_ratio(times[m], times[name])
             out[m] = {"first_step_s": first[name], "eager_first_step_s": first[m],
                       "compile_s": first[name] - first[m], "steady_s": median(times[name]),
-                      "eager_steady_s": median(times[m]), "eager_over_compiled": median(paired),
-                      "eager_over_compiled_per_step": paired}
+                      "eager_steady_s": median(times[m]), "eager_over_compiled": paired["median"],
+                      "eager_over_compiled_ci95": paired["ci95"],
+                      "eager_over_compiled_per_step": paired["per_pair"]}
     return out
 
 
@@ -325,7 +327,8 @@ def bench_step_model(args, model_kind: str, model: dict, data: dict, out_dir) ->
     for m, c in compiled.items():
         print(f"  {m}{COMPILED} (--torch_compile): compile {c['compile_s']:.1f} s (first step "
               f"{c['first_step_s']:.1f} s vs eager {c['eager_first_step_s']:.2f} s); steady state eager / compiled "
-              f"{c['eager_over_compiled']:.3f}x (median of the same steps' ratios; medians "
+              f"{c['eager_over_compiled']:.3f}x [{c['eager_over_compiled_ci95'][0]:.3f}, "
+              f"{c['eager_over_compiled_ci95'][1]:.3f}] (median of the same steps' ratios, bootstrap 95%; medians "
               f"{c['eager_steady_s'] * 1e3:.4g} / {c['steady_s'] * 1e3:.4g} ms)"
               f"{f'; {recompiled} graphs compiled after the first step' if recompiled else ''}")
     if PEFT_HIRA in methods:

@@ -67,8 +67,10 @@ def target_checks(results: dict) -> list[dict]:
                                     f"{m['knowhira'] * 1e3:.4g} ms vs {m[ref] * 1e3:.4g} ms"))
         compiled = step.get("compile", {}).get("per_method", {}).get("knowhira")
         if compiled:
+            lo, hi = compiled["eager_over_compiled_ci95"]
             checks.append(check("compile_gain", compiled["eager_over_compiled"],
-                                f"{compiled['eager_steady_s'] * 1e3:.4g} ms vs {compiled['steady_s'] * 1e3:.4g} ms; "
+                                f"95% interval [{lo:.3f}, {hi:.3f}]; {compiled['eager_steady_s'] * 1e3:.4g} ms vs "
+                                f"{compiled['steady_s'] * 1e3:.4g} ms; "
                                 f"compile {compiled['compile_s']:.0f} s"))
     peers = results.get("peers", {})
     pairs = peers.get("training", {}).get("pairs", {})
