@@ -57,7 +57,6 @@ class Run:
     path: Path  # its results.json
     name: str  # its folder's name
     results_meta: dict  # what evaluation wrote: the seed-group key
-    seed: object  # results_meta's seed (None for zero-shot runs)
     raw_tasks: dict  # the full per-task entries of results.json (predictions_file, mode, ...)
     method: str
     protocol: str  # protocol_label
@@ -72,6 +71,11 @@ class Run:
     @property
     def dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def seed(self):
+        """results_meta's seed (None for zero-shot runs)."""
+        return self.results_meta.get("seed")
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,7 +188,7 @@ def load_run(path: Path, metric: str = "acc") -> Run:
         tasks[task] = t
     method = str(meta.get("method") or meta.get("peft_type") or "?")
     results_meta = results.get("meta") or {}
-    return Run(path=path, name=path.parent.name, results_meta=results_meta, seed=results_meta.get("seed"),
+    return Run(path=path, name=path.parent.name, results_meta=results_meta,
                raw_tasks=results.get("tasks", {}), method=method,
                protocol=protocol_label(results_meta, results.get("tasks", {})),
                model=_short_model(meta.get("model_name")), hparams=run_hparams(method, meta),
