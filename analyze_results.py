@@ -26,8 +26,10 @@ examples of it (subsets of the test file can differ slightly).
 of every row's paired difference to it per task on the SAME examples (eval/<task>.jsonl, paired
 by example id): Δ accuracy, its 95% interval and the exact McNemar p-value (sign-flip test for
 seed groups); columns <task>_delta/_delta_lo/_delta_hi/_p/... in summary.csv.
---compare A B (repeatable): DIR/compare_<A>_vs_<B>.md/.csv, A − B per task with the same numbers.
-Runs that did not evaluate the same examples are refused. The formulas: analysis/paired.py.
+--compare A B (repeatable): DIR/compare_<A>_vs_<B>.md/.csv, A − B per task with the same numbers;
+when A and B are both seed groups, also with the seeds as the sample (Welch's t-test on the per-seed
+accuracies: 95% interval and p; CSV columns seeds_delta_lo/_hi, seeds_p, seeds_df).
+Runs that did not evaluate the same examples are refused. The formulas: analysis/paired.py, analysis/welch.py.
 
 Writes DIR/summary.md, DIR/summary.csv and DIR/<task>.png (bars with their 95% intervals, seed
 values as dots, chance/majority/zero-shot lines), and prints the markdown table(s).

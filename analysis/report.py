@@ -9,6 +9,7 @@ from analysis.paired import PairedDiff, average_difference, format_p, mean_std
 from analysis.runs import (DASH, METRIC_NOTE, ResultsError, Row, TaskResult, _run_file, compare_rows, find_results,
                            find_row, load_run, make_rows)
 from analysis.tables import write_csv
+from analysis.welch import welch_difference
 from data.tasks import TASKS
 
 
@@ -94,32 +95,45 @@ def compare(a: Row, b: Row, tasks: list[str]) -> tuple[str, str, list[dict]]:
     if not shared:
         raise ResultsError(f"--compare {a.label} {b.label}: no task in common")
     diffs = {t: compare_rows(a, b, t) for t in shared}
+    over_seeds = {t: welch_difference(list(a.tasks[t].per_seed or ()), list(b.tasks[t].per_seed or ()))
+                  for t in shared}  # None unless both rows are seed groups (analysis/welch.py)
+    seed_columns = len(a.runs) > 1 and len(b.runs) > 1
     header = ["task", "n (paired)", f"A: {a.label}{_seeds_note(a)}", f"B: {b.label}{_seeds_note(b)}",
               "Δ A − B", "95% interval", "p", "test", "examples A > B", "examples B > A"]
+    header += ["over seeds: 95% interval", "p (Welch)"] * seed_columns
     md_rows, csv_rows = [], []
     for t, d in diffs.items():
+        w = over_seeds[t]
         md_rows.append([t, d.n, _pct(d.acc_a), _pct(d.acc_b), _delta(d.delta),
                         f"[{_delta(d.low)}, {_delta(d.high)}]", format_p(d.p, d.p_test), d.p_test,
-                        d.a_better, d.b_better])
+                        d.a_better, d.b_better]
+                       + ([DASH, DASH] if w is None else [f"[{_delta(w.low)}, {_delta(w.high)}]", format_p(w.p)])
+                       * seed_columns)
         csv_rows.append({"task": t, "n": d.n, "a": a.label, "b": b.label, "a_seeds": d.seeds_a,
                          "b_seeds": d.seeds_b, "a_accuracy": d.acc_a, "b_accuracy": d.acc_b, "delta": d.delta,
                          "delta_lo": d.low, "delta_hi": d.high, "p": d.p, "p_test": d.p_test,
-                         "a_better": d.a_better, "b_better": d.b_better})
+                         "a_better": d.a_better, "b_better": d.b_better,
+                         "seeds_delta_lo": "" if w is None else w.low, "seeds_delta_hi": "" if w is None else w.high,
+                         "seeds_p": "" if w is None else w.p, "seeds_df": "" if w is None else w.df})
     mean_delta, low, high = average_difference(list(diffs.values()))
     acc_a = _mean([d.acc_a for d in diffs.values()])
     acc_b = _mean([d.acc_b for d in diffs.values()])
     md_rows.append([average_header(shared, "avg"), DASH, _pct(acc_a), _pct(acc_b), _delta(mean_delta),
-                    f"[{_delta(low)}, {_delta(high)}]", DASH, DASH, DASH, DASH])
+                    f"[{_delta(low)}, {_delta(high)}]", DASH, DASH, DASH, DASH] + [DASH, DASH] * seed_columns)
     csv_rows.append({"task": "avg", "n": "", "a": a.label, "b": b.label, "a_seeds": len(a.runs),
                      "b_seeds": len(b.runs), "a_accuracy": acc_a, "b_accuracy": acc_b, "delta": mean_delta,
-                     "delta_lo": low, "delta_hi": high, "p": "", "p_test": "", "a_better": "", "b_better": ""})
+                     "delta_lo": low, "delta_hi": high, "p": "", "p_test": "", "a_better": "", "b_better": "",
+                     "seeds_delta_lo": "", "seeds_delta_hi": "", "seeds_p": "", "seeds_df": ""})
     caption = ("A − B per task on the same test examples (matched by example id). A and B accuracy in %"
                " (seed groups: mean over seeds); Δ and its 95% Agresti–Min interval in percentage points; "
                "p: two-sided, by the test named (exact McNemar for two single runs, else the exact sign-flip "
                "permutation test on the seed-averaged per-example differences; MC: Monte Carlo); examples "
                "A > B / B > A: examples whose (seed-averaged) correctness is higher for A / for B (for two "
                "single runs: A right and B wrong / the reverse). The last row: unweighted mean over the "
-               "tasks, interval from the per-task standard errors, no p-value. Formulas: analysis/paired.py.")
+               "tasks, interval from the per-task standard errors, no p-value. Formulas: analysis/paired.py."
+               + (" Over seeds (both rows seed groups): the seeds are the sample instead of the examples, Welch's "
+                  "t-test on the per-seed accuracies (95% interval in points, two-sided p; — where neither row "
+                  "varies between its seeds); formulas: analysis/welch.py." if seed_columns else ""))
     return caption, to_markdown(header, md_rows), csv_rows
 
 

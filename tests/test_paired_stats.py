@@ -469,3 +469,37 @@ def test_meta_that_is_no_object_and_an_out_that_is_a_file_are_one_line(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{tmp_path / 'a' / 'results.json'}: 'meta' is a JSON list" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_compare_of_two_seed_groups_adds_the_welch_interval(runs, tmp_path):
+    """Both rows seed groups: the compare table also has the interval over seeds (Welch's t on the
+    per-seed accuracies, analysis/welch.py); one side a single run: those cells stay empty."""
+    from scipy import stats
+
+    hira_boolq = {1: [1, 1, 1, 1, 0, 0, 1, 0, 1, 0], 2: [1, 1, 1, 0, 0, 0, 1, 0, 1, 0], 3: [1, 1, 1, 1, 1, 0, 1, 0, 1, 0]}
+    (runs / "hira_tiny").rename(tmp_path / "hira_single")  # replaced by a 3-seed group
+    for seed, correct in hira_boolq.items():
+        make_run(runs / f"hira_tiny_s{seed}", trained_meta(seed, method="hira"), {"boolq": correct, "piqa": PIQA[seed]})
+    out = tmp_path / "summary"
+    assert analyze_results.main([str(runs), "--out", str(out), "--compare", "knowhira_tiny_lr0.001",
+                                 str(runs / "hira_tiny_s2")]) == 0
+    csvs = list(out.glob("compare_*.csv"))
+    assert len(csvs) == 1
+    with open(csvs[0], newline="") as handle:
+        rows = {row["task"]: row for row in csv.DictReader(handle)}
+    x = [sum(SEED_CORRECT[s]) / 10 for s in (1, 2, 3)]  # 0.6, 0.7, 0.9
+    y = [sum(hira_boolq[s]) / 10 for s in (1, 2, 3)]  # 0.6, 0.5, 0.7
+    ref = stats.ttest_ind(x, y, equal_var=False)
+    assert float(rows["boolq"]["seeds_p"]) == pytest.approx(ref.pvalue, rel=1e-9)
+    assert float(rows["boolq"]["seeds_delta_lo"]) == pytest.approx(ref.confidence_interval(0.95).low, rel=1e-9)
+    # piqa: the same per-seed accuracies on both sides (0.75, 1.0, 0.5): Δ 0, a symmetric interval, p 1
+    assert float(rows["piqa"]["seeds_p"]) == pytest.approx(1.0)
+    assert float(rows["piqa"]["seeds_delta_lo"]) == pytest.approx(-float(rows["piqa"]["seeds_delta_hi"]))
+    md = csvs[0].with_suffix(".md").read_text()
+    assert "over seeds: 95% interval" in md and "p (Welch)" in md
+    # a single run on one side: no interval over seeds, and no such column in the table
+    assert analyze_results.main([str(runs), "--out", str(out), "--compare", "knowhira_tiny_lr0.001",
+                                 "zeroshot_tiny"]) == 0
+    with open(out / "compare_knowhira_tiny_lr0.001_vs_zeroshot_tiny.csv", newline="") as handle:
+        assert all(row["seeds_p"] == "" for row in csv.DictReader(handle))
+    assert "p (Welch)" not in (out / "compare_knowhira_tiny_lr0.001_vs_zeroshot_tiny.md").read_text()
